@@ -1,0 +1,43 @@
+"""The two embedding seams: a synchronous batch `Embedder` and the asyncio-facing `TextEncoder`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+Vector = NDArray[np.float32]
+"""A 1-D float32 embedding, L2-normalised (so inner product = cosine)."""
+
+Matrix = NDArray[np.float32]
+"""An (n, dimension) float32 array of L2-normalised embeddings."""
+
+
+class Embedder(Protocol):
+    """Blocking, thread-safe batch embedding. Called from worker threads, never from the event loop."""
+
+    @property
+    def dimension(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> Matrix:
+        """Embeds `texts` in order.
+
+        Returns:
+            float32 array of shape (len(texts), dimension), each row L2-normalised.
+
+        Raises:
+            InvalidRequest: a text is empty or too long.
+            ModelError: the model failed to run.
+        """
+        ...
+
+
+class TextEncoder(Protocol):
+    """What core needs: one text in, one vector out, without blocking the event loop."""
+
+    @property
+    def dimension(self) -> int: ...
+
+    async def encode(self, text: str) -> Vector: ...

@@ -1,0 +1,206 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CandidateOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CANDIDATE_OUTCOME_UNSPECIFIED: _ClassVar[CandidateOutcome]
+    CANDIDATE_OUTCOME_SERVED: _ClassVar[CandidateOutcome]
+    CANDIDATE_OUTCOME_BELOW_THRESHOLD: _ClassVar[CandidateOutcome]
+    CANDIDATE_OUTCOME_EXPIRED: _ClassVar[CandidateOutcome]
+    CANDIDATE_OUTCOME_NOT_REACHED: _ClassVar[CandidateOutcome]
+CANDIDATE_OUTCOME_UNSPECIFIED: CandidateOutcome
+CANDIDATE_OUTCOME_SERVED: CandidateOutcome
+CANDIDATE_OUTCOME_BELOW_THRESHOLD: CandidateOutcome
+CANDIDATE_OUTCOME_EXPIRED: CandidateOutcome
+CANDIDATE_OUTCOME_NOT_REACHED: CandidateOutcome
+
+class Scope(_message.Message):
+    __slots__ = ("namespace", "model", "context")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    model: str
+    context: str
+    def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., context: _Optional[str] = ...) -> None: ...
+
+class Entry(_message.Message):
+    __slots__ = ("id", "prompt", "completion", "metadata", "created_at", "expires_at", "hit_count")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    HIT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    prompt: str
+    completion: str
+    metadata: _containers.ScalarMap[str, str]
+    created_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    hit_count: int
+    def __init__(self, id: _Optional[str] = ..., prompt: _Optional[str] = ..., completion: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hit_count: _Optional[int] = ...) -> None: ...
+
+class LookupRequest(_message.Message):
+    __slots__ = ("scope", "prompt", "min_similarity", "explain")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    scope: Scope
+    prompt: str
+    min_similarity: float
+    explain: bool
+    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., prompt: _Optional[str] = ..., min_similarity: _Optional[float] = ..., explain: _Optional[bool] = ...) -> None: ...
+
+class Candidate(_message.Message):
+    __slots__ = ("entry_id", "prompt", "similarity", "outcome")
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    entry_id: str
+    prompt: str
+    similarity: float
+    outcome: CandidateOutcome
+    def __init__(self, entry_id: _Optional[str] = ..., prompt: _Optional[str] = ..., similarity: _Optional[float] = ..., outcome: _Optional[_Union[CandidateOutcome, str]] = ...) -> None: ...
+
+class Timings(_message.Message):
+    __slots__ = ("embed_ms", "search_ms", "total_ms")
+    EMBED_MS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    embed_ms: float
+    search_ms: float
+    total_ms: float
+    def __init__(self, embed_ms: _Optional[float] = ..., search_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+
+class LookupResponse(_message.Message):
+    __slots__ = ("hit", "entry", "similarity", "exact", "min_similarity", "nearest_id", "timings", "candidates")
+    HIT_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    NEAREST_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    hit: bool
+    entry: Entry
+    similarity: float
+    exact: bool
+    min_similarity: float
+    nearest_id: str
+    timings: Timings
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    def __init__(self, hit: _Optional[bool] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., similarity: _Optional[float] = ..., exact: _Optional[bool] = ..., min_similarity: _Optional[float] = ..., nearest_id: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
+
+class StoreRequest(_message.Message):
+    __slots__ = ("scope", "prompt", "completion", "metadata", "ttl_seconds")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    scope: Scope
+    prompt: str
+    completion: str
+    metadata: _containers.ScalarMap[str, str]
+    ttl_seconds: int
+    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., prompt: _Optional[str] = ..., completion: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class StoreResponse(_message.Message):
+    __slots__ = ("id", "replaced", "expires_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    replaced: bool
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., replaced: _Optional[bool] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ScopeSelector(_message.Message):
+    __slots__ = ("namespace", "model", "context")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    model: str
+    context: str
+    def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., context: _Optional[str] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("id", "scope")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    scope: ScopeSelector
+    def __init__(self, id: _Optional[str] = ..., scope: _Optional[_Union[ScopeSelector, _Mapping]] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ("namespace",)
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    def __init__(self, namespace: _Optional[str] = ...) -> None: ...
+
+class NamespaceStats(_message.Message):
+    __slots__ = ("namespace", "entries", "bytes", "lookups", "hits", "exact_hits", "semantic_hits", "stores", "ttl_evictions", "capacity_evictions")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOOKUPS_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    EXACT_HITS_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_HITS_FIELD_NUMBER: _ClassVar[int]
+    STORES_FIELD_NUMBER: _ClassVar[int]
+    TTL_EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    entries: int
+    bytes: int
+    lookups: int
+    hits: int
+    exact_hits: int
+    semantic_hits: int
+    stores: int
+    ttl_evictions: int
+    capacity_evictions: int
+    def __init__(self, namespace: _Optional[str] = ..., entries: _Optional[int] = ..., bytes: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., stores: _Optional[int] = ..., ttl_evictions: _Optional[int] = ..., capacity_evictions: _Optional[int] = ...) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("namespaces", "total")
+    NAMESPACES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    namespaces: _containers.RepeatedCompositeFieldContainer[NamespaceStats]
+    total: NamespaceStats
+    def __init__(self, namespaces: _Optional[_Iterable[_Union[NamespaceStats, _Mapping]]] = ..., total: _Optional[_Union[NamespaceStats, _Mapping]] = ...) -> None: ...
