@@ -1,0 +1,120 @@
+"""Protobuf <-> dataclass conversion; the only module that reads response messages field by field."""
+
+from __future__ import annotations
+
+import math
+import struct
+from datetime import UTC, datetime
+
+from cachesvc_client.types import (
+    Candidate,
+    CandidateOutcome,
+    Entry,
+    LookupResult,
+    NamespaceStats,
+    Scope,
+    StatsResult,
+    StoreResult,
+    Timings,
+)
+from cachesvc_client.v1 import cache_pb2 as pb
+
+_OUTCOMES = {outcome.value: outcome for outcome in CandidateOutcome}
+
+
+def scope_to_proto(scope: Scope | None) -> pb.Scope:
+    """Builds the wire scope; None is the default scope (every field empty)."""
+    if scope is None:
+        return pb.Scope()
+    return pb.Scope(namespace=scope.namespace, model=scope.model, context=scope.context)
+
+
+def f32(value: float) -> float:
+    """The shortest decimal that the wire's float32 `value` stands for.
+
+    Similarities travel as float32, so a threshold of 0.9 comes back as 0.8999999761581421; this returns 0.9,
+    the value the sender meant, so results compare equal to the numbers users pass in.
+    """
+    if not math.isfinite(value):
+        return value
+    packed = struct.pack("<f", value)
+    for digits in range(6, 10):
+        candidate = float(f"{value:.{digits}g}")
+        if struct.pack("<f", candidate) == packed:
+            return candidate
+    return value
+
+
+def _datetime(message: pb.Entry | pb.StoreResponse, name: str) -> datetime | None:
+    if not message.HasField(name):
+        return None
+    result: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
+    return result
+
+
+def entry_from_proto(message: pb.Entry) -> Entry:
+    """Converts a wire entry; an unset `created_at` becomes the Unix epoch (the proto3 default)."""
+    created_at = _datetime(message, "created_at")
+    return Entry(
+        id=message.id,
+        prompt=message.prompt,
+        completion=message.completion,
+        metadata=dict(message.metadata),
+        created_at=created_at if created_at is not None else datetime.fromtimestamp(0, UTC),
+        expires_at=_datetime(message, "expires_at"),
+        hit_count=message.hit_count,
+    )
+
+
+def candidate_from_proto(message: pb.Candidate) -> Candidate:
+    """Converts one explained candidate; outcomes this client does not know yet become UNSPECIFIED."""
+    return Candidate(
+        entry_id=message.entry_id,
+        prompt=message.prompt,
+        similarity=f32(message.similarity),
+        outcome=_OUTCOMES.get(int(message.outcome), CandidateOutcome.UNSPECIFIED),
+    )
+
+
+def lookup_result_from_proto(message: pb.LookupResponse) -> LookupResult:
+    """Converts a lookup response; the entry is only kept on a hit."""
+    timings = message.timings
+    return LookupResult(
+        hit=message.hit,
+        entry=entry_from_proto(message.entry) if message.hit and message.HasField("entry") else None,
+        similarity=f32(message.similarity),
+        exact=message.exact,
+        min_similarity=f32(message.min_similarity),
+        nearest_id=message.nearest_id or None,
+        timings=Timings(embed_ms=timings.embed_ms, search_ms=timings.search_ms, total_ms=timings.total_ms),
+        candidates=tuple(candidate_from_proto(candidate) for candidate in message.candidates),
+    )
+
+
+def store_result_from_proto(message: pb.StoreResponse) -> StoreResult:
+    """Converts a store response."""
+    return StoreResult(id=message.id, replaced=message.replaced, expires_at=_datetime(message, "expires_at"))
+
+
+def namespace_stats_from_proto(message: pb.NamespaceStats) -> NamespaceStats:
+    """Converts the counters of one namespace (or the total)."""
+    return NamespaceStats(
+        namespace=message.namespace,
+        entries=message.entries,
+        bytes=message.bytes,
+        lookups=message.lookups,
+        hits=message.hits,
+        exact_hits=message.exact_hits,
+        semantic_hits=message.semantic_hits,
+        stores=message.stores,
+        ttl_evictions=message.ttl_evictions,
+        capacity_evictions=message.capacity_evictions,
+    )
+
+
+def stats_result_from_proto(message: pb.StatsResponse) -> StatsResult:
+    """Converts a stats response."""
+    return StatsResult(
+        namespaces=tuple(namespace_stats_from_proto(stats) for stats in message.namespaces),
+        total=namespace_stats_from_proto(message.total),
+    )
