@@ -1,0 +1,53 @@
+# The two commands of the README: `make serve` and `make test`. Each does all of its own set-up.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+MODEL_DIR ?= models/all-MiniLM-L6-v2
+# Only the model export needs torch. Pin it so pip never resolves a bare `torch` (a multi-GB CUDA build);
+# on a machine without a local CPU wheel, point pip at a CPU index: make TORCH_SPEC="torch==2.13.0 --index-url ..."
+TORCH_SPEC ?= torch==2.13.0
+ARGS ?=
+
+.PHONY: serve test lint proto model install clean
+
+serve: $(VENV)/.serve $(MODEL_DIR)/manifest.json
+	$(PY) -m cachesvc serve --model-dir $(MODEL_DIR) $(ARGS)
+
+test: $(VENV)/.dev $(MODEL_DIR)/manifest.json
+	$(PY) -m ruff check .
+	$(PY) -m mypy cachesvc clients/python/cachesvc_client
+	CACHESVC_TEST_MODEL_DIR=$(MODEL_DIR) $(PY) -m pytest -q $(ARGS)
+
+lint: $(VENV)/.dev
+	$(PY) -m ruff check .
+	$(PY) -m mypy cachesvc clients/python/cachesvc_client
+
+install: $(VENV)/.serve
+
+model: $(MODEL_DIR)/manifest.json
+
+# Regenerates the committed gRPC stubs from proto/ (a test fails when they drift).
+proto: $(VENV)/.dev
+	$(PY) scripts/gen_proto.py
+
+$(VENV)/.serve: pyproject.toml clients/python/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -e clients/python -e .
+	touch $@
+
+$(VENV)/.export: $(VENV)/.serve
+	$(PIP) install $(TORCH_SPEC)
+	$(PIP) install -e '.[export]'
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.export
+	$(PIP) install -e '.[export,dev]'
+	touch $@
+
+$(MODEL_DIR)/manifest.json: | $(VENV)/.export
+	$(PY) -m cachesvc model export --out $(MODEL_DIR)
+
+clean:
+	rm -rf $(VENV) models .pytest_cache .mypy_cache .ruff_cache

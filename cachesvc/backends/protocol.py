@@ -1,0 +1,70 @@
+"""The backend seams, split by capability. Core talks to a backend only through these."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
+from typing import Protocol
+
+from cachesvc.embedding.protocol import Vector
+from cachesvc.records import Entry, Match, ScopeKey, ScopeSelector, Usage
+
+
+@dataclass(frozen=True, kw_only=True)
+class Capabilities:
+    semantic_search: bool
+    durable: bool
+    shared_between_replicas: bool
+
+
+class Lifecycle(Protocol):
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ExactStore(Protocol):
+    async def get(self, entry_id: str) -> Entry | None: ...
+
+    async def get_exact(self, scope: ScopeKey, normalized_prompt: str) -> Entry | None: ...
+
+    async def put(self, entry: Entry, vector: Vector) -> Entry | None:
+        """Stores `entry`; returns the entry with the same scope and normalised prompt that it replaced."""
+        ...
+
+    async def delete(self, entry_ids: Collection[str]) -> list[Entry]:
+        """Deletes what exists of `entry_ids`; returns the entries actually deleted."""
+        ...
+
+    async def touch(self, entry: Entry, now: float) -> None:
+        """Records a hit: bumps the hit count and makes the entry most recently used."""
+        ...
+
+
+class SemanticStore(Protocol):
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    async def search(self, scope: ScopeKey, vector: Vector, k: int) -> list[Match]:
+        """The up-to-`k` nearest entries of `scope`, best first (cosine similarity).
+
+        Raises:
+            Unsupported: the backend cannot search by vector (core treats this as a miss).
+        """
+        ...
+
+
+class Inventory(Protocol):
+    async def usage(self) -> Usage: ...
+
+    async def usage_by_namespace(self, tenant: str) -> dict[str, Usage]: ...
+
+    def least_recently_used(self) -> AsyncIterator[Entry]: ...
+
+    async def expired(self, now: float, limit: int) -> list[Entry]: ...
+
+    async def select(self, selector: ScopeSelector) -> list[Entry]: ...
+
+
+class Backend(Lifecycle, ExactStore, SemanticStore, Inventory, Protocol):
+    """Everything core needs from a backend."""

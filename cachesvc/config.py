@@ -1,0 +1,205 @@
+"""One Settings object: defaults < TOML file < CACHESVC_* environment < command-line flags; validated.
+
+This is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CACHESVC_"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+def _spec(help: str, *, secret: bool = False) -> Any:
+    return {"help": help, "secret": secret}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    host: str = field(default="127.0.0.1", metadata=_spec("address to listen on"))
+    port: int = field(default=50051, metadata=_spec("gRPC port (0 = any free port)"))
+    metrics_port: int = field(default=9464, metadata=_spec("Prometheus /metrics port on the same host (-1 = off)"))
+    data_dir: Path = field(default=Path("data"), metadata=_spec("directory for persistent state"))
+    model_dir: Path = field(default=Path("models/all-MiniLM-L6-v2"),
+                            metadata=_spec("model directory made by `cachesvc model export`"))
+    min_similarity: float = field(default=0.90, metadata=_spec(
+        "default threshold: cosine similarity in [0, 1] a nearest entry needs to be served; higher is stricter"))
+    default_ttl: float = field(default=0.0, metadata=_spec("TTL in seconds for stores that set none (0 = never)"))
+    max_bytes: int = field(default=1 << 30, metadata=_spec(
+        "memory budget in bytes for entries (vectors + texts + metadata + overhead); LRU eviction past it"))
+    max_entries: int = field(default=0, metadata=_spec("entry cap (0 = none); LRU eviction past it"))
+    top_k: int = field(default=4, metadata=_spec("nearest candidates examined per semantic lookup"))
+    max_prompt_bytes: int = field(default=32 * 1024, metadata=_spec("largest prompt accepted, UTF-8 bytes"))
+    max_completion_bytes: int = field(default=1024 * 1024, metadata=_spec("largest completion accepted"))
+    max_metadata_bytes: int = field(default=16 * 1024, metadata=_spec("largest metadata map accepted"))
+    sweep_interval: float = field(default=1.0, metadata=_spec("seconds between TTL sweeps"))
+    embed_workers: int = field(default=2, metadata=_spec("model worker threads (one core each)"))
+    intra_op_threads: int = field(default=1, metadata=_spec("onnxruntime threads per model run"))
+    max_batch_size: int = field(default=32, metadata=_spec("most prompts embedded in one model run"))
+    max_wait_ms: float = field(default=0.0, metadata=_spec("extra wait for a batch to fill, milliseconds"))
+    max_queue: int = field(default=1024, metadata=_spec(
+        "prompts waiting for the model before callers get RESOURCE_EXHAUSTED"))
+    memo_size: int = field(default=4096, metadata=_spec("recent prompt vectors remembered (no re-embedding)"))
+    hnsw_threshold: int = field(default=20_000, metadata=_spec("scope size at which search switches to HNSW"))
+    api_keys: Mapping[str, str] = field(default_factory=dict, metadata=_spec(
+        "API keys as tenant=key pairs, comma-separated (empty = no authentication, one tenant)", secret=True))
+    log_format: LogFormat = field(default=LogFormat.TEXT, metadata=_spec("text or json (one line per request)"))
+    log_level: str = field(default="INFO", metadata=_spec("DEBUG, INFO, WARNING or ERROR"))
+    grace_seconds: float = field(default=10.0, metadata=_spec("how long shutdown waits for in-flight calls"))
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port {self.port} is not in 0..65535")
+        if not -1 <= self.metrics_port <= 65535:
+            problems.append(f"metrics_port {self.metrics_port} is not in -1..65535")
+        if math.isnan(self.min_similarity) or not 0.0 <= self.min_similarity <= 1.0:
+            problems.append(f"min_similarity {self.min_similarity} is not a cosine similarity in [0, 1]")
+        for name in ("default_ttl", "max_entries", "max_wait_ms"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0")
+        for name in ("max_bytes", "top_k", "max_prompt_bytes", "max_completion_bytes", "max_metadata_bytes",
+                     "sweep_interval", "embed_workers", "intra_op_threads", "max_batch_size", "max_queue",
+                     "hnsw_threshold", "grace_seconds"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0")
+        if self.memo_size < 0:
+            problems.append("memo_size must be >= 0")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            problems.append(f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+        if problems:
+            raise ValueError("invalid settings: " + "; ".join(problems))
+
+    def redacted(self) -> dict[str, object]:
+        """The settings as printed at start-up: secrets replaced by their count."""
+        shown: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret"):
+                value = f"<{len(value)} redacted>" if value else "<none>"
+            elif isinstance(value, Path | StrEnum):
+                value = str(value)
+            shown[f.name] = value
+        return shown
+
+
+def _api_keys(raw: object) -> dict[str, str]:
+    if isinstance(raw, str):
+        return _parse_api_keys(raw)
+    if isinstance(raw, Mapping):  # a TOML table of tenant = "key"
+        return {str(key): str(tenant) for tenant, key in raw.items()}
+    raise TypeError("expected tenant=key pairs or a table")
+
+
+def _number(kind: type[int] | type[float]) -> Any:
+    def convert(raw: object) -> int | float:
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            raise TypeError(f"expected a number, got {type(raw).__name__}")
+        value = kind(raw.strip()) if isinstance(raw, str) else raw
+        if kind is int and value != int(value):
+            raise ValueError("expected a whole number")
+        return kind(value)
+
+    return convert
+
+
+# Field annotations (strings under `from __future__ import annotations`) -> how to read a raw value.
+_CONVERTERS: dict[str, Any] = {
+    "str": str,
+    "int": _number(int),
+    "float": _number(float),
+    "Path": Path,
+    "LogFormat": LogFormat,
+    "Mapping[str, str]": _api_keys,
+}
+
+
+def _parse(f: dataclasses.Field[Any], raw: object, origin: str) -> object:
+    try:
+        return _CONVERTERS[str(f.type)](raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{origin}: cannot read {raw!r} as {f.name}: {exc}") from exc
+
+
+def _parse_api_keys(raw: str) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in raw.split(","))):
+        tenant, sep, key = pair.partition("=")
+        if not sep or not tenant.strip() or not key.strip():
+            raise ValueError("expected tenant=key pairs separated by commas")
+        keys[key.strip()] = tenant.strip()
+    return keys
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per setting, defaulting to None so that "not given" is distinguishable."""
+    parser.add_argument("--config", type=Path, default=None, help=f"TOML settings file (or {env_name('config')})")
+    for f in dataclasses.fields(Settings):
+        parser.add_argument(flag_name(f.name), dest=f.name, default=None, help=f.metadata.get("help"))
+
+
+def load_settings(
+    *, flags: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Merges the layers, later ones winning: defaults, TOML file, environment, flags.
+
+    Args:
+        flags: parsed command-line values by setting name; None values are "not given".
+        environ: the environment (defaults to os.environ).
+        config_file: a TOML file; else CACHESVC_CONFIG if set.
+
+    Raises:
+        ValueError: an unknown key in the file, an unparsable value, or settings that fail validation.
+    """
+    env = os.environ if environ is None else environ
+    known = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, object] = {}
+    path = config_file if config_file is not None else (Path(env[env_name("config")]) if env_name("config") in env
+                                                        else None)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read settings: {exc}") from exc
+        for key, raw in data.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ValueError(f"{path}: unknown setting {key!r}")
+            values[name] = _parse(known[name], raw, str(path))
+    for name, f in known.items():
+        if env_name(name) in env:
+            values[name] = _parse(f, env[env_name(name)], env_name(name))
+    for name, raw in (flags or {}).items():
+        if raw is not None and name in known:
+            values[name] = _parse(known[name], raw, flag_name(name))
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def parse_argv(argv: Sequence[str]) -> Settings:
+    parser = argparse.ArgumentParser(prog="cachesvc serve")
+    add_flags(parser)
+    args = vars(parser.parse_args(argv))
+    return load_settings(flags=args, config_file=args.pop("config"))

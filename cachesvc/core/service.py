@@ -1,0 +1,347 @@
+"""CacheService: the lookup and store decisions, over a TextEncoder and a Backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+from types import TracebackType
+
+from cachesvc.backends.protocol import Backend
+from cachesvc.clock import Clock
+from cachesvc.core.normalize import normalize_prompt
+from cachesvc.core.policy import SizeLimits, TTLKind, TTLPolicy, checked_similarity, utf8_size
+from cachesvc.core.stats import CounterBook, Counters
+from cachesvc.core.types import (
+    CandidateOutcome,
+    CandidateReport,
+    DeleteById,
+    DeleteTarget,
+    HitKind,
+    Lookup,
+    LookupResult,
+    NamespaceStats,
+    StageTimings,
+    StoreResult,
+    Write,
+)
+from cachesvc.embedding.protocol import TextEncoder
+from cachesvc.errors import InvalidRequest, NotFound, Unsupported
+from cachesvc.records import DEFAULT_NAMESPACE, Entry, ScopeKey
+
+log = logging.getLogger(__name__)
+
+# Bytes an entry costs beyond its vector and texts: the Entry object, its dict and LRU slots, the exact-key
+# tuple, label maps and FAISS id map (measured: see bench/RESULTS.md, "memory per entry").
+ENTRY_OVERHEAD_BYTES = 600
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheOptions:
+    min_similarity: float = 0.90
+    default_ttl: TTLPolicy = TTLPolicy.never()
+    max_bytes: int | None = None
+    max_entries: int | None = None
+    top_k: int = 4
+    limits: SizeLimits = SizeLimits()
+    sweep_interval_seconds: float = 1.0
+    sweep_batch: int = 1000
+
+    def __post_init__(self) -> None:
+        checked_similarity(self.min_similarity, field="min_similarity")
+        if self.default_ttl.kind is TTLKind.DEFAULT:
+            raise ValueError("default_ttl must be concrete: TTLPolicy.never() or TTLPolicy.of(seconds)")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1 (or unset)")
+        if self.max_entries is not None and self.max_entries < 1:
+            raise ValueError("max_entries must be >= 1 (or unset)")
+        if self.top_k < 1 or self.sweep_interval_seconds <= 0 or self.sweep_batch < 1:
+            raise ValueError("top_k, sweep_interval_seconds and sweep_batch must be positive")
+
+
+class State(Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+class CacheService:
+    """Scoped semantic lookup and store. All methods run on the event loop; CPU work is awaited elsewhere."""
+
+    def __init__(self, *, encoder: TextEncoder, backend: Backend, clock: Clock, options: CacheOptions) -> None:
+        self._encoder = encoder
+        self._backend = backend
+        self._clock = clock
+        self._options = options
+        self._counters = CounterBook()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._state = State.NEW
+
+    @property
+    def options(self) -> CacheOptions:
+        return self._options
+
+    @property
+    def counters(self) -> CounterBook:
+        return self._counters
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="ttl-sweeper")
+        self._state = State.RUNNING
+
+    async def aclose(self) -> None:
+        self._state = State.CLOSED
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def __aenter__(self) -> CacheService:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # Lookup
+
+    async def lookup(self, request: Lookup) -> LookupResult:
+        """Answers from the exact path, else from the scope's nearest live entries.
+
+        Raises:
+            InvalidRequest: bad prompt, scope or threshold.
+            Overloaded: the embedder's queue is full.
+        """
+        started = time.perf_counter()
+        scope = self._checked_scope(request.scope)
+        prompt = self._checked_prompt(request.prompt)
+        threshold = (
+            self._options.min_similarity
+            if request.min_similarity is None
+            else checked_similarity(request.min_similarity)
+        )
+        now = self._clock.now()
+        exact = await self._backend.get_exact(scope, prompt)
+        if exact is not None and not exact.is_expired(now):
+            await self._backend.touch(exact, now)
+            return self._finish_lookup(
+                scope, HitKind.EXACT, exact, 1.0, threshold, started, StageTimings(), (), exact.id
+            )
+
+        embed_started = time.perf_counter()
+        vector = await self._encoder.encode(prompt)
+        search_started = time.perf_counter()
+        try:
+            matches = await self._backend.search(scope, vector, self._options.top_k)
+        except Unsupported:
+            matches = []
+        search_done = time.perf_counter()
+        timings = StageTimings(
+            embed_ms=(search_started - embed_started) * 1000, search_ms=(search_done - search_started) * 1000
+        )
+
+        reports: list[CandidateReport] = []
+        served: Entry | None = None
+        best: tuple[str, float] | None = None
+        for match in matches:  # best first
+            entry = await self._backend.get(match.entry_id)
+            if entry is None:
+                continue
+            similarity = min(max(match.similarity, 0.0), 1.0)
+            if entry.is_expired(now):
+                outcome = CandidateOutcome.EXPIRED
+            elif best is not None:
+                outcome = CandidateOutcome.NOT_REACHED
+            else:
+                best = (entry.id, similarity)
+                outcome = CandidateOutcome.SERVED if similarity >= threshold else CandidateOutcome.BELOW_THRESHOLD
+                if outcome is CandidateOutcome.SERVED:
+                    served = entry
+            if request.explain:
+                reports.append(CandidateReport(entry_id=entry.id, prompt=entry.prompt, similarity=similarity,
+                                               outcome=outcome))
+        if served is not None:
+            await self._backend.touch(served, now)
+        kind = HitKind.SEMANTIC if served is not None else HitKind.MISS
+        similarity, nearest_id = (best[1], best[0]) if best is not None else (0.0, None)
+        return self._finish_lookup(scope, kind, served, similarity, threshold, started, timings, tuple(reports),
+                                   nearest_id)
+
+    def _finish_lookup(
+        self,
+        scope: ScopeKey,
+        kind: HitKind,
+        entry: Entry | None,
+        similarity: float,
+        threshold: float,
+        started: float,
+        timings: StageTimings,
+        reports: tuple[CandidateReport, ...],
+        nearest_id: str | None,
+    ) -> LookupResult:
+        self._counters.lookup(scope.tenant, scope.namespace, kind)
+        total = StageTimings(embed_ms=timings.embed_ms, search_ms=timings.search_ms,
+                             total_ms=(time.perf_counter() - started) * 1000)
+        return LookupResult(hit_kind=kind, entry=entry, similarity=similarity, nearest_id=nearest_id,
+                            min_similarity=threshold, timings=total, candidates=reports)
+
+    # Store
+
+    async def store(self, write: Write) -> StoreResult:
+        """Stores a completion, replacing the scope's entry with the same normalised prompt, then enforces the
+        capacity budget.
+
+        Raises:
+            InvalidRequest: bad prompt, completion, metadata, scope or TTL, or an entry larger than the budget.
+            Overloaded: the embedder's queue is full.
+        """
+        scope = self._checked_scope(write.scope)
+        prompt = self._checked_prompt(write.prompt)
+        limits = self._options.limits
+        completion_bytes = utf8_size(write.completion)
+        if completion_bytes > limits.max_completion_bytes:
+            raise InvalidRequest(f"is {completion_bytes} bytes; the limit is {limits.max_completion_bytes}",
+                                 field="completion")
+        metadata = dict(write.metadata)
+        if len(metadata) > limits.max_metadata_entries:
+            raise InvalidRequest(f"has {len(metadata)} entries; the limit is {limits.max_metadata_entries}",
+                                 field="metadata")
+        metadata_bytes = sum(utf8_size(k) + utf8_size(v) for k, v in metadata.items())
+        if metadata_bytes > limits.max_metadata_bytes:
+            raise InvalidRequest(f"is {metadata_bytes} bytes; the limit is {limits.max_metadata_bytes}",
+                                 field="metadata")
+        size = (
+            self._encoder.dimension * 4
+            + utf8_size(write.prompt)
+            + (utf8_size(prompt) if prompt != write.prompt else 0)
+            + completion_bytes
+            + metadata_bytes
+            + ENTRY_OVERHEAD_BYTES
+        )
+        if self._options.max_bytes is not None and size > self._options.max_bytes:
+            raise InvalidRequest(f"the entry needs {size} bytes, more than the cache's whole budget "
+                                 f"({self._options.max_bytes})", field="completion")
+        now = self._clock.now()
+        expires_at = write.ttl.expires_at(now=now, default=self._options.default_ttl)
+        vector = await self._encoder.encode(prompt)
+        entry = Entry(
+            id=uuid.uuid4().hex,
+            scope=scope,
+            prompt=write.prompt,
+            normalized_prompt=prompt,
+            completion=write.completion,
+            metadata=metadata,
+            created_at=now,
+            expires_at=expires_at,
+            size_bytes=size,
+        )
+        replaced = await self._backend.put(entry, vector)
+        self._counters.store(scope.tenant, scope.namespace)
+        await self._enforce_capacity()
+        return StoreResult(entry=entry, replaced=replaced is not None)
+
+    async def _enforce_capacity(self) -> None:
+        max_bytes, max_entries = self._options.max_bytes, self._options.max_entries
+        if max_bytes is None and max_entries is None:
+            return
+        usage = await self._backend.usage()
+        over_entries = 0 if max_entries is None else usage.entries - max_entries
+        over_bytes = 0 if max_bytes is None else usage.bytes - max_bytes
+        if over_entries <= 0 and over_bytes <= 0:
+            return
+        victims: list[str] = []
+        async for entry in self._backend.least_recently_used():
+            if over_entries <= 0 and over_bytes <= 0:
+                break
+            victims.append(entry.id)
+            over_entries -= 1
+            over_bytes -= entry.size_bytes
+        for entry in await self._backend.delete(victims):
+            self._counters.evicted(entry.scope.tenant, entry.scope.namespace, ttl=False)
+
+    # Delete
+
+    async def delete(self, target: DeleteTarget) -> int:
+        """Deletes one entry of the caller's tenant, or every entry a selector matches.
+
+        Raises:
+            NotFound: no entry with that id belongs to the caller's tenant.
+        """
+        if isinstance(target, DeleteById):
+            entry = await self._backend.get(target.entry_id)
+            # Another tenant's entry is reported exactly like a missing one: ids must not leak across tenants.
+            if entry is None or entry.scope.tenant != target.tenant:
+                raise NotFound(f"no entry with id {target.entry_id!r}")
+            return len(await self._backend.delete([entry.id]))
+        namespace = target.namespace or DEFAULT_NAMESPACE
+        selector = type(target)(tenant=target.tenant, namespace=namespace, model=target.model,
+                                context=target.context)
+        entries = await self._backend.select(selector)
+        return len(await self._backend.delete([e.id for e in entries]))
+
+    # Stats
+
+    async def stats(self, tenant: str, namespace: str | None = None) -> list[NamespaceStats]:
+        usage = await self._backend.usage_by_namespace(tenant)
+        counters = self._counters.for_tenant(tenant)
+        names = sorted(set(usage) | set(counters))
+        if namespace is not None:
+            names = [n for n in names if n == (namespace or DEFAULT_NAMESPACE)] or [namespace or DEFAULT_NAMESPACE]
+        result = []
+        for name in names:
+            u, c = usage.get(name), counters.get(name, Counters())
+            result.append(NamespaceStats(
+                namespace=name, entries=u.entries if u else 0, bytes=u.bytes if u else 0, lookups=c.lookups,
+                hits=c.hits, exact_hits=c.exact_hits, semantic_hits=c.semantic_hits, stores=c.stores,
+                ttl_evictions=c.ttl_evictions, capacity_evictions=c.capacity_evictions,
+            ))
+        return result
+
+    # TTL sweeper
+
+    async def sweep_expired(self) -> int:
+        """Removes entries whose TTL has passed; returns how many. The sweeper calls this on an interval."""
+        removed = 0
+        while True:
+            expired = await self._backend.expired(self._clock.now(), self._options.sweep_batch)
+            if not expired:
+                return removed
+            for entry in await self._backend.delete([e.id for e in expired]):
+                self._counters.evicted(entry.scope.tenant, entry.scope.namespace, ttl=True)
+                removed += 1
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._options.sweep_interval_seconds)
+            try:
+                await self.sweep_expired()
+            except Exception:
+                log.exception("TTL sweep failed; retrying on the next interval")
+
+    # Validation
+
+    def _checked_prompt(self, prompt: str) -> str:
+        size = utf8_size(prompt)
+        if size > self._options.limits.max_prompt_bytes:
+            raise InvalidRequest(f"is {size} bytes; the limit is {self._options.limits.max_prompt_bytes}",
+                                 field="prompt")
+        normalized = normalize_prompt(prompt)
+        if not normalized:
+            raise InvalidRequest("must not be empty or whitespace only", field="prompt")
+        return normalized
+
+    def _checked_scope(self, scope: ScopeKey) -> ScopeKey:
+        limit = self._options.limits.max_scope_field_bytes
+        for name in ("namespace", "model", "context"):
+            if utf8_size(getattr(scope, name)) > limit:
+                raise InvalidRequest(f"is longer than {limit} bytes", field=f"scope.{name}")
+        if not scope.namespace:
+            return ScopeKey(tenant=scope.tenant, namespace=DEFAULT_NAMESPACE, model=scope.model,
+                            context=scope.context)
+        return scope

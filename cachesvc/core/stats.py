@@ -1,0 +1,56 @@
+"""Per-namespace counters, kept by core and read by the Stats RPC and the metrics endpoint."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, fields
+
+from cachesvc.core.types import HitKind
+
+
+@dataclass
+class Counters:
+    lookups: int = 0
+    hits: int = 0
+    exact_hits: int = 0
+    semantic_hits: int = 0
+    stores: int = 0
+    ttl_evictions: int = 0
+    capacity_evictions: int = 0
+
+    def add(self, other: Counters) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+class CounterBook:
+    """Counters keyed by (tenant, namespace). Only the event loop writes them."""
+
+    def __init__(self) -> None:
+        self._book: defaultdict[tuple[str, str], Counters] = defaultdict(Counters)
+
+    def lookup(self, tenant: str, namespace: str, kind: HitKind) -> None:
+        c = self._book[(tenant, namespace)]
+        c.lookups += 1
+        if kind is HitKind.EXACT:
+            c.hits += 1
+            c.exact_hits += 1
+        elif kind is HitKind.SEMANTIC:
+            c.hits += 1
+            c.semantic_hits += 1
+
+    def store(self, tenant: str, namespace: str) -> None:
+        self._book[(tenant, namespace)].stores += 1
+
+    def evicted(self, tenant: str, namespace: str, *, ttl: bool) -> None:
+        c = self._book[(tenant, namespace)]
+        if ttl:
+            c.ttl_evictions += 1
+        else:
+            c.capacity_evictions += 1
+
+    def for_tenant(self, tenant: str) -> dict[str, Counters]:
+        return {ns: c for (t, ns), c in self._book.items() if t == tenant}
+
+    def all(self) -> dict[tuple[str, str], Counters]:
+        return dict(self._book)

@@ -1,0 +1,99 @@
+"""Typed values that cross the core boundary: requests in, results out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from cachesvc.core.policy import TTLPolicy
+from cachesvc.records import Entry, ScopeKey, ScopeSelector
+
+
+class HitKind(Enum):
+    MISS = "miss"
+    EXACT = "exact"
+    SEMANTIC = "semantic"
+
+
+class CandidateOutcome(Enum):
+    SERVED = "served"
+    BELOW_THRESHOLD = "below_threshold"
+    EXPIRED = "expired"
+    NOT_REACHED = "not_reached"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lookup:
+    scope: ScopeKey
+    prompt: str
+    min_similarity: float | None = None  # None: the server's threshold
+    explain: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Write:
+    scope: ScopeKey
+    prompt: str
+    completion: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    ttl: TTLPolicy = field(default_factory=TTLPolicy.default)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CandidateReport:
+    entry_id: str
+    prompt: str
+    similarity: float
+    outcome: CandidateOutcome
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageTimings:
+    embed_ms: float = 0.0
+    search_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class LookupResult:
+    hit_kind: HitKind
+    entry: Entry | None
+    similarity: float  # best live candidate's cosine, also on a miss; 0 when there was none
+    nearest_id: str | None
+    min_similarity: float
+    timings: StageTimings
+    candidates: tuple[CandidateReport, ...] = ()
+
+    @property
+    def hit(self) -> bool:
+        return self.hit_kind is not HitKind.MISS
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreResult:
+    entry: Entry
+    replaced: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeleteById:
+    tenant: str
+    entry_id: str
+
+
+DeleteTarget = DeleteById | ScopeSelector
+
+
+@dataclass(frozen=True, kw_only=True)
+class NamespaceStats:
+    namespace: str
+    entries: int = 0
+    bytes: int = 0
+    lookups: int = 0
+    hits: int = 0
+    exact_hits: int = 0
+    semantic_hits: int = 0
+    stores: int = 0
+    ttl_evictions: int = 0
+    capacity_evictions: int = 0

@@ -1,0 +1,131 @@
+"""Wire messages <-> core values. No decisions here."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cachesvc.core.policy import TTLPolicy
+from cachesvc.core.types import (
+    CandidateOutcome,
+    DeleteById,
+    DeleteTarget,
+    Lookup,
+    LookupResult,
+    NamespaceStats,
+    StoreResult,
+    Write,
+)
+from cachesvc.errors import InvalidRequest
+from cachesvc.records import Entry, ScopeKey, ScopeSelector
+from cachesvc_client.v1 import cache_pb2 as pb
+
+_OUTCOMES = {
+    CandidateOutcome.SERVED: pb.CANDIDATE_OUTCOME_SERVED,
+    CandidateOutcome.BELOW_THRESHOLD: pb.CANDIDATE_OUTCOME_BELOW_THRESHOLD,
+    CandidateOutcome.EXPIRED: pb.CANDIDATE_OUTCOME_EXPIRED,
+    CandidateOutcome.NOT_REACHED: pb.CANDIDATE_OUTCOME_NOT_REACHED,
+}
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(round(seconds * 1e9))
+    return ts
+
+
+def scope_key(tenant: str, scope: pb.Scope) -> ScopeKey:
+    return ScopeKey(tenant=tenant, namespace=scope.namespace, model=scope.model, context=scope.context)
+
+
+def lookup_from_proto(tenant: str, request: pb.LookupRequest) -> Lookup:
+    return Lookup(
+        scope=scope_key(tenant, request.scope),
+        prompt=request.prompt,
+        min_similarity=request.min_similarity if request.HasField("min_similarity") else None,
+        explain=request.explain,
+    )
+
+
+def write_from_proto(tenant: str, request: pb.StoreRequest) -> Write:
+    ttl = TTLPolicy.of(request.ttl_seconds) if request.HasField("ttl_seconds") else TTLPolicy.default()
+    return Write(
+        scope=scope_key(tenant, request.scope),
+        prompt=request.prompt,
+        completion=request.completion,
+        metadata=dict(request.metadata),
+        ttl=ttl,
+    )
+
+
+def delete_from_proto(tenant: str, request: pb.DeleteRequest) -> DeleteTarget:
+    target = request.WhichOneof("target")
+    if target == "id":
+        if not request.id:
+            raise InvalidRequest("must not be empty", field="id")
+        return DeleteById(tenant=tenant, entry_id=request.id)
+    if target == "scope":
+        s = request.scope
+        return ScopeSelector(
+            tenant=tenant,
+            namespace=s.namespace,
+            model=s.model if s.HasField("model") else None,
+            context=s.context if s.HasField("context") else None,
+        )
+    raise InvalidRequest("set either id or scope", field="target")
+
+
+def entry_to_proto(entry: Entry) -> pb.Entry:
+    message = pb.Entry(
+        id=entry.id,
+        prompt=entry.prompt,
+        completion=entry.completion,
+        metadata=entry.metadata,
+        created_at=_timestamp(entry.created_at),
+        hit_count=entry.hit_count,
+    )
+    if entry.expires_at is not None:
+        message.expires_at.CopyFrom(_timestamp(entry.expires_at))
+    return message
+
+
+def lookup_to_proto(result: LookupResult) -> pb.LookupResponse:
+    response = pb.LookupResponse(
+        hit=result.hit,
+        similarity=result.similarity,
+        exact=result.hit_kind.value == "exact",
+        min_similarity=result.min_similarity,
+        nearest_id=result.nearest_id or "",
+        timings=pb.Timings(
+            embed_ms=result.timings.embed_ms, search_ms=result.timings.search_ms, total_ms=result.timings.total_ms
+        ),
+        candidates=[
+            pb.Candidate(entry_id=c.entry_id, prompt=c.prompt, similarity=c.similarity, outcome=_OUTCOMES[c.outcome])
+            for c in result.candidates
+        ],
+    )
+    if result.entry is not None:
+        response.entry.CopyFrom(entry_to_proto(result.entry))
+    return response
+
+
+def store_to_proto(result: StoreResult) -> pb.StoreResponse:
+    response = pb.StoreResponse(id=result.entry.id, replaced=result.replaced)
+    if result.entry.expires_at is not None:
+        response.expires_at.CopyFrom(_timestamp(result.entry.expires_at))
+    return response
+
+
+def stats_to_proto(stats: list[NamespaceStats]) -> pb.StatsResponse:
+    def one(s: NamespaceStats) -> pb.NamespaceStats:
+        return pb.NamespaceStats(
+            namespace=s.namespace, entries=s.entries, bytes=s.bytes, lookups=s.lookups, hits=s.hits,
+            exact_hits=s.exact_hits, semantic_hits=s.semantic_hits, stores=s.stores,
+            ttl_evictions=s.ttl_evictions, capacity_evictions=s.capacity_evictions,
+        )
+
+    total = pb.NamespaceStats(namespace="")
+    for s in stats:
+        for name in ("entries", "bytes", "lookups", "hits", "exact_hits", "semantic_hits", "stores",
+                     "ttl_evictions", "capacity_evictions"):
+            setattr(total, name, getattr(total, name) + getattr(s, name))
+    return pb.StatsResponse(namespaces=[one(s) for s in stats], total=total)

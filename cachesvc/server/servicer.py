@@ -1,0 +1,98 @@
+"""The SemanticCache servicer: authenticate, convert, call core, convert back, log one line, map errors."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from cachesvc.core.service import CacheService
+from cachesvc.core.types import HitKind
+from cachesvc.errors import CacheError
+from cachesvc.metrics import ServerMetrics
+from cachesvc.server import convert
+from cachesvc.server.auth import Authenticator
+from cachesvc.server.errors import status_for
+from cachesvc_client.v1 import cache_pb2 as pb
+from cachesvc_client.v1 import cache_pb2_grpc as pb_grpc
+
+log = logging.getLogger("cachesvc.requests")
+
+Response = TypeVar("Response")
+Handler = Callable[[str, dict[str, object]], Awaitable[Response]]
+
+
+class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc]
+    def __init__(self, *, service: CacheService, authenticator: Authenticator, metrics: ServerMetrics) -> None:
+        self._service = service
+        self._auth = authenticator
+        self._metrics = metrics
+
+    async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.LookupResponse:
+        async def handle(tenant: str, fields: dict[str, object]) -> pb.LookupResponse:
+            lookup = convert.lookup_from_proto(tenant, request)
+            result = await self._service.lookup(lookup)
+            fields.update(scope=lookup.scope.digest, outcome=result.hit_kind.value,
+                          similarity=round(result.similarity, 4), embed_ms=round(result.timings.embed_ms, 3),
+                          search_ms=round(result.timings.search_ms, 3))
+            if result.hit_kind is not HitKind.EXACT:
+                self._metrics.embed_seconds.observe(result.timings.embed_ms / 1000)
+                if result.nearest_id is not None:
+                    self._metrics.lookup_similarity.labels(result.hit_kind.value).observe(result.similarity)
+            return convert.lookup_to_proto(result)
+
+        return await self._call("Lookup", context, handle)
+
+    async def Store(self, request: pb.StoreRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.StoreResponse:
+        async def handle(tenant: str, fields: dict[str, object]) -> pb.StoreResponse:
+            write = convert.write_from_proto(tenant, request)
+            result = await self._service.store(write)
+            fields.update(scope=write.scope.digest, entry=result.entry.id, replaced=result.replaced)
+            return convert.store_to_proto(result)
+
+        return await self._call("Store", context, handle)
+
+    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.DeleteResponse:
+        async def handle(tenant: str, fields: dict[str, object]) -> pb.DeleteResponse:
+            deleted = await self._service.delete(convert.delete_from_proto(tenant, request))
+            fields.update(deleted=deleted)
+            return pb.DeleteResponse(deleted=deleted)
+
+        return await self._call("Delete", context, handle)
+
+    async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.StatsResponse:
+        async def handle(tenant: str, fields: dict[str, object]) -> pb.StatsResponse:
+            namespace = request.namespace if request.HasField("namespace") else None
+            return convert.stats_to_proto(await self._service.stats(tenant, namespace))
+
+        return await self._call("Stats", context, handle)
+
+    async def _call(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], handler: Handler[Response]
+    ) -> Response:
+        started = time.perf_counter()
+        metadata = context.invocation_metadata()
+        request_id = next((str(v) for k, v in metadata or () if k == "x-request-id"), None) or uuid.uuid4().hex
+        fields: dict[str, object] = {"request_id": request_id, "method": method}
+        code = grpc.StatusCode.OK
+        message = ""
+        try:
+            tenant = self._auth.tenant_for(metadata)
+            response = await handler(tenant, fields)
+        except CacheError as exc:
+            code, message = status_for(exc), str(exc)
+        except Exception:
+            # Never a stack trace to the caller, never a dead server: log it here with the request id.
+            log.exception("internal error request_id=%s method=%s", request_id, method)
+            code, message = grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+        elapsed = time.perf_counter() - started
+        fields.update(code=code.name, ms=round(elapsed * 1000, 3))
+        self._metrics.request_seconds.labels(method, code.name).observe(elapsed)
+        log.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields})
+        if code is not grpc.StatusCode.OK:
+            await context.abort(code, message)
+        return response

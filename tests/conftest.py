@@ -1,0 +1,84 @@
+"""Shared fixtures: the real model (loaded once), and a real server on an ephemeral 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cachesvc.embedding.onnx_embedder import OnnxEmbedder
+from cachesvc.embedding.protocol import Matrix
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    path = Path(os.environ.get("CACHESVC_TEST_MODEL_DIR", ROOT / "models/all-MiniLM-L6-v2"))
+    if not (path / "manifest.json").is_file():
+        pytest.fail(f"no model directory at {path}: run `make test` (it exports the model first)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_embedder(model_dir: Path) -> OnnxEmbedder:
+    return OnnxEmbedder(model_dir=model_dir)
+
+
+class CountingEmbedder:
+    """The real embedder, counting the texts it is asked to embed; can hold runs open or fail on demand."""
+
+    def __init__(self, inner: OnnxEmbedder) -> None:
+        self._inner = inner
+        self.texts: list[str] = []
+        self.calls = 0
+        self.gate: threading.Event | None = None  # when set to an Event, runs wait on it
+        self.entered = threading.Event()
+        self.fail_on: Callable[[str], bool] = lambda _text: False
+        self._lock = threading.Lock()
+
+    @property
+    def dimension(self) -> int:
+        return self._inner.dimension
+
+    def embed(self, texts: Sequence[str]) -> Matrix:
+        with self._lock:
+            self.calls += 1
+            self.texts.extend(texts)
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(timeout=30)
+        if any(self.fail_on(t) for t in texts):
+            raise RuntimeError("injected model failure")
+        return self._inner.embed(texts)
+
+
+@pytest.fixture
+def counting_embedder(real_embedder: OnnxEmbedder) -> CountingEmbedder:
+    return CountingEmbedder(real_embedder)
+
+
+@pytest.fixture
+async def start_app(counting_embedder: CountingEmbedder) -> AsyncIterator[Callable[..., Any]]:
+    """Starts real servers on 127.0.0.1 (port 0) with the given settings; stops them all afterwards."""
+    from cachesvc.app import App, Overrides
+    from cachesvc.clock import ManualClock
+    from cachesvc.config import Settings
+
+    apps: list[App] = []
+
+    async def start(*, clock: ManualClock | None = None, **settings: Any) -> App:
+        values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "metrics_port": -1, "grace_seconds": 5.0}
+        values.update(settings)
+        app = App(Settings(**values), overrides=Overrides(clock=clock or ManualClock(), embedder=counting_embedder))
+        await app.start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        await app.aclose()
