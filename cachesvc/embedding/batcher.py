@@ -1,7 +1,8 @@
 """MicroBatcher: groups concurrent `encode` calls into one model run.
 
-One task owns the bounded queue. It waits for a free worker slot first and only then drains what has queued,
-so a lone caller runs at once (no added latency) while callers that arrive during a run form the next batch.
+One task owns the bounded queue. It waits for a free worker slot first and only then takes from the queue, so
+a lone caller runs at once (no added latency) while callers that arrive during a run form the next batches,
+shared among the idle workers.
 Each item carries its own future; cancelled items are skipped. The model runs on dedicated worker threads,
 never on the event loop.
 """
@@ -63,6 +64,7 @@ class MicroBatcher:
         self._executor: ThreadPoolExecutor | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._runs: set[asyncio.Task[None]] = set()
+        self._busy = 0  # batches running on workers
         self._state = State.NEW
         self.batches_run = 0
         self.items_embedded = 0
@@ -132,19 +134,28 @@ class MicroBatcher:
     async def _batching_loop(self) -> None:
         while True:
             await self._slots.acquire()
+            batch: list[_Item] = []
             try:
-                batch = [await self._queue.get()]
+                batch.append(await self._queue.get())
                 if self._options.max_wait_ms > 0 and self._queue.qsize() < self._options.max_batch_size - 1:
                     await asyncio.sleep(self._options.max_wait_ms / 1000)
-                while len(batch) < self._options.max_batch_size and not self._queue.empty():
+                # Share what is queued among the idle workers, so that two cores run two half batches
+                # instead of one core running everything while the other waits.
+                idle = self._options.workers - self._busy
+                share = min(self._options.max_batch_size, -(-(1 + self._queue.qsize()) // max(idle, 1)))
+                while len(batch) < share and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
             except BaseException:
                 self._slots.release()
+                for item in batch:  # taken off the queue (e.g. during the linger) but never run
+                    if not item.future.done():
+                        item.future.set_exception(NotReady("the embedder is shutting down"))
                 raise
             live = [item for item in batch if not item.future.cancelled()]
             if not live:
                 self._slots.release()
                 continue
+            self._busy += 1
             task = asyncio.get_running_loop().create_task(self._run(live))
             self._runs.add(task)
             task.add_done_callback(self._runs.discard)
@@ -153,6 +164,8 @@ class MicroBatcher:
         try:
             loop = asyncio.get_running_loop()
             vectors = await loop.run_in_executor(self._executor, self._embedder.embed, [i.text for i in batch])
+            if len(vectors) != len(batch):  # checked here, so callers get an error instead of waiting forever
+                raise ModelError(f"the embedder returned {len(vectors)} vectors for {len(batch)} texts")
         except Exception as exc:
             error = exc if isinstance(exc, CacheError) else ModelError(f"embedding failed: {exc}")
             if not isinstance(exc, CacheError):
@@ -162,6 +175,7 @@ class MicroBatcher:
                     item.future.set_exception(error)
             return
         finally:
+            self._busy -= 1
             self._slots.release()
         self.batches_run += 1
         self.items_embedded += len(batch)

@@ -69,7 +69,8 @@ def export_model(request: ExportRequest) -> ModelManifest:
         raise ModelError(f"{request.source}: only mean-pooling models are supported")
     normalize = any(type(m).__name__ == "Normalize" for m in st)
     hf_model = transformer.auto_model.eval()
-    dimension = int(st.get_sentence_embedding_dimension() or 0)
+    get_dimension = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+    dimension = int(get_dimension() or 0)
     max_seq_length = int(st.max_seq_length)
 
     class Pooled(torch.nn.Module):
@@ -118,7 +119,7 @@ def export_model(request: ExportRequest) -> ModelManifest:
             name=name,
             dimension=dimension,
             pooling="mean",
-            normalize=True if normalize else False,
+            normalize=bool(normalize),
             max_seq_length=max_seq_length,
             source=request.source,
             onnx_sha256=sha256_of(fp32_path),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from cachesvc.errors import ModelError
@@ -16,14 +16,14 @@ ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     FP32 = "fp32"
     # int8 weights, fp32 activations: unlike dynamic quantization, a text's vector does not depend on its
     # batch neighbours, which a micro-batcher plus a similarity threshold requires.
     INT8_WEIGHTS = "int8-weights"
 
 
-class Output(str, Enum):
+class Output(StrEnum):
     SENTENCE_EMBEDDING = "sentence_embedding"  # graph already pools and normalises: (batch, dim)
     TOKEN_EMBEDDINGS = "token_embeddings"  # last hidden state: (batch, seq, dim); we mean-pool
 

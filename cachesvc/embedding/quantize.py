@@ -3,8 +3,9 @@
 onnxruntime's `quantize_dynamic` picks activation scales per batch, so a text's vector changes with its batch
 neighbours; with a micro-batcher and a similarity threshold that is a correctness bug. Here only the MatMul
 weights are stored as int8 (symmetric, per output column) behind a DequantizeLinear node; activations stay
-fp32, so every row of a batch is computed exactly as it would be alone. The file shrinks ~4x; speed does not
-change much, because the model is compute-bound in fp32 either way.
+fp32, so every row of a batch is computed exactly as it would be alone. The MatMul weights shrink 4x (the
+file ~35%: embedding tables stay fp32). It is no faster: dequantizing costs 20-45% more time per text than
+fp32 here (bench/RESULTS.md), so it is a memory option, not a speed one.
 """
 
 from __future__ import annotations

@@ -156,8 +156,9 @@ async def test_ttl_expiry_with_injected_clock(start_app: StartApp) -> None:
 
         clock.advance(10)  # expired, and the sweeper has not run: never served all the same
         assert not (await client.lookup(PROMPT)).hit
-        assert not (await client.lookup(PARAPHRASE, min_similarity=0.0, explain=True)).candidates[0].outcome.name \
-            == "SERVED"
+        explained = await client.lookup(PARAPHRASE, min_similarity=0.0, explain=True)
+        assert (explained.candidates[0].entry_id, explained.candidates[0].outcome.name) == (short.id, "EXPIRED")
+        assert explained.entry is not None and explained.entry.id != short.id
         assert (await client.lookup(UNRELATED)).hit
 
         assert app.service is not None

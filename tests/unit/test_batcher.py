@@ -1,0 +1,394 @@
+"""MicroBatcher with a fake embedder.
+
+Queueing is made deterministic by holding the fake's first model run(s) open on a `threading.Event`: while a worker
+is busy, the batching loop cannot take more work, so everything submitted meanwhile sits in the queue until the
+test opens the gate. Waits are on events and predicates, never on wall-clock sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cachesvc.embedding.batcher import BatcherOptions, MicroBatcher
+from cachesvc.embedding.protocol import Matrix, Vector
+from cachesvc.errors import InvalidRequest, ModelError, NotReady, Overloaded
+
+DIM = 8
+TIMEOUT = 10.0  # only a guard against a hang turning into a stuck test run; nothing waits for it to pass
+
+
+def vector_for(text: str) -> Vector:
+    """A deterministic unit vector per text, so a test can tell whose vector a caller received."""
+    seed = int.from_bytes(hashlib.sha256(text.encode("utf-8", "replace")).digest()[:8], "little")
+    v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+class FakeEmbedder:
+    """Counts calls, can hold a call open until `release()`, and can fail batches that contain a poison text."""
+
+    dimension = DIM
+
+    def __init__(self, *, hold: Iterable[int] = (), rows: Callable[[int], int] | None = None) -> None:
+        """`hold`: indices of the calls (0 = first model run) that block until released."""
+        self.calls: list[list[str]] = []
+        self.poison: dict[str, BaseException] = {}
+        self._gates = {index: threading.Event() for index in hold}
+        self._rows = rows
+        self._cond = threading.Condition()
+
+    def embed(self, texts: Sequence[str]) -> Matrix:
+        with self._cond:
+            index = len(self.calls)
+            self.calls.append(list(texts))
+            self._cond.notify_all()
+        gate = self._gates.get(index)
+        if gate is not None and not gate.wait(TIMEOUT):
+            raise RuntimeError("the test never released the fake embedder")
+        for text in texts:
+            if text in self.poison:
+                raise self.poison[text]
+        n = len(texts) if self._rows is None else self._rows(len(texts))
+        return np.stack([vector_for(t) for t in texts][:n]) if n else np.zeros((0, DIM), np.float32)
+
+    def release(self, index: int | None = None) -> None:
+        """Lets call `index` (default: every held call) finish."""
+        for i, gate in self._gates.items():
+            if index is None or i == index:
+                gate.set()
+
+    async def wait_calls(self, n: int) -> None:
+        """Returns once `n` model runs have started (they may still be held)."""
+
+        def wait() -> bool:
+            with self._cond:
+                return self._cond.wait_for(lambda: len(self.calls) >= n, TIMEOUT)
+
+        assert await asyncio.to_thread(wait), f"expected {n} model runs, saw {self.calls}"
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(c) for c in self.calls]
+
+
+async def yield_until(predicate: Callable[[], bool], *, limit: int = 1000) -> None:
+    """Lets other tasks run (one event-loop step at a time) until `predicate` holds. No wall-clock waiting."""
+    for _ in range(limit):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never became true")
+
+
+async def submit(batcher: MicroBatcher, texts: Sequence[str]) -> list[asyncio.Task[Vector]]:
+    """Starts one caller per text and lets each run to its `put` on the queue."""
+    tasks = [asyncio.create_task(batcher.encode(t)) for t in texts]
+    await asyncio.sleep(0)  # one scheduling step: tasks created earlier run first, so every caller has queued
+    return tasks
+
+
+async def settle(aw: Awaitable[Any]) -> Any:
+    return await asyncio.wait_for(aw, TIMEOUT)
+
+
+@contextlib.asynccontextmanager
+async def running(fake: FakeEmbedder, **options: Any) -> AsyncIterator[MicroBatcher]:
+    batcher = MicroBatcher(embedder=fake, options=BatcherOptions(**options))
+    await batcher.start()
+    try:
+        yield batcher
+    finally:
+        fake.release()  # aclose waits for running batches
+        await settle(batcher.aclose())
+
+
+def batcher_task_alive() -> bool:
+    return any(t.get_name() == "micro-batcher" for t in asyncio.all_tasks())
+
+
+async def test_a_lone_caller_gets_its_vector_read_only() -> None:
+    fake = FakeEmbedder()
+    async with running(fake) as batcher:
+        vector = await settle(batcher.encode("hello"))
+    np.testing.assert_array_equal(vector, vector_for("hello"))
+    assert vector.dtype == np.float32
+    assert not vector.flags.writeable
+    assert fake.calls == [["hello"]]
+    assert batcher.dimension == DIM
+
+
+async def test_concurrent_encodes_are_grouped_into_one_run_in_submission_order() -> None:
+    fake = FakeEmbedder(hold={0})
+    async with running(fake, workers=1) as batcher:
+        first = await submit(batcher, ["first"])
+        await fake.wait_calls(1)
+        texts = [f"text {i}" for i in range(8)]
+        rest = await submit(batcher, texts)
+        await yield_until(lambda: batcher.queue_depth == len(texts))
+        assert fake.calls == [["first"]]  # nothing else ran while the first batch was held
+        fake.release()
+        results = await settle(asyncio.gather(*first, *rest))
+        assert fake.calls == [["first"], texts]
+        for text, vector in zip(["first", *texts], results, strict=True):
+            np.testing.assert_array_equal(vector, vector_for(text))
+        assert (batcher.batches_run, batcher.items_embedded) == (2, 9)
+
+
+async def test_a_lone_idle_worker_takes_the_whole_queue() -> None:
+    fake = FakeEmbedder(hold={0, 1, 2})
+    async with running(fake, workers=2) as batcher:
+        early = await submit(batcher, ["a"])
+        await fake.wait_calls(1)
+        early += await submit(batcher, ["b"])
+        await fake.wait_calls(2)  # both workers busy
+        texts = [f"later {i}" for i in range(6)]
+        late = await submit(batcher, texts)
+        await yield_until(lambda: batcher.queue_depth == len(texts))
+        fake.release(0)  # one worker frees up while the other is still busy
+        await fake.wait_calls(3)
+        fake.release()
+        results = await settle(asyncio.gather(*early, *late))
+    assert fake.sizes == [1, 1, 6]
+    assert fake.calls[2] == texts
+    for text, vector in zip(["a", "b", *texts], results, strict=True):
+        np.testing.assert_array_equal(vector, vector_for(text))
+
+
+async def test_idle_workers_share_the_queue() -> None:
+    fake = FakeEmbedder(hold={0, 1})
+    async with running(fake, workers=2) as batcher:
+        texts = [f"text {i}" for i in range(6)]
+        tasks = await submit(batcher, texts)
+        await fake.wait_calls(2)  # both halves are running at once, each held open
+        assert fake.calls == [texts[:3], texts[3:]]
+        fake.release()
+        results = await settle(asyncio.gather(*tasks))
+    for text, vector in zip(texts, results, strict=True):
+        np.testing.assert_array_equal(vector, vector_for(text))
+
+
+async def test_identical_texts_each_get_a_vector() -> None:
+    fake = FakeEmbedder(hold={0})
+    async with running(fake, workers=1) as batcher:
+        first = await submit(batcher, ["x"])
+        await fake.wait_calls(1)
+        rest = await submit(batcher, ["same", "other", "same"])
+        fake.release()
+        results = await settle(asyncio.gather(*first, *rest))
+    assert fake.calls == [["x"], ["same", "other", "same"]]
+    for text, vector in zip(["x", "same", "other", "same"], results, strict=True):
+        np.testing.assert_array_equal(vector, vector_for(text))
+
+
+async def test_max_batch_size_is_respected() -> None:
+    fake = FakeEmbedder(hold={0})
+    async with running(fake, workers=1, max_batch_size=3) as batcher:
+        first = await submit(batcher, ["first"])
+        await fake.wait_calls(1)
+        texts = [f"t{i}" for i in range(7)]
+        rest = await submit(batcher, texts)
+        await yield_until(lambda: batcher.queue_depth == len(texts))
+        fake.release()
+        results = await settle(asyncio.gather(*first, *rest))
+    assert fake.calls == [["first"], texts[0:3], texts[3:6], texts[6:7]]
+    for text, vector in zip(["first", *texts], results, strict=True):
+        np.testing.assert_array_equal(vector, vector_for(text))
+
+
+async def test_a_model_error_reaches_every_caller_of_that_batch_as_model_error() -> None:
+    fake = FakeEmbedder(hold={0})
+    fake.poison["bad"] = RuntimeError("onnx exploded")
+    async with running(fake, workers=1) as batcher:
+        first = await submit(batcher, ["fine"])
+        await fake.wait_calls(1)
+        doomed = await submit(batcher, ["a", "bad", "b"])
+        await yield_until(lambda: batcher.queue_depth == 3)
+        fake.release()
+        outcomes = await settle(asyncio.gather(*first, *doomed, return_exceptions=True))
+        np.testing.assert_array_equal(outcomes[0], vector_for("fine"))
+        errors = outcomes[1:]
+        assert all(isinstance(e, ModelError) for e in errors), errors
+        assert all("onnx exploded" in str(e) for e in errors)
+        # the batcher survives a failed batch
+        np.testing.assert_array_equal(await settle(batcher.encode("after")), vector_for("after"))
+    assert fake.calls == [["fine"], ["a", "bad", "b"], ["after"]]
+
+
+async def test_a_cache_error_from_the_model_passes_through_unchanged() -> None:
+    fake = FakeEmbedder(hold={0})
+    error = InvalidRequest("too weird", field="prompt")
+    fake.poison["weird"] = error
+    async with running(fake, workers=1) as batcher:
+        first = await submit(batcher, ["fine"])
+        await fake.wait_calls(1)
+        doomed = await submit(batcher, ["weird", "neighbour"])
+        await yield_until(lambda: batcher.queue_depth == 2)
+        fake.release()
+        outcomes = await settle(asyncio.gather(*first, *doomed, return_exceptions=True))
+    assert outcomes[1] is error
+    assert outcomes[2] is error
+
+
+async def test_an_embedder_returning_too_few_rows_fails_the_batch_instead_of_hanging() -> None:
+    fake = FakeEmbedder(rows=lambda n: n - 1)
+    async with running(fake) as batcher:
+        with pytest.raises(ModelError, match="returned 0 vectors for 1 texts"):
+            await settle(batcher.encode("short-changed"))
+
+
+async def test_a_full_queue_sheds_load_with_overloaded() -> None:
+    fake = FakeEmbedder(hold={0})
+    async with running(fake, workers=1, max_queue=2) as batcher:
+        first = await submit(batcher, ["running"])
+        await fake.wait_calls(1)
+        queued = await submit(batcher, ["q1", "q2"])
+        await yield_until(lambda: batcher.queue_depth == 2)
+        with pytest.raises(Overloaded, match="queue is full"):
+            await batcher.encode("one too many")
+        fake.release()
+        results = await settle(asyncio.gather(*first, *queued))
+        # room again once the queue drained
+        np.testing.assert_array_equal(await settle(batcher.encode("later")), vector_for("later"))
+    assert fake.calls == [["running"], ["q1", "q2"], ["later"]]
+    for text, vector in zip(["running", "q1", "q2"], results, strict=True):
+        np.testing.assert_array_equal(vector, vector_for(text))
+
+
+async def test_cancelled_callers_are_skipped_before_the_model_runs() -> None:
+    fake = FakeEmbedder(hold={0})
+    async with running(fake, workers=1) as batcher:
+        first = await submit(batcher, ["first"])
+        await fake.wait_calls(1)
+        b, c, d = await submit(batcher, ["b", "c", "d"])
+        await yield_until(lambda: batcher.queue_depth == 3)
+        c.cancel()
+        fake.release()
+        results = await settle(asyncio.gather(*first, b, d))
+        with pytest.raises(asyncio.CancelledError):
+            await c
+    assert fake.calls == [["first"], ["b", "d"]]
+    for text, vector in zip(["first", "b", "d"], results, strict=True):
+        np.testing.assert_array_equal(vector, vector_for(text))
+
+
+async def test_a_batch_where_every_caller_cancelled_never_runs() -> None:
+    fake = FakeEmbedder(hold={0})
+    async with running(fake, workers=1) as batcher:
+        first = await submit(batcher, ["first"])
+        await fake.wait_calls(1)
+        gone = await submit(batcher, ["x", "y"])
+        await yield_until(lambda: batcher.queue_depth == 2)
+        for task in gone:
+            task.cancel()
+        fake.release()
+        await settle(asyncio.gather(*first))
+        assert np.array_equal(await settle(batcher.encode("next")), vector_for("next"))
+    assert fake.calls == [["first"], ["next"]]
+
+
+async def test_a_caller_cancelling_while_its_batch_runs_does_not_disturb_the_others() -> None:
+    fake = FakeEmbedder(hold={0, 1})
+    async with running(fake, workers=1) as batcher:
+        first = await submit(batcher, ["first"])
+        await fake.wait_calls(1)
+        a, b = await submit(batcher, ["a", "b"])
+        fake.release(0)
+        await fake.wait_calls(2)  # ["a", "b"] is being embedded, held
+        a.cancel()
+        fake.release(1)
+        np.testing.assert_array_equal(await settle(b), vector_for("b"))
+        await settle(asyncio.gather(*first))
+        with pytest.raises(asyncio.CancelledError):
+            await a
+        assert batcher.items_embedded == 3
+    assert fake.calls == [["first"], ["a", "b"]]
+
+
+async def test_encode_before_start_and_after_aclose_is_not_ready() -> None:
+    fake = FakeEmbedder()
+    batcher = MicroBatcher(embedder=fake, options=BatcherOptions())
+    with pytest.raises(NotReady):
+        await batcher.encode("too early")
+    await batcher.start()
+    with pytest.raises(RuntimeError, match="cannot start"):
+        await batcher.start()
+    await settle(batcher.aclose())
+    with pytest.raises(NotReady):
+        await batcher.encode("too late")
+    await settle(batcher.aclose())  # idempotent
+    assert fake.calls == []
+
+
+async def test_aclose_finishes_the_running_batch_and_fails_queued_items() -> None:
+    fake = FakeEmbedder(hold={0})
+    batcher = MicroBatcher(embedder=fake, options=BatcherOptions(workers=1))
+    await batcher.start()
+    first = await submit(batcher, ["running"])
+    await fake.wait_calls(1)
+    queued = await submit(batcher, ["q1", "q2"])
+    await yield_until(lambda: batcher.queue_depth == 2)
+    closing = asyncio.create_task(batcher.aclose())
+    await yield_until(lambda: not batcher_task_alive())  # the loop is gone, so nothing new can start
+    assert not closing.done()  # still waiting for the held batch
+    fake.release()
+    await settle(closing)
+    np.testing.assert_array_equal(await first[0], vector_for("running"))
+    for task in queued:
+        with pytest.raises(NotReady, match="shutting down"):
+            await task
+    assert fake.calls == [["running"]]
+
+
+async def test_aclose_fails_an_item_taken_during_the_linger() -> None:
+    fake = FakeEmbedder()
+    batcher = MicroBatcher(embedder=fake, options=BatcherOptions(max_wait_ms=600_000))
+    await batcher.start()
+    (task,) = await submit(batcher, ["lingering"])
+    await yield_until(lambda: batcher.queue_depth == 0)  # the loop took it and lingers for more
+    await settle(batcher.aclose())
+    with pytest.raises(NotReady, match="shutting down"):
+        await settle(task)
+    assert fake.calls == []
+
+
+async def test_async_with_starts_and_closes() -> None:
+    fake = FakeEmbedder()
+    async with MicroBatcher(embedder=fake, options=BatcherOptions()) as batcher:
+        np.testing.assert_array_equal(await settle(batcher.encode("x")), vector_for("x"))
+    with pytest.raises(NotReady):
+        await batcher.encode("x")
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t \u3000", "x" * 101, "é" * 51])
+async def test_invalid_text_is_rejected_before_it_is_queued(text: str) -> None:
+    fake = FakeEmbedder()
+    async with running(fake, max_text_bytes=100) as batcher:
+        with pytest.raises(InvalidRequest) as info:
+            await batcher.encode(text)
+        assert info.value.field == "prompt"
+        assert batcher.queue_depth == 0
+    assert fake.calls == []
+
+
+async def test_text_at_the_byte_limit_is_accepted() -> None:
+    fake = FakeEmbedder()
+    async with running(fake, max_text_bytes=100) as batcher:
+        await settle(batcher.encode("é" * 50))
+    assert fake.calls == [["é" * 50]]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_batch_size": 0}, {"max_queue": 0}, {"workers": 0}, {"max_wait_ms": -1.0}],
+)
+def test_options_are_validated(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        BatcherOptions(**options)
