@@ -22,11 +22,14 @@ from prometheus_client import start_http_server
 
 from cachesvc.backends.embedded import EmbeddedBackend
 from cachesvc.backends.faiss_index import IndexOptions
+from cachesvc.backends.persistence import DataDir, ModelChange, ModelIdentity, PersistenceOptions
+from cachesvc.backends.wal import FsyncPolicy
 from cachesvc.clock import Clock, SystemClock
 from cachesvc.config import LogFormat, Settings
 from cachesvc.core.policy import SizeLimits, TTLPolicy
 from cachesvc.core.service import CacheOptions, CacheService
 from cachesvc.embedding.batcher import BatcherOptions, MicroBatcher
+from cachesvc.embedding.manifest import ModelManifest
 from cachesvc.embedding.memo import MemoizedEncoder
 from cachesvc.embedding.onnx_embedder import OnnxEmbedder
 from cachesvc.embedding.protocol import Embedder
@@ -109,8 +112,15 @@ class App:
         ))
         await self.batcher.start()
         encoder = MemoizedEncoder(encoder=self.batcher, capacity=s.memo_size)
+        data_dir = DataDir(
+            PersistenceOptions(data_dir=s.data_dir, fsync=FsyncPolicy(s.fsync.value),
+                               snapshot_interval_seconds=s.snapshot_interval, repair=s.repair,
+                               on_model_change=ModelChange(s.on_model_change.value)),
+            model_identity(embedder),
+        )
         self.backend = EmbeddedBackend(dimension=embedder.dimension,
-                                       index_options=IndexOptions(hnsw_threshold=s.hnsw_threshold))
+                                       index_options=IndexOptions(hnsw_threshold=s.hnsw_threshold),
+                                       data_dir=data_dir, clock_now=self.clock.now)
         await self.backend.start()
         self.service = CacheService(encoder=encoder, backend=self.backend, clock=self.clock, options=CacheOptions(
             min_similarity=s.min_similarity,
@@ -178,6 +188,15 @@ class App:
             if self.backend is not None:
                 self._usage = await self.backend.usage()
             await asyncio.sleep(1.0)
+
+
+def model_identity(embedder: Embedder) -> ModelIdentity:
+    """What a data directory records about the model its vectors came from."""
+    manifest = getattr(embedder, "manifest", None)
+    if isinstance(manifest, ModelManifest):
+        return ModelIdentity(name=f"{manifest.name} ({manifest.precision.value})", dimension=manifest.dimension,
+                             checksum=manifest.onnx_sha256)
+    return ModelIdentity(name=type(embedder).__name__, dimension=embedder.dimension, checksum="unknown")
 
 
 class _JsonFormatter(logging.Formatter):

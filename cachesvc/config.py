@@ -19,6 +19,17 @@ from typing import Any
 ENV_PREFIX = "CACHESVC_"
 
 
+class Fsync(StrEnum):
+    ALWAYS = "always"
+    EVERYSEC = "everysec"
+    NO = "no"
+
+
+class OnModelChange(StrEnum):
+    REFUSE = "refuse"
+    EMPTY = "empty"
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -33,7 +44,16 @@ class Settings:
     host: str = field(default="127.0.0.1", metadata=_spec("address to listen on"))
     port: int = field(default=50051, metadata=_spec("gRPC port (0 = any free port)"))
     metrics_port: int = field(default=9464, metadata=_spec("Prometheus /metrics port on the same host (-1 = off)"))
-    data_dir: Path = field(default=Path("data"), metadata=_spec("directory for persistent state"))
+    data_dir: Path = field(default=Path("data"), metadata=_spec(
+        "directory for the snapshot and write-ahead log (one server per directory)"))
+    fsync: Fsync = field(default=Fsync.ALWAYS, metadata=_spec(
+        "when stores reach the disk: always (before the reply), everysec, or no (when the OS decides)"))
+    snapshot_interval: float = field(default=300.0, metadata=_spec(
+        "seconds between snapshots (also taken after 256 MB of log and on shutdown)"))
+    repair: bool = field(default=False, metadata=_spec(
+        "start despite corrupt data files: keep every readable record, move the damaged file aside"))
+    on_model_change: OnModelChange = field(default=OnModelChange.REFUSE, metadata=_spec(
+        "when the data directory was built with another model: refuse, or empty (move the old data aside)"))
     model_dir: Path = field(default=Path("models/all-MiniLM-L6-v2"),
                             metadata=_spec("model directory made by `cachesvc model export`"))
     min_similarity: float = field(default=0.90, metadata=_spec(
@@ -72,9 +92,9 @@ class Settings:
         for name in ("default_ttl", "max_entries", "max_wait_ms"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
-        for name in ("max_bytes", "top_k", "max_prompt_bytes", "max_completion_bytes", "max_metadata_bytes",
-                     "sweep_interval", "embed_workers", "intra_op_threads", "max_batch_size", "max_queue",
-                     "hnsw_threshold", "grace_seconds"):
+        for name in ("snapshot_interval", "max_bytes", "top_k", "max_prompt_bytes", "max_completion_bytes",
+                     "max_metadata_bytes", "sweep_interval", "embed_workers", "intra_op_threads", "max_batch_size",
+                     "max_queue", "hnsw_threshold", "grace_seconds"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")
         if self.memo_size < 0:
@@ -105,6 +125,17 @@ def _api_keys(raw: object) -> dict[str, str]:
     raise TypeError("expected tenant=key pairs or a table")
 
 
+def _boolean(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
 def _number(kind: type[int] | type[float]) -> Any:
     def convert(raw: object) -> int | float:
         if isinstance(raw, bool) or not isinstance(raw, int | float | str):
@@ -124,6 +155,9 @@ _CONVERTERS: dict[str, Any] = {
     "float": _number(float),
     "Path": Path,
     "LogFormat": LogFormat,
+    "Fsync": Fsync,
+    "OnModelChange": OnModelChange,
+    "bool": _boolean,
     "Mapping[str, str]": _api_keys,
 }
 
@@ -157,7 +191,11 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     """Adds one flag per setting, defaulting to None so that "not given" is distinguishable."""
     parser.add_argument("--config", type=Path, default=None, help=f"TOML settings file (or {env_name('config')})")
     for f in dataclasses.fields(Settings):
-        parser.add_argument(flag_name(f.name), dest=f.name, default=None, help=f.metadata.get("help"))
+        if str(f.type) == "bool":  # a switch: `--repair` alone turns it on
+            parser.add_argument(flag_name(f.name), dest=f.name, action="store_const", const="true", default=None,
+                                help=f.metadata.get("help"))
+        else:
+            parser.add_argument(flag_name(f.name), dest=f.name, default=None, help=f.metadata.get("help"))
 
 
 def load_settings(

@@ -45,6 +45,10 @@ class CountingEmbedder:
     def dimension(self) -> int:
         return self._inner.dimension
 
+    @property
+    def manifest(self) -> object:
+        return self._inner.manifest
+
     def embed(self, texts: Sequence[str]) -> Matrix:
         with self._lock:
             self.calls += 1
@@ -63,7 +67,7 @@ def counting_embedder(real_embedder: OnnxEmbedder) -> CountingEmbedder:
 
 
 @pytest.fixture
-async def start_app(counting_embedder: CountingEmbedder) -> AsyncIterator[Callable[..., Any]]:
+async def start_app(counting_embedder: CountingEmbedder, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Starts real servers on 127.0.0.1 (port 0) with the given settings; stops them all afterwards."""
     from cachesvc.app import App, Overrides
     from cachesvc.clock import ManualClock
@@ -72,7 +76,8 @@ async def start_app(counting_embedder: CountingEmbedder) -> AsyncIterator[Callab
     apps: list[App] = []
 
     async def start(*, clock: ManualClock | None = None, **settings: Any) -> App:
-        values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "metrics_port": -1, "grace_seconds": 5.0}
+        values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "metrics_port": -1, "grace_seconds": 5.0,
+                                  "data_dir": tmp_path / f"data-{len(apps)}"}
         values.update(settings)
         app = App(Settings(**values), overrides=Overrides(clock=clock or ManualClock(), embedder=counting_embedder))
         await app.start()

@@ -1,28 +1,43 @@
-"""The embedded backend: entries in process memory, one FAISS index per scope.
+"""The embedded backend: entries in process memory, one FAISS index per scope, durable in a data directory.
 
 State is owned by the event loop (dicts are only touched there); every FAISS call runs on one dedicated
 index thread, in submission order, so index mutations never race and a slow search never blocks the loop.
+
+Durability comes before visibility: a mutation is appended to the write-ahead log (and fsynced, per the
+policy) before it changes what lookups see. Snapshots are written on their own thread, from a list of the
+entries taken at one instant and vectors read back from the index in small chunks, so lookups wait for at
+most one chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import heapq
 import itertools
+import logging
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TypeVar
 
+import numpy as np
+
 from cachesvc.backends.faiss_index import IndexOptions, ScopeIndex
+from cachesvc.backends.persistence import DataDir, encode_delete, encode_hit, encode_put
 from cachesvc.backends.protocol import Capabilities
+from cachesvc.backends.wal import WalWriter, list_segments, segment_number
 from cachesvc.embedding.protocol import Vector
 from cachesvc.errors import InvalidRequest, NotReady
 from cachesvc.records import Entry, Match, ScopeKey, ScopeSelector, Usage
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+SNAPSHOT_CHUNK = 4096
 
 
 class State(Enum):
@@ -45,10 +60,21 @@ class _Tally:
 
 
 class EmbeddedBackend:
-    """In-process backend. Not durable yet: a restart starts empty."""
+    """In-process backend; durable when given a data directory."""
 
-    def __init__(self, *, dimension: int, index_options: IndexOptions = IndexOptions()) -> None:
+    def __init__(self, *, dimension: int, index_options: IndexOptions = IndexOptions(),
+                 data_dir: DataDir | None = None, clock_now: Callable[[], float] = time.time) -> None:
         self._dimension = dimension
+        self._data_dir = data_dir
+        self._clock_now = clock_now
+        self._wal: WalWriter | None = None
+        self._lsn = 0
+        self._unapplied: set[int] = set()  # logged but not yet visible: a snapshot must not claim them
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._snapshot_lock = asyncio.Lock()
+        self._snapshot_thread: ThreadPoolExecutor | None = None
+        self._wal_bytes_at_snapshot = 0
+        self.snapshots_written = 0
         self._index_options = index_options
         self._entries: dict[str, Entry] = {}
         self._labels: dict[str, int] = {}
@@ -64,21 +90,88 @@ class EmbeddedBackend:
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(semantic_search=True, durable=False, shared_between_replicas=False)
+        return Capabilities(semantic_search=True, durable=self._data_dir is not None, shared_between_replicas=False)
 
     async def start(self) -> None:
+        """Recovers the data directory (when there is one) and starts the index and log threads.
+
+        Raises:
+            StorageError: the directory is locked by another server, built with another model, or damaged.
+        """
         if self._state is not State.NEW:
             raise RuntimeError(f"cannot start a backend that is {self._state.value}")
         self._index_thread = ThreadPoolExecutor(1, thread_name_prefix="faiss-index")
         self._build_thread = ThreadPoolExecutor(1, thread_name_prefix="faiss-build")
         self._state = State.RUNNING
+        if self._data_dir is not None:
+            await self._recover(self._data_dir)
+
+    async def _recover(self, data_dir: DataDir) -> None:
+        await asyncio.to_thread(data_dir.lock)
+        await asyncio.to_thread(data_dir.check_model)
+        state, repaired = await asyncio.to_thread(data_dir.recover, now=self._clock_now())
+        await self._load(entry_vectors=sorted(state.entries.values(), key=lambda ev: ev[0].last_used_at))
+        self._lsn = state.last_lsn
+        segments = list_segments(data_dir.path)
+        self._wal = WalWriter(directory=data_dir.path, segment=segment_number(segments[-1]) + 1 if segments else 1,
+                              policy=data_dir.options.fsync)
+        self._wal.start()
+        self._snapshot_thread = ThreadPoolExecutor(1, thread_name_prefix="snapshot")
+        if repaired:
+            await self.snapshot()  # make the repaired state durable without the damaged files
+        self._snapshot_task = asyncio.get_running_loop().create_task(self._snapshot_forever(), name="snapshots")
+
+    async def _load(self, entry_vectors: list[tuple[Entry, Vector]]) -> None:
+        """Bulk-loads recovered entries (least recently used first, so the LRU order survives)."""
+        by_scope: dict[str, tuple[list[int], list[Vector]]] = {}
+        assert self._build_thread is not None
+        for entry, vector in entry_vectors:
+            scope = self._scopes.get(entry.scope.digest)
+            if scope is None:
+                index = ScopeIndex(dimension=self._dimension, options=self._index_options,
+                                   builder=self._build_thread)
+                scope = self._scopes[entry.scope.digest] = _Scope(key=entry.scope, index=index)
+            self._insert(entry, scope)
+            labels, vectors = by_scope.setdefault(entry.scope.digest, ([], []))
+            labels.append(self._labels[entry.id])
+            vectors.append(vector)
+        for digest, (labels, vectors) in by_scope.items():
+            index = self._scopes[digest].index
+            array = np.asarray(labels, dtype=np.int64)
+            matrix = np.vstack(vectors).astype(np.float32, copy=False)
+            await self._on_index_thread(functools.partial(index.add_many, array, matrix))
 
     async def aclose(self) -> None:
+        """Writes a final snapshot (so the next start reads no log), then stops every thread."""
+        if self._state is State.RUNNING and self._wal is not None:
+            if self._snapshot_task is not None:
+                self._snapshot_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._snapshot_task
+            try:
+                await self.snapshot()
+            except Exception:
+                log.exception("final snapshot failed; the write-ahead log still holds every change")
+            await self._wal.aclose()
         self._state = State.CLOSED
-        for pool in (self._index_thread, self._build_thread):
+        for pool in (self._index_thread, self._build_thread, self._snapshot_thread):
             if pool is not None:
                 pool.shutdown(wait=True)
+        if self._data_dir is not None:
+            self._data_dir.unlock()
 
+    async def _log(self, payload: Callable[[int], bytes], *, wait: bool = True) -> int:
+        """Appends a record (durable per policy when `wait`); returns its LSN, unapplied until `_applied`."""
+        assert self._wal is not None
+        self._lsn += 1
+        lsn = self._lsn
+        self._unapplied.add(lsn)
+        try:
+            await self._wal.append(payload(lsn), lsn=lsn, wait=wait)
+        except BaseException:
+            self._unapplied.discard(lsn)
+            raise
+        return lsn
     async def _on_index_thread(self, fn: Callable[[], T]) -> T:
         if self._state is not State.RUNNING or self._index_thread is None:
             raise NotReady("the backend is not running")
@@ -96,6 +189,8 @@ class EmbeddedBackend:
     async def put(self, entry: Entry, vector: Vector) -> Entry | None:
         if vector.shape != (self._dimension,):
             raise InvalidRequest(f"vector has shape {vector.shape}, the index holds {self._dimension}-d vectors")
+        entry.last_used_at = entry.created_at
+        lsn = await self._log(lambda lsn: encode_put(entry, vector, lsn)) if self._wal is not None else 0
         key = (entry.scope.digest, entry.normalized_prompt)
         old_id = self._exact.get(key)
         replaced = self._forget(old_id) if old_id is not None else None
@@ -104,24 +199,33 @@ class EmbeddedBackend:
             assert self._build_thread is not None
             index = ScopeIndex(dimension=self._dimension, options=self._index_options, builder=self._build_thread)
             scope = self._scopes[entry.scope.digest] = _Scope(key=entry.scope, index=index)
+        label = self._insert(entry, scope)
+        self._unapplied.discard(lsn)
+        await self._on_index_thread(lambda: scope.index.add(label, vector))
+        return replaced
+
+    def _insert(self, entry: Entry, scope: _Scope) -> int:
         label = next(self._next_label)
         entry.scope = scope.key  # share one ScopeKey object per scope
-        entry.last_used_at = entry.created_at
         self._entries[entry.id] = entry
         self._labels[entry.id] = label
         scope.label_to_id[label] = entry.id
-        self._exact[key] = entry.id
+        self._exact[(scope.key.digest, entry.normalized_prompt)] = entry.id
         self._lru[entry.id] = None
         if entry.expires_at is not None:
             heapq.heappush(self._expiry, (entry.expires_at, entry.id))
         tally = self._tallies.setdefault((entry.scope.tenant, entry.scope.namespace), _Tally())
         tally.entries += 1
         tally.bytes += entry.size_bytes
-        await self._on_index_thread(lambda: scope.index.add(label, vector))
-        return replaced
+        return label
 
     async def delete(self, entry_ids: Collection[str]) -> list[Entry]:
-        deleted = [e for e in (self._forget(i) for i in entry_ids) if e is not None]
+        present = [i for i in entry_ids if i in self._entries]
+        if not present:
+            return []
+        lsn = await self._log(lambda lsn: encode_delete(present, lsn)) if self._wal is not None else 0
+        deleted = [e for e in (self._forget(i) for i in present) if e is not None]
+        self._unapplied.discard(lsn)
         return deleted
 
     async def touch(self, entry: Entry, now: float) -> None:
@@ -129,6 +233,10 @@ class EmbeddedBackend:
             entry.hit_count += 1
             entry.last_used_at = now
             self._lru.move_to_end(entry.id)
+            if self._wal is not None:
+                # Hit counts are best effort: logged without waiting, durable with the next fsync.
+                lsn = await self._log(lambda lsn: encode_hit(entry, lsn), wait=False)
+                self._unapplied.discard(lsn)
 
     def _forget(self, entry_id: str) -> Entry | None:
         """Removes an entry from every map at once (so it can never be served again) and queues the index
@@ -198,6 +306,62 @@ class EmbeddedBackend:
             if selector.matches(scope.key)
             for entry_id in scope.label_to_id.values()
         ]
+
+    # Snapshots
+
+    async def snapshot(self) -> None:
+        """Writes a snapshot covering everything visible now, then deletes the log it makes redundant."""
+        if self._data_dir is None or self._wal is None or self._snapshot_thread is None:
+            return
+        async with self._snapshot_lock:
+            started = time.monotonic()
+            covered = min(self._unapplied) - 1 if self._unapplied else self._lsn
+            entries = list(self._entries.values())  # one instant; later changes are in the log after `covered`
+            self._wal_bytes_at_snapshot = self._wal.bytes_written
+            segment = await self._wal.rotate()
+            data_dir = self._data_dir
+            loop = asyncio.get_running_loop()
+            path, count, size = await loop.run_in_executor(
+                self._snapshot_thread, lambda: data_dir.write_snapshot(covered, self._snapshot_records(entries)))
+            pruned = await loop.run_in_executor(
+                self._snapshot_thread, data_dir.prune, path, covered, self._wal.segment_max_lsn, segment)
+            self.snapshots_written += 1
+            log.info("snapshot %s: %d entries, %.1f MB in %.2f s; %d log segments removed", path.name, count,
+                     size / 1e6, time.monotonic() - started, pruned)
+
+    def _snapshot_records(self, entries: list[Entry]) -> Iterator[bytes]:
+        """Runs on the snapshot thread; reads vectors back from the index thread a chunk at a time."""
+        assert self._index_thread is not None
+        for start in range(0, len(entries), SNAPSHOT_CHUNK):
+            chunk = entries[start:start + SNAPSHOT_CHUNK]
+            vectors = self._index_thread.submit(self._vectors_of, chunk).result()
+            for entry, vector in zip(chunk, vectors, strict=True):
+                if vector is not None:  # None: deleted since the snapshot began (its delete is in the log)
+                    yield encode_put(entry, vector, 0)
+
+    def _vectors_of(self, entries: list[Entry]) -> list[Vector | None]:
+        """Runs on the index thread, so no index changes under it."""
+        found: list[Vector | None] = []
+        for entry in entries:
+            label = self._labels.get(entry.id)
+            scope = self._scopes.get(entry.scope.digest)
+            found.append(None if label is None or scope is None else scope.index.vectors([label])[0])
+        return found
+
+    async def _snapshot_forever(self) -> None:
+        assert self._data_dir is not None and self._wal is not None
+        options = self._data_dir.options
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            grown = self._wal.bytes_written - self._wal_bytes_at_snapshot
+            if grown and (grown >= options.snapshot_wal_bytes
+                          or time.monotonic() - last >= options.snapshot_interval_seconds):
+                try:
+                    await self.snapshot()
+                except Exception:
+                    log.exception("snapshot failed; the write-ahead log still holds every change")
+                last = time.monotonic()
 
     # For tests and benchmarks
 

@@ -85,6 +85,24 @@ class ScopeIndex:
             self._build.added[label] = vector
         self._maybe_rebuild()
 
+    def add_many(self, labels: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
+        """Bulk add (recovery); starts an HNSW build if the scope is large."""
+        if len(labels):
+            self._index.add_with_ids(vectors, labels)
+            if self._build is not None:
+                self._build.added.update(zip(labels.tolist(), vectors, strict=True))
+            self._maybe_rebuild()
+
+    def vectors(self, labels: list[int]) -> list[Vector | None]:
+        """The stored vectors of `labels` (None for a label no longer held): what snapshots save."""
+        found: list[Vector | None] = []
+        for label in labels:
+            try:
+                found.append(self._index.reconstruct(label))
+            except RuntimeError:
+                found.append(None)
+        return found
+
     def remove(self, label: int) -> None:
         if self.kind is IndexKind.FLAT:
             self._index.remove_ids(np.array([label], dtype=np.int64))

@@ -1,0 +1,337 @@
+"""The embedded backend's data directory: lock, model record, snapshots and write-ahead log, and recovery.
+
+    data_dir/
+      LOCK                       held (flock) by the one server using the directory
+      model.json                 the model the vectors came from; another model is refused
+      snapshot-<lsn>.snap        entries with their vectors, covering every record up to <lsn>
+      wal-<segment>.log          records after that, in order
+
+Every record carries a log sequence number (LSN). Replaying is idempotent (a put of an id already present is
+skipped, deletes and hit counts overwrite), so recovery can load the snapshot and replay every record after
+its LSN without caring exactly where a segment boundary fell.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, cast
+
+import msgpack
+import numpy as np
+
+from cachesvc.backends.framing import Damage, ReadResult, frame, read_frames
+from cachesvc.backends.wal import FsyncPolicy, StorageError, fsync_directory, list_segments, segment_number
+from cachesvc.embedding.protocol import Vector
+from cachesvc.records import Entry, ScopeKey
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "LOCK"
+MODEL_FILE = "model.json"
+SNAPSHOT_PREFIX = "snapshot-"
+SNAPSHOT_SUFFIX = ".snap"
+SNAPSHOT_FORMAT = "cachesvc-snapshot/1"
+
+
+class ModelChange(StrEnum):
+    REFUSE = "refuse"  # stop with an error naming both models
+    EMPTY = "empty"  # move the old data aside and start empty
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelIdentity:
+    name: str
+    dimension: int
+    checksum: str
+
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "dimension": self.dimension, "checksum": self.checksum}, indent=2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PersistenceOptions:
+    data_dir: Path
+    fsync: FsyncPolicy = FsyncPolicy.ALWAYS
+    snapshot_interval_seconds: float = 300.0
+    snapshot_wal_bytes: int = 256 << 20
+    repair: bool = False
+    on_model_change: ModelChange = ModelChange.REFUSE
+
+
+# Records. Lists, not maps: msgpack packs and unpacks them faster, and there are millions in a snapshot.
+PUT, DELETE, HIT = "p", "d", "h"
+
+
+def encode_put(entry: Entry, vector: Vector, lsn: int) -> bytes:
+    s = entry.scope
+    return cast(bytes, msgpack.packb([
+        PUT, lsn, entry.id, s.tenant, s.namespace, s.model, s.context, entry.prompt, entry.normalized_prompt,
+        entry.completion, entry.metadata, entry.created_at, entry.expires_at, entry.size_bytes, entry.hit_count,
+        entry.last_used_at, vector.astype(np.float32, copy=False).tobytes(),
+    ]))
+
+
+def encode_delete(entry_ids: Iterable[str], lsn: int) -> bytes:
+    return cast(bytes, msgpack.packb([DELETE, lsn, list(entry_ids)]))
+
+
+def encode_hit(entry: Entry, lsn: int) -> bytes:
+    return cast(bytes, msgpack.packb([HIT, lsn, entry.id, entry.hit_count, entry.last_used_at]))
+
+
+def _decode_put(r: list[Any], scopes: dict[tuple[str, str, str, str], ScopeKey]) -> tuple[Entry, Vector]:
+    key = (r[3], r[4], r[5], r[6])
+    scope = scopes.get(key)
+    if scope is None:
+        scope = scopes[key] = ScopeKey(tenant=r[3], namespace=r[4], model=r[5], context=r[6])
+    entry = Entry(id=r[2], scope=scope, prompt=r[7], normalized_prompt=r[8], completion=r[9], metadata=r[10],
+                  created_at=r[11], expires_at=r[12], size_bytes=r[13], hit_count=r[14], last_used_at=r[15])
+    return entry, np.frombuffer(r[16], dtype=np.float32)
+
+
+@dataclass
+class RecoveredState:
+    """The entries a data directory holds, built by replaying a snapshot and the log."""
+
+    entries: dict[str, tuple[Entry, Vector]] = field(default_factory=dict)
+    exact: dict[tuple[str, str], str] = field(default_factory=dict)
+    last_lsn: int = 0
+    scopes: dict[tuple[str, str, str, str], ScopeKey] = field(default_factory=dict)
+
+    def apply(self, record: list[Any]) -> None:
+        kind, lsn = record[0], record[1]
+        self.last_lsn = max(self.last_lsn, lsn)
+        if kind == PUT:
+            if record[2] in self.entries:
+                return
+            entry, vector = _decode_put(record, self.scopes)
+            key = (entry.scope.digest, entry.normalized_prompt)
+            holder = self.exact.get(key)
+            if holder is not None:
+                self.entries.pop(holder, None)
+            self.entries[entry.id] = (entry, vector)
+            self.exact[key] = entry.id
+        elif kind == DELETE:
+            for entry_id in record[2]:
+                held = self.entries.pop(entry_id, None)
+                if held is not None:
+                    key = (held[0].scope.digest, held[0].normalized_prompt)
+                    if self.exact.get(key) == entry_id:
+                        del self.exact[key]
+        elif kind == HIT:
+            held = self.entries.get(record[2])
+            if held is not None:
+                held[0].hit_count, held[0].last_used_at = record[3], record[4]
+        else:
+            raise ValueError(f"unknown record kind {kind!r}")
+
+
+class DataDir:
+    """Owns the directory: the lock, the model record, reading everything back and writing snapshots."""
+
+    def __init__(self, options: PersistenceOptions, model: ModelIdentity) -> None:
+        self.options = options
+        self.model = model
+        self.path = options.data_dir
+        self._lock_fd: int | None = None
+
+    # Start-up
+
+    def lock(self) -> None:
+        """Raises:
+            StorageError: another server holds the directory.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StorageError(f"{self.path}: data directory is in use by another cachesvc server (pid {holder}); "
+                               "one server per data directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    def check_model(self) -> None:
+        """Raises:
+            StorageError: the directory was built with another model and the policy is to refuse.
+        """
+        path = self.path / MODEL_FILE
+        if path.exists():
+            try:
+                recorded = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise StorageError(f"{path}: unreadable model record: {exc}") from exc
+            current = json.loads(self.model.to_json())
+            if recorded != current:
+                if self.options.on_model_change is ModelChange.REFUSE:
+                    raise StorageError(
+                        f"{self.path}: built with model {recorded.get('name')} (dimension {recorded.get('dimension')}, "
+                        f"checksum {str(recorded.get('checksum'))[:12]}), but the server runs {self.model.name} "
+                        f"(dimension {self.model.dimension}, checksum {self.model.checksum[:12]}); start with "
+                        "--on-model-change empty to move the old data aside and start empty"
+                    )
+                aside = self.path / f"previous-model-{time.strftime('%Y%m%dT%H%M%S')}"
+                aside.mkdir()
+                for item in self.path.iterdir():
+                    if item.name not in (LOCK_FILE, aside.name) and not item.name.startswith("previous-"):
+                        item.rename(aside / item.name)
+                log.warning("%s: model changed; old data moved to %s", self.path, aside)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.model.to_json(), encoding="utf-8")
+        tmp.replace(path)
+        fsync_directory(self.path)
+
+    def recover(self, *, now: float) -> tuple[RecoveredState, bool]:
+        """Loads the newest snapshot and replays the log after it.
+
+        Returns:
+            The recovered state, and whether damage was repaired (the caller should snapshot at once).
+
+        Raises:
+            StorageError: corruption in a snapshot or in the middle of a segment, without `repair`.
+        """
+        started = time.monotonic()
+        state = RecoveredState()
+        repaired = False
+        covered = 0
+        snapshots = self.snapshots()
+        if snapshots:
+            newest = snapshots[-1]
+            covered, repaired = self._load_snapshot(newest, state)
+        replayed = 0
+        for segment in list_segments(self.path):
+            result = self._read(segment)
+            if result.damage is Damage.CORRUPT:
+                repaired = True
+            for _offset, payload in result.payloads:
+                record = msgpack.unpackb(payload, use_list=True)
+                if record[1] > covered:
+                    state.apply(record)
+                    replayed += 1
+        expired = [i for i, (e, _v) in state.entries.items() if e.is_expired(now)]
+        for entry_id in expired:
+            state.apply([DELETE, 0, [entry_id]])
+        log.info("recovered %d entries from %s in %.2f s (snapshot up to LSN %d, %d log records replayed, "
+                 "%d expired dropped)", len(state.entries), self.path, time.monotonic() - started, covered,
+                 replayed, len(expired))
+        state.last_lsn = max(state.last_lsn, covered)
+        return state, repaired
+
+    def _read(self, path: Path) -> ReadResult:
+        data = path.read_bytes()
+        result = read_frames(data, path=path, resync=self.options.repair)
+        if result.damage is Damage.TORN_TAIL:
+            log.warning("%s: dropped a torn record at byte offset %d (%d bytes; a crash mid-write)", path,
+                        result.damage_offset, len(data) - result.damage_offset)
+            with path.open("r+b") as f:
+                f.truncate(result.damage_offset)
+                os.fsync(f.fileno())
+        elif result.damage is Damage.CORRUPT:
+            if not self.options.repair:
+                raise StorageError(f"{path}: corrupt record at byte offset {result.damage_offset}; start with "
+                                   "--repair to keep every readable record and move the file aside")
+            self._move_aside(path)
+            log.error("%s: corrupt at byte offset %d; repaired: kept %d readable records (%d after the damage), "
+                      "moved the file aside", path, result.damage_offset, len(result.payloads), result.resynced)
+        return result
+
+    def _move_aside(self, path: Path) -> Path:
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        path.rename(aside)
+        return aside
+
+    def _load_snapshot(self, path: Path, state: RecoveredState) -> tuple[int, bool]:
+        data = path.read_bytes()
+        result = read_frames(data, path=path, resync=self.options.repair)
+        payloads = [p for _o, p in result.payloads]
+        problem = None
+        if result.damage is not Damage.NONE:
+            problem = f"corrupt record at byte offset {result.damage_offset}"
+        elif not payloads:
+            problem = "empty"
+        header = msgpack.unpackb(payloads[0]) if payloads else {}
+        footer = msgpack.unpackb(payloads[-1]) if len(payloads) > 1 else {}
+        if problem is None and (not isinstance(header, dict) or header.get("format") != SNAPSHOT_FORMAT):
+            problem = "not a cachesvc snapshot"
+        if problem is None and (not isinstance(footer, dict) or footer.get("entries") != len(payloads) - 2):
+            problem = "incomplete (no footer or wrong entry count)"
+        if problem is not None and not self.options.repair:
+            raise StorageError(f"{path}: snapshot is damaged ({problem}); start with --repair to load its readable "
+                               "part and move it aside")
+        covered = int(header.get("lsn", 0)) if isinstance(header, dict) else 0
+        for payload in payloads:
+            record = msgpack.unpackb(payload, use_list=True)
+            if isinstance(record, list) and record and record[0] == PUT:
+                state.apply(record)
+        if problem is not None:
+            self._move_aside(path)
+            log.error("%s: snapshot damaged (%s); repaired: loaded %d readable entries, moved it aside", path,
+                      problem, len(state.entries))
+            return covered, True
+        return covered, False
+
+    # Snapshots
+
+    def snapshots(self) -> list[Path]:
+        found = self.path.glob(f"{SNAPSHOT_PREFIX}*{SNAPSHOT_SUFFIX}")
+        return sorted(found, key=lambda p: int(p.name[len(SNAPSHOT_PREFIX):-len(SNAPSHOT_SUFFIX)]))
+
+    def write_snapshot(self, lsn: int, records: Iterator[bytes]) -> tuple[Path, int, int]:
+        """Writes `records` (encoded puts) to a temporary file, fsyncs it and renames it into place.
+
+        Returns:
+            (path, entries written, bytes written)
+        """
+        final = self.path / f"{SNAPSHOT_PREFIX}{lsn:016d}{SNAPSHOT_SUFFIX}"
+        tmp = final.with_suffix(".tmp")
+        count = 0
+        size = 0
+        with tmp.open("wb", buffering=1 << 20) as f:
+            header = frame(msgpack.packb({"format": SNAPSHOT_FORMAT, "lsn": lsn, "model": self.model.name,
+                                          "created_at": time.time()}))
+            f.write(header)
+            size += len(header)
+            for payload in records:
+                data = frame(payload)
+                f.write(data)
+                size += len(data)
+                count += 1
+            footer = frame(msgpack.packb({"entries": count}))
+            f.write(footer)
+            size += len(footer)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(final)
+        fsync_directory(self.path)
+        return final, count, size
+
+    def prune(self, keep: Path, covered: int, segment_max_lsn: dict[int, int], current_segment: int) -> int:
+        """Deletes older snapshots and the segments wholly covered by `keep`; returns segments deleted."""
+        for old in self.snapshots():
+            if old != keep:
+                old.unlink()
+        deleted = 0
+        for segment in list_segments(self.path):
+            number = segment_number(segment)
+            if number < current_segment and segment_max_lsn.get(number, 0) <= covered:
+                segment.unlink()
+                segment_max_lsn.pop(number, None)
+                deleted += 1
+        fsync_directory(self.path)
+        return deleted

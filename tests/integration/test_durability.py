@@ -1,0 +1,173 @@
+"""Restarts and crashes of a real server: what was acknowledged is still there."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cachesvc.app import App
+from cachesvc.clock import ManualClock
+from cachesvc.errors import CacheError
+from cachesvc_client import AsyncCacheClient, CacheClient, CacheClientError, NotFoundError, Scope
+
+StartApp = Callable[..., Any]
+
+
+async def test_restart_preserves_scopes_ttls_hits_budget_and_deletions(start_app: StartApp, tmp_path: Path) -> None:
+    clock = ManualClock()
+    settings = {"data_dir": tmp_path / "data", "max_entries": 3, "clock": clock}
+    geo = Scope(namespace="geo", model="m")
+    app: App = await start_app(**settings)
+    async with AsyncCacheClient(f"127.0.0.1:{app.port}") as client:
+        kept = await client.store("What is the capital of France?", "Paris", scope=geo, metadata={"source": "atlas"},
+                                  ttl_seconds=1000)
+        evicted = await client.store("Who wrote Hamlet?", "Shakespeare", scope=Scope(namespace="lit"))
+        gone = await client.store("How tall is Everest?", "8,849 m", scope=geo)
+        for _ in range(3):
+            assert (await client.lookup("What is the capital of France?", scope=geo)).hit
+        await client.delete(gone.id)
+        prime = await client.store("Name a prime.", "7", scope=Scope(namespace="primes"), ttl_seconds=10)
+        await client.store("What is 2 + 2?", "4")  # a fourth entry: evicts the least recently used (Hamlet)
+        before = {n.namespace: n for n in (await client.stats()).namespaces}
+    await app.aclose()
+    assert before["lit"].capacity_evictions == 1 and before["lit"].entries == 0
+
+    clock.advance(10)  # the prime has expired meanwhile: it must not come back
+    restarted: App = await start_app(**settings)
+    async with AsyncCacheClient(f"127.0.0.1:{restarted.port}") as client:
+        hit = await client.lookup("What is the capital of France?", scope=geo)
+        assert hit.entry is not None and hit.entry.id == kept.id and hit.entry.metadata == {"source": "atlas"}
+        assert hit.entry.hit_count == 4 and hit.entry.expires_at == kept.expires_at
+        assert not (await client.lookup("What is the capital of France?", scope=Scope(namespace="geo"))).hit
+        for prompt, scope in (("How tall is Everest?", geo), ("Who wrote Hamlet?", Scope(namespace="lit")),
+                              ("Name a prime.", Scope(namespace="primes"))):
+            found = await client.lookup(prompt, scope=scope, min_similarity=0.0, explain=True)
+            assert not {c.entry_id for c in found.candidates} & {gone.id, evicted.id, prime.id}
+        after = {n.namespace: n for n in (await client.stats()).namespaces}
+        assert {ns: s.entries for ns, s in after.items() if s.entries} == {"geo": 1, "default": 1}
+        assert after["geo"].bytes == before["geo"].bytes and after["default"].bytes == before["default"].bytes
+        for entry_id in (gone.id, evicted.id):
+            with pytest.raises(NotFoundError):
+                await client.delete(entry_id)
+
+
+async def test_second_server_on_same_directory_refuses(start_app: StartApp, tmp_path: Path) -> None:
+    await start_app(data_dir=tmp_path / "shared")
+    with pytest.raises(CacheError, match="in use by another cachesvc server"):
+        await start_app(data_dir=tmp_path / "shared")
+
+
+# Crash tests: a real server process, killed with SIGKILL in the middle of concurrent stores.
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ServerProcess:
+    def __init__(self, data_dir: Path, model_dir: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cachesvc", "serve", "--port", "0", "--metrics-port", "-1", "--data-dir",
+             str(data_dir), "--model-dir", str(model_dir), "--fsync", "always"],
+            cwd=ROOT, stderr=subprocess.PIPE, text=True,
+        )
+        self.log: list[str] = []
+        self.port = self._wait_for_port()
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
+
+    def _wait_for_port(self) -> int:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line)
+            found = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                return int(found.group(1))
+        raise AssertionError("server exited before serving:\n" + "".join(self.log))
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line)
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self._reap()
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self._reap()
+
+    def _reap(self) -> int:
+        code = self.process.wait(timeout=60)
+        self._drainer.join(timeout=10)  # the pipe reaches EOF once the process is gone
+        assert self.process.stderr is not None
+        self.process.stderr.close()
+        return code
+
+
+@pytest.fixture
+def servers() -> Iterator[list[ServerProcess]]:
+    started: list[ServerProcess] = []
+    yield started
+    for server in started:
+        if server.process.poll() is None:
+            server.kill()
+
+
+@pytest.mark.parametrize("kill_after", [1, 40, 120])
+def test_acknowledged_stores_survive_kill_9(kill_after: int, tmp_path: Path, model_dir: Path,
+                                            servers: list[ServerProcess]) -> None:
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    data_dir = tmp_path / "data"
+    server = ServerProcess(data_dir, model_dir)
+    servers.append(server)
+    acknowledged: dict[str, tuple[str, str, dict[str, str], str]] = {}
+    lock = threading.Lock()
+    enough = threading.Event()
+
+    def writer(worker: int) -> None:
+        with CacheClient(f"127.0.0.1:{server.port}", timeout=30) as client:
+            for n in range(10_000):
+                prompt = f"worker {worker} question {n}: {rng.random():.12f}"
+                completion = f"answer {worker}-{n} " + "é" * rng.randrange(0, 64)
+                metadata = {"worker": str(worker), "n": str(n)}
+                try:
+                    stored = client.store(prompt, completion, scope=Scope(namespace=f"w{worker % 3}"),
+                                          metadata=metadata)
+                except CacheClientError:
+                    return  # the server is gone; this store was never acknowledged
+                with lock:
+                    acknowledged[stored.id] = (prompt, completion, metadata, f"w{worker % 3}")
+                    if len(acknowledged) >= kill_after:
+                        enough.set()
+
+    with ThreadPoolExecutor(16) as pool:
+        for worker in range(16):
+            pool.submit(writer, worker)
+        assert enough.wait(timeout=120), f"seed {seed}: stores were not acknowledged"
+        server.kill()
+    assert acknowledged, f"seed {seed}"
+
+    restarted = ServerProcess(data_dir, model_dir)
+    servers.append(restarted)
+    with CacheClient(f"127.0.0.1:{restarted.port}") as client:
+        for entry_id, (prompt, completion, metadata, namespace) in acknowledged.items():
+            hit = client.lookup(prompt, scope=Scope(namespace=namespace))
+            assert hit.exact and hit.entry is not None, f"seed {seed}: lost acknowledged store {entry_id}"
+            assert (hit.entry.id, hit.entry.completion, dict(hit.entry.metadata)) == (entry_id, completion, metadata)
+        assert client.stats().total.entries >= len(acknowledged)
+    assert restarted.stop() == 0
+    print(f"kill -9 after {kill_after}+ acknowledged stores (seed {seed}): {len(acknowledged)} acknowledged, "
+          f"all recovered")
+    assert os.listdir(data_dir)

@@ -1,0 +1,176 @@
+"""Write-ahead log, snapshots and recovery of the embedded backend's data directory."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cachesvc.backends.framing import frame
+from cachesvc.backends.persistence import (
+    DataDir,
+    ModelChange,
+    ModelIdentity,
+    PersistenceOptions,
+    encode_delete,
+    encode_hit,
+    encode_put,
+)
+from cachesvc.backends.wal import FsyncPolicy, StorageError, WalWriter, list_segments, segment_path
+from cachesvc.records import Entry, ScopeKey
+
+DIM = 8
+MODEL = ModelIdentity(name="test-model", dimension=DIM, checksum="abc")
+
+
+def entry(n: int, *, expires_at: float | None = None, namespace: str = "ns") -> Entry:
+    return Entry(id=f"id{n}", scope=ScopeKey(tenant="t", namespace=namespace), prompt=f"prompt {n}",
+                 normalized_prompt=f"prompt {n}", completion=f"completion {n} ✓", metadata={"k": str(n)},
+                 created_at=1000.0 + n, expires_at=expires_at, size_bytes=100 + n)
+
+
+def vector(n: int) -> np.ndarray:
+    v = np.random.default_rng(n).standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def data_dir(path: Path, *, repair: bool = False, model: ModelIdentity = MODEL,
+             on_model_change: ModelChange = ModelChange.REFUSE) -> DataDir:
+    return DataDir(PersistenceOptions(data_dir=path, repair=repair, on_model_change=on_model_change), model)
+
+
+def write_segment(path: Path, payloads: list[bytes], number: int = 1) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    segment = segment_path(path, number)
+    segment.write_bytes(b"".join(frame(p) for p in payloads))
+    return segment
+
+
+def puts(n: int) -> list[bytes]:
+    return [encode_put(entry(i), vector(i), lsn=i) for i in range(1, n + 1)]
+
+
+def test_replay_restores_entries_byte_for_byte(tmp_path: Path) -> None:
+    write_segment(tmp_path, [*puts(3), encode_delete(["id2"], 4), encode_hit(_hit(entry(3), 5, 2000.0), 5)])
+    state, repaired = data_dir(tmp_path).recover(now=0.0)
+    assert not repaired and sorted(state.entries) == ["id1", "id3"]
+    restored, restored_vector = state.entries["id3"]
+    assert (restored.prompt, restored.completion, restored.metadata) == ("prompt 3", "completion 3 ✓", {"k": "3"})
+    assert (restored.hit_count, restored.last_used_at, restored.size_bytes) == (5, 2000.0, 103)
+    np.testing.assert_array_equal(restored_vector, vector(3))
+    assert state.last_lsn == 5
+
+
+def _hit(e: Entry, hits: int, at: float) -> Entry:
+    e.hit_count, e.last_used_at = hits, at
+    return e
+
+
+def test_put_with_same_prompt_replaces_and_expired_entries_stay_dead(tmp_path: Path) -> None:
+    again = entry(1)
+    again.id = "id1-new"
+    write_segment(tmp_path, [*puts(2), encode_put(again, vector(9), 3),
+                             encode_put(entry(7, expires_at=50.0), vector(7), 4)])
+    state, _ = data_dir(tmp_path).recover(now=100.0)
+    assert sorted(state.entries) == ["id1-new", "id2"]
+
+
+def test_torn_last_record_is_dropped_at_every_offset(tmp_path: Path) -> None:
+    records = puts(4)
+    full = b"".join(frame(p) for p in records)
+    last_start = len(full) - len(frame(records[-1]))
+    for cut in range(last_start, len(full) + 1):
+        target = tmp_path / f"cut-{cut}"
+        write_segment(target, [])
+        segment_path(target, 1).write_bytes(full[:cut])
+        state, repaired = data_dir(target).recover(now=0.0)
+        expected = 4 if cut == len(full) else 3
+        assert len(state.entries) == expected, f"cut at {cut}"
+        assert not repaired
+        assert segment_path(target, 1).stat().st_size == (len(full) if cut == len(full) else last_start)
+
+
+def test_zeros_after_the_last_record_count_as_a_torn_tail(tmp_path: Path) -> None:
+    segment = write_segment(tmp_path, puts(2))
+    segment.write_bytes(segment.read_bytes() + bytes(4096))
+    state, _ = data_dir(tmp_path).recover(now=0.0)
+    assert len(state.entries) == 2
+
+
+def test_corrupt_record_in_the_middle_stops_start_up_unless_repairing(tmp_path: Path) -> None:
+    records = puts(5)
+    segment = write_segment(tmp_path, records)
+    second = len(frame(records[0]))
+    data = bytearray(segment.read_bytes())
+    data[second + 30] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    with pytest.raises(StorageError, match=rf"{segment.name}: corrupt record at byte offset {second}\b"):
+        data_dir(tmp_path).recover(now=0.0)
+    state, repaired = data_dir(tmp_path, repair=True).recover(now=0.0)
+    assert repaired and sorted(state.entries) == ["id1", "id3", "id4", "id5"]
+    assert not segment.exists() and list(tmp_path.glob(f"{segment.name}.corrupt-*"))
+
+
+def test_snapshot_round_trip_and_damage(tmp_path: Path) -> None:
+    directory = data_dir(tmp_path)
+    directory.lock()
+    path, count, _size = directory.write_snapshot(10, iter(puts(3)))
+    write_segment(tmp_path, [encode_delete(["id1"], 9), encode_put(entry(4), vector(4), 11)], number=2)
+    state, _ = directory.recover(now=0.0)
+    # The delete (LSN 9) is covered by the snapshot (LSN 10) and not replayed; the later put is.
+    assert count == 3 and sorted(state.entries) == ["id1", "id2", "id3", "id4"]
+    directory.unlock()
+
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(StorageError, match=rf"{path.name}: snapshot is damaged \(corrupt record at byte offset \d+"):
+        data_dir(tmp_path).recover(now=0.0)
+    state, repaired = data_dir(tmp_path, repair=True).recover(now=0.0)
+    assert repaired and "id4" in state.entries and 2 <= len(state.entries) <= 3
+    assert not path.exists()
+
+
+def test_one_server_per_directory(tmp_path: Path) -> None:
+    first = data_dir(tmp_path)
+    first.lock()
+    with pytest.raises(StorageError, match="in use by another cachesvc server"):
+        data_dir(tmp_path).lock()
+    first.unlock()
+    data_dir(tmp_path).lock()
+
+
+def test_another_model_is_refused_or_moved_aside(tmp_path: Path) -> None:
+    write_segment(tmp_path, puts(2))
+    data_dir(tmp_path).check_model()
+    other = ModelIdentity(name="other-model", dimension=16, checksum="def")
+    with pytest.raises(StorageError, match=r"built with model test-model .* runs other-model"):
+        data_dir(tmp_path, model=other).check_model()
+    data_dir(tmp_path, model=other, on_model_change=ModelChange.EMPTY).check_model()
+    state, _ = data_dir(tmp_path, model=other).recover(now=0.0)
+    assert not state.entries and list(tmp_path.glob("previous-model-*/wal-*.log"))
+
+
+async def test_concurrent_appends_share_fsyncs(tmp_path: Path) -> None:
+    writer = WalWriter(directory=tmp_path, segment=1, policy=FsyncPolicy.ALWAYS)
+    writer.start()
+    await asyncio.gather(*(writer.append(p, lsn=i) for i, p in enumerate(puts(64), start=1)))
+    assert 1 <= writer.fsyncs < 8  # one fsync covers a whole queued batch
+    await writer.aclose()
+    state, _ = data_dir(tmp_path).recover(now=0.0)
+    assert len(state.entries) == 64
+
+
+async def test_rotation_starts_a_new_segment(tmp_path: Path) -> None:
+    writer = WalWriter(directory=tmp_path, segment=1, policy=FsyncPolicy.NO)
+    writer.start()
+    records = puts(3)
+    await writer.append(records[0], lsn=1)
+    assert await writer.rotate() == 2
+    await writer.append(records[1], lsn=2)
+    await writer.aclose()
+    assert [p.name for p in list_segments(tmp_path)] == [segment_path(tmp_path, n).name for n in (1, 2)]
+    assert writer.segment_max_lsn == {1: 1, 2: 2}
+
