@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -122,6 +123,8 @@ class App:
                                        index_options=IndexOptions(hnsw_threshold=s.hnsw_threshold),
                                        data_dir=data_dir, clock_now=self.clock.now)
         await self.backend.start()
+        # Recovered entries live as long as the server: keep the cyclic GC from walking them on every full pass.
+        gc.freeze()
         self.service = CacheService(encoder=encoder, backend=self.backend, clock=self.clock, options=CacheOptions(
             min_similarity=s.min_similarity,
             default_ttl=TTLPolicy.of(s.default_ttl, field="default_ttl"),

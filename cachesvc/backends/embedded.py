@@ -28,7 +28,7 @@ from typing import TypeVar
 import numpy as np
 
 from cachesvc.backends.faiss_index import IndexOptions, ScopeIndex
-from cachesvc.backends.persistence import DataDir, encode_delete, encode_hit, encode_put
+from cachesvc.backends.persistence import DataDir, encode_chunk, encode_delete, encode_hit, encode_put
 from cachesvc.backends.protocol import Capabilities
 from cachesvc.backends.wal import WalWriter, list_segments, segment_number
 from cachesvc.embedding.protocol import Vector
@@ -37,7 +37,7 @@ from cachesvc.records import Entry, Match, ScopeKey, ScopeSelector, Usage
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-SNAPSHOT_CHUNK = 4096
+SNAPSHOT_CHUNK = 1024
 
 
 class State(Enum):
@@ -322,31 +322,40 @@ class EmbeddedBackend:
             data_dir = self._data_dir
             loop = asyncio.get_running_loop()
             path, count, size = await loop.run_in_executor(
-                self._snapshot_thread, lambda: data_dir.write_snapshot(covered, self._snapshot_records(entries)))
+                self._snapshot_thread, lambda: data_dir.write_snapshot(covered, self._snapshot_chunks(entries)))
             pruned = await loop.run_in_executor(
                 self._snapshot_thread, data_dir.prune, path, covered, self._wal.segment_max_lsn, segment)
             self.snapshots_written += 1
             log.info("snapshot %s: %d entries, %.1f MB in %.2f s; %d log segments removed", path.name, count,
                      size / 1e6, time.monotonic() - started, pruned)
 
-    def _snapshot_records(self, entries: list[Entry]) -> Iterator[bytes]:
-        """Runs on the snapshot thread; reads vectors back from the index thread a chunk at a time."""
+    def _snapshot_chunks(self, entries: list[Entry]) -> Iterator[tuple[int, bytes]]:
+        """Runs on the snapshot thread; reads vectors back on the index thread a chunk at a time, so a lookup
+        waits behind at most one chunk."""
         assert self._index_thread is not None
         for start in range(0, len(entries), SNAPSHOT_CHUNK):
-            chunk = entries[start:start + SNAPSHOT_CHUNK]
-            vectors = self._index_thread.submit(self._vectors_of, chunk).result()
-            for entry, vector in zip(chunk, vectors, strict=True):
-                if vector is not None:  # None: deleted since the snapshot began (its delete is in the log)
-                    yield encode_put(entry, vector, 0)
+            chunk, vectors = self._index_thread.submit(self._vectors_of, entries[start:start + SNAPSHOT_CHUNK]).result()
+            if chunk:
+                yield len(chunk), encode_chunk(chunk, vectors)
 
-    def _vectors_of(self, entries: list[Entry]) -> list[Vector | None]:
-        """Runs on the index thread, so no index changes under it."""
-        found: list[Vector | None] = []
+    def _vectors_of(self, entries: list[Entry]) -> tuple[list[Entry], np.ndarray]:
+        """Runs on the index thread, so no index changes under it. Entries deleted since the snapshot began are
+        left out (their deletes are in the log after the snapshot's LSN)."""
+        by_scope: dict[str, list[tuple[Entry, int]]] = {}
         for entry in entries:
             label = self._labels.get(entry.id)
-            scope = self._scopes.get(entry.scope.digest)
-            found.append(None if label is None or scope is None else scope.index.vectors([label])[0])
-        return found
+            if label is not None:
+                by_scope.setdefault(entry.scope.digest, []).append((entry, label))
+        kept: list[Entry] = []
+        blocks: list[np.ndarray] = []
+        for digest, members in by_scope.items():
+            scope = self._scopes.get(digest)
+            if scope is None:
+                continue
+            labels = np.fromiter((label for _e, label in members), dtype=np.int64, count=len(members))
+            blocks.append(scope.index.vectors_of(labels))
+            kept.extend(e for e, _label in members)
+        return kept, (np.vstack(blocks) if blocks else np.zeros((0, self._dimension), dtype=np.float32))
 
     async def _snapshot_forever(self) -> None:
         assert self._data_dir is not None and self._wal is not None

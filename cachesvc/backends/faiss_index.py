@@ -93,15 +93,9 @@ class ScopeIndex:
                 self._build.added.update(zip(labels.tolist(), vectors, strict=True))
             self._maybe_rebuild()
 
-    def vectors(self, labels: list[int]) -> list[Vector | None]:
-        """The stored vectors of `labels` (None for a label no longer held): what snapshots save."""
-        found: list[Vector | None] = []
-        for label in labels:
-            try:
-                found.append(self._index.reconstruct(label))
-            except RuntimeError:
-                found.append(None)
-        return found
+    def vectors_of(self, labels: NDArray[np.int64]) -> NDArray[np.float32]:
+        """The stored vectors of `labels`, which must all be held (tombstones count): what snapshots save."""
+        return np.asarray(self._index.reconstruct_batch(labels), dtype=np.float32).reshape(len(labels), -1)
 
     def remove(self, label: int) -> None:
         if self.kind is IndexKind.FLAT:

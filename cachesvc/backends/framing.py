@@ -34,7 +34,8 @@ class Damage(Enum):
 
 @dataclass(frozen=True)
 class ReadResult:
-    payloads: list[tuple[int, bytes]]  # (offset, payload) of every good frame, in order
+    # (offset, payload) of every good frame, in order; payloads are views into the data read (no copies)
+    payloads: list[tuple[int, memoryview]]
     damage: Damage
     damage_offset: int  # where the first bad frame starts (file size when there is none)
     resynced: int  # good frames found after corruption (only when reading with resync)
@@ -80,21 +81,21 @@ def read_frames(data: bytes | memoryview, *, path: Path, resync: bool = False) -
         Every good frame before the first bad one (and after it, with resync) and what the damage was.
     """
     view = memoryview(data)
-    payloads: list[tuple[int, bytes]] = []
+    payloads: list[tuple[int, memoryview]] = []
     offset = 0
     while offset < len(view):
         length, damage = _check_at(view, offset)
         if length is None:
             found = _resync(view, offset + 1, payloads) if resync and damage is Damage.CORRUPT else 0
             return ReadResult(payloads, damage, offset, found)
-        payloads.append((offset, bytes(view[offset + HEADER_SIZE:offset + length])))
+        payloads.append((offset, view[offset + HEADER_SIZE:offset + length]))
         offset += length
     return ReadResult(payloads, Damage.NONE, offset, 0)
 
 
-def _resync(view: memoryview, start: int, payloads: list[tuple[int, bytes]]) -> int:
+def _resync(view: memoryview, start: int, payloads: list[tuple[int, memoryview]]) -> int:
     """Collects the good frames after a corrupt one, found by their magic and checksums."""
-    raw = view.tobytes()
+    raw = view.tobytes()  # repair only: a copy is fine, and bytes.find is fast
     found = 0
     offset = raw.find(MAGIC, start)
     while 0 <= offset < len(raw):
@@ -102,7 +103,7 @@ def _resync(view: memoryview, start: int, payloads: list[tuple[int, bytes]]) -> 
         if length is None:
             offset = raw.find(MAGIC, offset + 1)
             continue
-        payloads.append((offset, raw[offset + HEADER_SIZE:offset + length]))
+        payloads.append((offset, view[offset + HEADER_SIZE:offset + length]))
         found += 1
         offset += length
     return found

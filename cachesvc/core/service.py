@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -279,9 +280,7 @@ class CacheService:
             if entry is None or entry.scope.tenant != target.tenant:
                 raise NotFound(f"no entry with id {target.entry_id!r}")
             return len(await self._backend.delete([entry.id]))
-        namespace = target.namespace or DEFAULT_NAMESPACE
-        selector = type(target)(tenant=target.tenant, namespace=namespace, model=target.model,
-                                context=target.context)
+        selector = dataclasses.replace(target, namespace=target.namespace or DEFAULT_NAMESPACE)
         entries = await self._backend.select(selector)
         return len(await self._backend.delete([e.id for e in entries]))
 

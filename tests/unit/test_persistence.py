@@ -14,6 +14,7 @@ from cachesvc.backends.persistence import (
     ModelChange,
     ModelIdentity,
     PersistenceOptions,
+    encode_chunk,
     encode_delete,
     encode_hit,
     encode_put,
@@ -116,9 +117,12 @@ def test_corrupt_record_in_the_middle_stops_start_up_unless_repairing(tmp_path: 
 def test_snapshot_round_trip_and_damage(tmp_path: Path) -> None:
     directory = data_dir(tmp_path)
     directory.lock()
-    path, count, _size = directory.write_snapshot(10, iter(puts(3)))
+    chunk = encode_chunk([entry(1), entry(2)], np.vstack([vector(1), vector(2)]))
+    path, count, _size = directory.write_snapshot(10, iter([(2, chunk), (1, encode_chunk([entry(3)], vector(3)))]))
     write_segment(tmp_path, [encode_delete(["id1"], 9), encode_put(entry(4), vector(4), 11)], number=2)
     state, _ = directory.recover(now=0.0)
+    np.testing.assert_array_equal(state.entries["id2"][1], vector(2))
+    assert state.entries["id3"][0].completion == "completion 3 ✓"
     # The delete (LSN 9) is covered by the snapshot (LSN 10) and not replayed; the later put is.
     assert count == 3 and sorted(state.entries) == ["id1", "id2", "id3", "id4"]
     directory.unlock()
