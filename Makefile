@@ -51,3 +51,28 @@ $(MODEL_DIR)/manifest.json: | $(VENV)/.export
 
 clean:
 	rm -rf $(VENV) models .pytest_cache .mypy_cache .ruff_cache
+
+# ---- Container image: `make image`, `make container-test` (README, "Container") ----------------------------------
+# ENGINE: docker when its daemon answers, else podman (scripts/podman_setup.sh installs and configures it as root).
+ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+IMAGE ?= cachesvc:latest
+BASE ?= python:3.11-slim-bookworm
+# podman keeps HEALTHCHECK only in the docker image format (the OCI format has no health check).
+BUILD_FLAGS ?= $(if $(filter podman,$(ENGINE)),--format docker,)
+
+.PHONY: image container-test container-setup wheelhouse
+
+container-setup:
+	@if [ "$(ENGINE)" = podman ]; then bash scripts/podman_setup.sh "$(BASE)"; fi
+
+# Pinned runtime wheels (the venv's versions) + the project's wheels: the build installs offline from these.
+wheelhouse: $(VENV)/.serve
+	$(PY) scripts/wheelhouse.py --out build/wheelhouse
+
+image: container-setup wheelhouse $(MODEL_DIR)/manifest.json
+	$(ENGINE) build $(BUILD_FLAGS) --build-arg BASE=$(BASE) --build-arg MODEL_DIR=$(MODEL_DIR) -t $(IMAGE) .
+	@$(ENGINE) image inspect --format '$(IMAGE): {{.Size}} bytes' $(IMAGE)
+
+# Black-box test of the image (not part of `make test`): start, health, store/lookup, restart, clean stop.
+container-test: image
+	$(PY) scripts/container_test.py --engine $(ENGINE) --image $(IMAGE)
