@@ -110,7 +110,9 @@ class EmbeddedBackend:
         await asyncio.to_thread(data_dir.lock)
         await asyncio.to_thread(data_dir.check_model)
         state, repaired = await asyncio.to_thread(data_dir.recover, now=self._clock_now())
-        await self._load(entry_vectors=sorted(state.entries.values(), key=lambda ev: ev[0].last_used_at))
+        # Snapshots list entries least recently used first, and replayed puts are newer still, so recovery order is
+        # LRU order (hits replayed from the log may leave it slightly stale, which only shifts eviction order).
+        await self._load(entry_vectors=list(state.entries.values()))
         self._lsn = state.last_lsn
         segments = list_segments(data_dir.path)
         self._wal = WalWriter(directory=data_dir.path, segment=segment_number(segments[-1]) + 1 if segments else 1,
@@ -316,7 +318,8 @@ class EmbeddedBackend:
         async with self._snapshot_lock:
             started = time.monotonic()
             covered = min(self._unapplied) - 1 if self._unapplied else self._lsn
-            entries = list(self._entries.values())  # one instant; later changes are in the log after `covered`
+            # One instant, least recently used first; later changes are in the log after `covered`.
+            entries = [self._entries[entry_id] for entry_id in self._lru]
             self._wal_bytes_at_snapshot = self._wal.bytes_written
             segment = await self._wal.rotate()
             data_dir = self._data_dir
