@@ -29,6 +29,7 @@ from cachesvc.clock import Clock, SystemClock
 from cachesvc.config import LogFormat, Settings
 from cachesvc.core.policy import SizeLimits, TTLPolicy
 from cachesvc.core.service import CacheOptions, CacheService
+from cachesvc.core.verify import build_verifier
 from cachesvc.embedding.batcher import BatcherOptions, MicroBatcher
 from cachesvc.embedding.manifest import ModelManifest
 from cachesvc.embedding.memo import MemoizedEncoder
@@ -125,8 +126,9 @@ class App:
         await self.backend.start()
         # Recovered entries live as long as the server: keep the cyclic GC from walking them on every full pass.
         gc.freeze()
-        self.service = CacheService(encoder=encoder, backend=self.backend, clock=self.clock, options=CacheOptions(
+        options = CacheOptions(
             min_similarity=s.min_similarity,
+            recall_similarity=s.recall_similarity,
             default_ttl=TTLPolicy.of(s.default_ttl, field="default_ttl"),
             max_bytes=s.max_bytes,
             max_entries=s.max_entries or None,
@@ -134,7 +136,10 @@ class App:
             limits=SizeLimits(max_prompt_bytes=s.max_prompt_bytes, max_completion_bytes=s.max_completion_bytes,
                               max_metadata_bytes=s.max_metadata_bytes),
             sweep_interval_seconds=s.sweep_interval,
-        ))
+        )
+        # The hit verifier's weights ship in the package; reading them is the only work here.
+        self.service = CacheService(encoder=encoder, backend=self.backend, clock=self.clock, options=options,
+                                    verifier=build_verifier(s.verifier))
         await self.service.start()
         servicer = SemanticCacheServicer(service=self.service, authenticator=Authenticator(api_keys=s.api_keys),
                                          metrics=self.metrics)

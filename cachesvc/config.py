@@ -16,6 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from cachesvc.core.verify import VerifierMode
+
 ENV_PREFIX = "CACHESVC_"
 
 
@@ -58,6 +60,11 @@ class Settings:
                             metadata=_spec("model directory made by `cachesvc model export`"))
     min_similarity: float = field(default=0.90, metadata=_spec(
         "default threshold: cosine similarity in [0, 1] a nearest entry needs to be served; higher is stricter"))
+    verifier: VerifierMode = field(default=VerifierMode.OFF, metadata=_spec(
+        "hit verifier: off, rules (text mismatch checks), model (learned pair model) or combined (rules, then model)"))
+    recall_similarity: float = field(default=0.80, metadata=_spec(
+        "default threshold while a verifier runs: cosine similarity in [0, 1] a candidate needs to be verified "
+        "(and served if accepted); <= min_similarity"))
     default_ttl: float = field(default=0.0, metadata=_spec("TTL in seconds for stores that set none (0 = never)"))
     max_bytes: int = field(default=1 << 30, metadata=_spec(
         "memory budget in bytes for entries (vectors + texts + metadata + overhead); LRU eviction past it"))
@@ -89,6 +96,11 @@ class Settings:
             problems.append(f"metrics_port {self.metrics_port} is not in -1..65535")
         if math.isnan(self.min_similarity) or not 0.0 <= self.min_similarity <= 1.0:
             problems.append(f"min_similarity {self.min_similarity} is not a cosine similarity in [0, 1]")
+        if math.isnan(self.recall_similarity) or not 0.0 <= self.recall_similarity <= 1.0:
+            problems.append(f"recall_similarity {self.recall_similarity} is not a cosine similarity in [0, 1]")
+        elif self.recall_similarity > self.min_similarity:
+            problems.append(f"recall_similarity {self.recall_similarity} must be <= min_similarity "
+                            f"{self.min_similarity}")
         for name in ("default_ttl", "max_entries", "max_wait_ms"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
@@ -157,6 +169,7 @@ _CONVERTERS: dict[str, Any] = {
     "LogFormat": LogFormat,
     "Fsync": Fsync,
     "OnModelChange": OnModelChange,
+    "VerifierMode": VerifierMode,
     "bool": _boolean,
     "Mapping[str, str]": _api_keys,
 }

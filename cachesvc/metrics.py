@@ -39,6 +39,12 @@ class _CoreCollector(Collector):
             for name, family in families.items():
                 family.add_metric([tenant, namespace], getattr(c, name))
         yield from families.values()
+        rejections = CounterMetricFamily("cachesvc_verifier_rejections",
+                                         "Candidates above the threshold that the hit verifier rejected, by reason",
+                                         labels=["tenant", "namespace", "reason"])
+        for (tenant, namespace, reason), count in self._counters.rejections().items():
+            rejections.add_metric([tenant, namespace, reason.value], count)
+        yield rejections
         usage = self._usage()
         yield GaugeMetricFamily("cachesvc_entries", "Entries held", value=usage.entries)
         yield GaugeMetricFamily("cachesvc_bytes", "Bytes accounted against the budget", value=usage.bytes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 DEFAULT_NAMESPACE = "default"
 
@@ -71,10 +72,12 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Match:
-    """A nearest-neighbour candidate from a semantic index."""
+    """A nearest-neighbour candidate from a semantic index; `vector` (the stored embedding, a float32 numpy array)
+    only when the search asked for it."""
 
     entry_id: str
     similarity: float
+    vector: Any = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -266,16 +266,24 @@ class EmbeddedBackend:
 
     # SemanticStore
 
-    async def search(self, scope: ScopeKey, vector: Vector, k: int) -> list[Match]:
+    async def search(self, scope: ScopeKey, vector: Vector, k: int, *, with_vectors: bool = False) -> list[Match]:
         held = self._scopes.get(scope.digest)
         if held is None:
             return []
-        found = await self._on_index_thread(lambda: held.index.search(vector, k))
+
+        def run() -> tuple[list[tuple[int, float]], np.ndarray | None]:
+            # One trip to the index thread: the vectors are read while no index change can remove them.
+            found = held.index.search(vector, k)
+            if not with_vectors or not found:
+                return found, None
+            return found, held.index.vectors_of(np.array([label for label, _s in found], dtype=np.int64))
+
+        found, vectors = await self._on_index_thread(run)
         matches = []
-        for label, similarity in found:
+        for i, (label, similarity) in enumerate(found):
             entry_id = held.label_to_id.get(label)
             if entry_id is not None:  # deleted while the search ran
-                matches.append(Match(entry_id, similarity))
+                matches.append(Match(entry_id, similarity, None if vectors is None else vectors[i]))
         return matches
 
     # Inventory

@@ -45,8 +45,9 @@ class SemanticStore(Protocol):
     @property
     def capabilities(self) -> Capabilities: ...
 
-    async def search(self, scope: ScopeKey, vector: Vector, k: int) -> list[Match]:
-        """The up-to-`k` nearest entries of `scope`, best first (cosine similarity).
+    async def search(self, scope: ScopeKey, vector: Vector, k: int, *, with_vectors: bool = False) -> list[Match]:
+        """The up-to-`k` nearest entries of `scope`, best first (cosine similarity); with `with_vectors`, each
+        match carries its stored vector (for a hit verifier).
 
         Raises:
             Unsupported: the backend cannot search by vector (core treats this as a miss).

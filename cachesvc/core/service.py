@@ -30,6 +30,7 @@ from cachesvc.core.types import (
     StoreResult,
     Write,
 )
+from cachesvc.core.verify import HitVerifier, RejectReason, VerifyInput
 from cachesvc.embedding.protocol import TextEncoder
 from cachesvc.errors import InvalidRequest, NotFound, Unsupported
 from cachesvc.records import DEFAULT_NAMESPACE, Entry, ScopeKey
@@ -43,7 +44,18 @@ ENTRY_OVERHEAD_BYTES = 600
 
 @dataclass(frozen=True, kw_only=True)
 class CacheOptions:
+    """Cache policy.
+
+    Attributes:
+        min_similarity: the default threshold (cosine similarity in [0, 1], higher is stricter) without a hit
+            verifier.
+        recall_similarity: the default threshold when a hit verifier runs: candidates at or above it are
+            verified, and served only if the verifier accepts. Must be <= min_similarity; None = min_similarity.
+            A request's own threshold replaces whichever default applies.
+    """
+
     min_similarity: float = 0.90
+    recall_similarity: float | None = None
     default_ttl: TTLPolicy = TTLPolicy.never()
     max_bytes: int | None = None
     max_entries: int | None = None
@@ -54,6 +66,10 @@ class CacheOptions:
 
     def __post_init__(self) -> None:
         checked_similarity(self.min_similarity, field="min_similarity")
+        if self.recall_similarity is not None:
+            checked_similarity(self.recall_similarity, field="recall_similarity")
+            if self.recall_similarity > self.min_similarity:
+                raise ValueError("recall_similarity must be <= min_similarity")
         if self.default_ttl.kind is TTLKind.DEFAULT:
             raise ValueError("default_ttl must be concrete: TTLPolicy.never() or TTLPolicy.of(seconds)")
         if self.max_bytes is not None and self.max_bytes < 1:
@@ -73,11 +89,21 @@ class State(Enum):
 class CacheService:
     """Scoped semantic lookup and store. All methods run on the event loop; CPU work is awaited elsewhere."""
 
-    def __init__(self, *, encoder: TextEncoder, backend: Backend, clock: Clock, options: CacheOptions) -> None:
+    def __init__(self, *, encoder: TextEncoder, backend: Backend, clock: Clock, options: CacheOptions,
+                 verifier: HitVerifier | None = None) -> None:
+        """Args:
+            verifier: checks each candidate that clears the threshold before it is served; None serves the
+                best candidate that clears it (and uses `min_similarity` as the default threshold).
+        """
         self._encoder = encoder
         self._backend = backend
         self._clock = clock
         self._options = options
+        self._verifier = verifier
+        self._default_threshold = (
+            options.min_similarity if verifier is None or options.recall_similarity is None
+            else options.recall_similarity
+        )
         self._counters = CounterBook()
         self._sweeper: asyncio.Task[None] | None = None
         self._state = State.NEW
@@ -123,7 +149,7 @@ class CacheService:
         scope = self._checked_scope(request.scope)
         prompt = self._checked_prompt(request.prompt)
         threshold = (
-            self._options.min_similarity
+            self._default_threshold
             if request.min_similarity is None
             else checked_similarity(request.min_similarity)
         )
@@ -139,7 +165,10 @@ class CacheService:
         vector = await self._encoder.encode(prompt)
         search_started = time.perf_counter()
         try:
-            matches = await self._backend.search(scope, vector, self._options.top_k)
+            if self._verifier is None:
+                matches = await self._backend.search(scope, vector, self._options.top_k)
+            else:
+                matches = await self._backend.search(scope, vector, self._options.top_k, with_vectors=True)
         except Unsupported:
             matches = []
         search_done = time.perf_counter()
@@ -150,29 +179,53 @@ class CacheService:
         reports: list[CandidateReport] = []
         served: Entry | None = None
         best: tuple[str, float] | None = None
+        best_rejection: RejectReason | None = None
+        decided = False  # served, or the walk reached a candidate below the threshold
         for match in matches:  # best first
             entry = await self._backend.get(match.entry_id)
             if entry is None:
                 continue
             similarity = min(max(match.similarity, 0.0), 1.0)
+            reason: RejectReason | None = None
+            score: float | None = None
             if entry.is_expired(now):
                 outcome = CandidateOutcome.EXPIRED
-            elif best is not None:
+            elif decided:
                 outcome = CandidateOutcome.NOT_REACHED
             else:
-                best = (entry.id, similarity)
-                outcome = CandidateOutcome.SERVED if similarity >= threshold else CandidateOutcome.BELOW_THRESHOLD
+                first = best is None
+                if first:
+                    best = (entry.id, similarity)
+                if similarity < threshold:
+                    outcome, decided = CandidateOutcome.BELOW_THRESHOLD, True
+                elif self._verifier is None or match.vector is None:
+                    outcome, decided = CandidateOutcome.SERVED, True
+                else:
+                    # Without a verifier only the best live candidate is judged; with one, a rejected candidate
+                    # lets the next one above the threshold be tried.
+                    verdict = self._verifier.verify(VerifyInput(
+                        query=prompt, candidate=entry.normalized_prompt, query_vector=vector,
+                        candidate_vector=match.vector, similarity=similarity))
+                    score = verdict.score
+                    if verdict.accepted:
+                        outcome, decided = CandidateOutcome.SERVED, True
+                    else:
+                        outcome = CandidateOutcome.REJECTED
+                        reason = verdict.reason or RejectReason.MODEL_SCORE
+                        self._counters.rejected(scope.tenant, scope.namespace, reason)
+                        if first:
+                            best_rejection = reason
                 if outcome is CandidateOutcome.SERVED:
                     served = entry
             if request.explain:
                 reports.append(CandidateReport(entry_id=entry.id, prompt=entry.prompt, similarity=similarity,
-                                               outcome=outcome))
+                                               outcome=outcome, reason=reason, verifier_score=score))
         if served is not None:
             await self._backend.touch(served, now)
         kind = HitKind.SEMANTIC if served is not None else HitKind.MISS
         similarity, nearest_id = (best[1], best[0]) if best is not None else (0.0, None)
         return self._finish_lookup(scope, kind, served, similarity, threshold, started, timings, tuple(reports),
-                                   nearest_id)
+                                   nearest_id, best_rejection if served is None else None)
 
     def _finish_lookup(
         self,
@@ -185,12 +238,14 @@ class CacheService:
         timings: StageTimings,
         reports: tuple[CandidateReport, ...],
         nearest_id: str | None,
+        rejected_reason: RejectReason | None = None,
     ) -> LookupResult:
         self._counters.lookup(scope.tenant, scope.namespace, kind)
         total = StageTimings(embed_ms=timings.embed_ms, search_ms=timings.search_ms,
                              total_ms=(time.perf_counter() - started) * 1000)
         return LookupResult(hit_kind=kind, entry=entry, similarity=similarity, nearest_id=nearest_id,
-                            min_similarity=threshold, timings=total, candidates=reports)
+                            min_similarity=threshold, timings=total, candidates=reports,
+                            rejected_reason=rejected_reason)
 
     # Store
 

@@ -6,6 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass, fields
 
 from cachesvc.core.types import HitKind
+from cachesvc.core.verify import RejectReason
 
 
 @dataclass
@@ -28,6 +29,7 @@ class CounterBook:
 
     def __init__(self) -> None:
         self._book: defaultdict[tuple[str, str], Counters] = defaultdict(Counters)
+        self._rejections: defaultdict[tuple[str, str, RejectReason], int] = defaultdict(int)
 
     def lookup(self, tenant: str, namespace: str, kind: HitKind) -> None:
         c = self._book[(tenant, namespace)]
@@ -48,6 +50,13 @@ class CounterBook:
             c.ttl_evictions += 1
         else:
             c.capacity_evictions += 1
+
+    def rejected(self, tenant: str, namespace: str, reason: RejectReason) -> None:
+        """A candidate that cleared the threshold was rejected by the hit verifier."""
+        self._rejections[(tenant, namespace, reason)] += 1
+
+    def rejections(self) -> dict[tuple[str, str, RejectReason], int]:
+        return dict(self._rejections)
 
     def for_tenant(self, tenant: str) -> dict[str, Counters]:
         return {ns: c for (t, ns), c in self._book.items() if t == tenant}

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from cachesvc.core.policy import TTLPolicy
+from cachesvc.core.verify import RejectReason
 from cachesvc.records import Entry, ScopeKey, ScopeSelector
 
 
@@ -21,6 +22,7 @@ class CandidateOutcome(Enum):
     BELOW_THRESHOLD = "below_threshold"
     EXPIRED = "expired"
     NOT_REACHED = "not_reached"
+    REJECTED = "rejected"  # cleared the threshold, then the hit verifier said it is not a right answer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +48,8 @@ class CandidateReport:
     prompt: str
     similarity: float
     outcome: CandidateOutcome
+    reason: RejectReason | None = None  # set when REJECTED
+    verifier_score: float | None = None  # set when the verifier looked at it (REJECTED or SERVED)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +68,8 @@ class LookupResult:
     min_similarity: float
     timings: StageTimings
     candidates: tuple[CandidateReport, ...] = ()
+    # Why the best candidate was not served although it cleared the threshold (None: served, or no verifier).
+    rejected_reason: RejectReason | None = None
 
     @property
     def hit(self) -> bool:

@@ -7,6 +7,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from cachesvc.core.policy import TTLPolicy
 from cachesvc.core.types import (
     CandidateOutcome,
+    CandidateReport,
     DeleteById,
     DeleteTarget,
     Lookup,
@@ -15,6 +16,7 @@ from cachesvc.core.types import (
     StoreResult,
     Write,
 )
+from cachesvc.core.verify import RejectReason
 from cachesvc.errors import InvalidRequest
 from cachesvc.records import Entry, ScopeKey, ScopeSelector
 from cachesvc_client.v1 import cache_pb2 as pb
@@ -24,7 +26,26 @@ _OUTCOMES = {
     CandidateOutcome.BELOW_THRESHOLD: pb.CANDIDATE_OUTCOME_BELOW_THRESHOLD,
     CandidateOutcome.EXPIRED: pb.CANDIDATE_OUTCOME_EXPIRED,
     CandidateOutcome.NOT_REACHED: pb.CANDIDATE_OUTCOME_NOT_REACHED,
+    CandidateOutcome.REJECTED: pb.CANDIDATE_OUTCOME_REJECTED,
 }
+_REASONS = {
+    RejectReason.NEGATION: pb.REJECT_REASON_NEGATION,
+    RejectReason.NUMBER: pb.REJECT_REASON_NUMBER,
+    RejectReason.UNIT: pb.REJECT_REASON_UNIT,
+    RejectReason.ENTITY: pb.REJECT_REASON_ENTITY,
+    RejectReason.DIRECTION: pb.REJECT_REASON_DIRECTION,
+    RejectReason.OPPOSITE: pb.REJECT_REASON_OPPOSITE,
+    RejectReason.MODEL_SCORE: pb.REJECT_REASON_MODEL_SCORE,
+}
+
+
+def _candidate(c: CandidateReport) -> pb.Candidate:
+    message = pb.Candidate(entry_id=c.entry_id, prompt=c.prompt, similarity=c.similarity,
+                           outcome=_OUTCOMES[c.outcome],
+                           reason=_REASONS[c.reason] if c.reason is not None else pb.REJECT_REASON_UNSPECIFIED)
+    if c.verifier_score is not None:
+        message.verifier_score = c.verifier_score
+    return message
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -98,10 +119,9 @@ def lookup_to_proto(result: LookupResult) -> pb.LookupResponse:
         timings=pb.Timings(
             embed_ms=result.timings.embed_ms, search_ms=result.timings.search_ms, total_ms=result.timings.total_ms
         ),
-        candidates=[
-            pb.Candidate(entry_id=c.entry_id, prompt=c.prompt, similarity=c.similarity, outcome=_OUTCOMES[c.outcome])
-            for c in result.candidates
-        ],
+        candidates=[_candidate(c) for c in result.candidates],
+        rejected_reason=(_REASONS[result.rejected_reason] if result.rejected_reason is not None
+                         else pb.REJECT_REASON_UNSPECIFIED),
     )
     if result.entry is not None:
         response.entry.CopyFrom(entry_to_proto(result.entry))

@@ -12,6 +12,7 @@ from cachesvc_client.types import (
     Entry,
     LookupResult,
     NamespaceStats,
+    RejectReason,
     Scope,
     StatsResult,
     StoreResult,
@@ -20,6 +21,12 @@ from cachesvc_client.types import (
 from cachesvc_client.v1 import cache_pb2 as pb
 
 _OUTCOMES = {outcome.value: outcome for outcome in CandidateOutcome}
+_REASONS = {reason.value: reason for reason in RejectReason}
+
+
+def _reason(value: int) -> RejectReason | None:
+    """None for "no reason"; reasons this client does not know yet become UNSPECIFIED."""
+    return None if value == 0 else _REASONS.get(value, RejectReason.UNSPECIFIED)
 
 
 def scope_to_proto(scope: Scope | None) -> pb.Scope:
@@ -73,6 +80,8 @@ def candidate_from_proto(message: pb.Candidate) -> Candidate:
         prompt=message.prompt,
         similarity=f32(message.similarity),
         outcome=_OUTCOMES.get(int(message.outcome), CandidateOutcome.UNSPECIFIED),
+        reason=_reason(int(message.reason)),
+        verifier_score=f32(message.verifier_score) if message.HasField("verifier_score") else None,
     )
 
 
@@ -88,6 +97,7 @@ def lookup_result_from_proto(message: pb.LookupResponse) -> LookupResult:
         nearest_id=message.nearest_id or None,
         timings=Timings(embed_ms=timings.embed_ms, search_ms=timings.search_ms, total_ms=timings.total_ms),
         candidates=tuple(candidate_from_proto(candidate) for candidate in message.candidates),
+        rejected_reason=_reason(int(message.rejected_reason)),
     )
 
 

@@ -37,6 +37,20 @@ class CandidateOutcome(enum.Enum):
     BELOW_THRESHOLD = 2
     EXPIRED = 3
     NOT_REACHED = 4
+    REJECTED = 5  # cleared the threshold, but the server's hit verifier judged it not a right answer
+
+
+class RejectReason(enum.Enum):
+    """Why the server's hit verifier rejected a candidate (`Candidate.reason`, `LookupResult.rejected_reason`)."""
+
+    UNSPECIFIED = 0
+    NEGATION = 1
+    NUMBER = 2
+    UNIT = 3
+    ENTITY = 4
+    DIRECTION = 5
+    OPPOSITE = 6
+    MODEL_SCORE = 7
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -76,12 +90,17 @@ class Candidate:
         prompt: The candidate entry's prompt.
         similarity: Its cosine similarity to the looked-up prompt, in [0, 1].
         outcome: Whether it was served, and if not, why.
+        reason: Why the hit verifier rejected it; None unless the outcome is REJECTED.
+        verifier_score: The verifier's confidence in [0, 1] that it is a right answer; None when no verifier
+            looked at it.
     """
 
     entry_id: str
     prompt: str
     similarity: float
     outcome: CandidateOutcome
+    reason: RejectReason | None = None
+    verifier_score: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -107,6 +126,8 @@ class LookupResult:
         nearest_id: The best live candidate's id, also on a miss; None when there was none.
         timings: Server-side stage timings.
         candidates: The nearest candidates with their outcomes; empty unless `explain=True` was asked.
+        rejected_reason: On a miss, why the hit verifier rejected the best candidate although it cleared the
+            threshold; None otherwise.
     """
 
     hit: bool
@@ -117,6 +138,7 @@ class LookupResult:
     nearest_id: str | None
     timings: Timings = field(default_factory=Timings)
     candidates: tuple[Candidate, ...] = ()
+    rejected_reason: RejectReason | None = None
 
     @property
     def completion(self) -> str | None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63\x61\x63hesvc_client/v1/cache.proto\x12\x0b\x63\x61\x63hesvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\":\n\x05Scope\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\t\"\x8f\x02\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\ncompletion\x18\x03 \x01(\t\x12\x32\n\x08metadata\x18\x04 \x03(\x0b\x32 .cachesvc.v1.Entry.MetadataEntry\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\thit_count\x18\x07 \x01(\x04\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x01\n\rLookupRequest\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.cachesvc.v1.Scope\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x1b\n\x0emin_similarity\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x0f\n\x07\x65xplain\x18\x04 \x01(\x08\x42\x11\n\x0f_min_similarity\"q\n\tCandidate\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\x12.\n\x07outcome\x18\x04 \x01(\x0e\x32\x1d.cachesvc.v1.CandidateOutcome\"@\n\x07Timings\x12\x10\n\x08\x65mbed_ms\x18\x01 \x01(\x01\x12\x11\n\tsearch_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"\xe2\x01\n\x0eLookupResponse\x12\x0b\n\x03hit\x18\x01 \x01(\x08\x12!\n\x05\x65ntry\x18\x02 \x01(\x0b\x32\x12.cachesvc.v1.Entry\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\x12\r\n\x05\x65xact\x18\x04 \x01(\x08\x12\x16\n\x0emin_similarity\x18\x05 \x01(\x02\x12\x12\n\nnearest_id\x18\x06 \x01(\t\x12%\n\x07timings\x18\x07 \x01(\x0b\x32\x14.cachesvc.v1.Timings\x12*\n\ncandidates\x18\x08 \x03(\x0b\x32\x16.cachesvc.v1.Candidate\"\xeb\x01\n\x0cStoreRequest\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.cachesvc.v1.Scope\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\ncompletion\x18\x03 \x01(\t\x12\x39\n\x08metadata\x18\x04 \x03(\x0b\x32\'.cachesvc.v1.StoreRequest.MetadataEntry\x12\x18\n\x0bttl_seconds\x18\x05 \x01(\x03H\x00\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_ttl_seconds\"]\n\rStoreResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08replaced\x18\x02 \x01(\x08\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\rScopeSelector\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\x05model\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x07\x63ontext\x18\x03 \x01(\tH\x01\x88\x01\x01\x42\x08\n\x06_modelB\n\n\x08_context\"T\n\rDeleteRequest\x12\x0c\n\x02id\x18\x01 \x01(\tH\x00\x12+\n\x05scope\x18\x02 \x01(\x0b\x32\x1a.cachesvc.v1.ScopeSelectorH\x00\x42\x08\n\x06target\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\"4\n\x0cStatsRequest\x12\x16\n\tnamespace\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\x0c\n\n_namespace\"\xd0\x01\n\x0eNamespaceStats\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x65ntries\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x0f\n\x07lookups\x18\x04 \x01(\x04\x12\x0c\n\x04hits\x18\x05 \x01(\x04\x12\x12\n\nexact_hits\x18\x06 \x01(\x04\x12\x15\n\rsemantic_hits\x18\x07 \x01(\x04\x12\x0e\n\x06stores\x18\x08 \x01(\x04\x12\x15\n\rttl_evictions\x18\t \x01(\x04\x12\x1a\n\x12\x63\x61pacity_evictions\x18\n \x01(\x04\"l\n\rStatsResponse\x12/\n\nnamespaces\x18\x01 \x03(\x0b\x32\x1b.cachesvc.v1.NamespaceStats\x12*\n\x05total\x18\x02 \x01(\x0b\x32\x1b.cachesvc.v1.NamespaceStats*\xbc\x01\n\x10\x43\x61ndidateOutcome\x12!\n\x1d\x43\x41NDIDATE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41NDIDATE_OUTCOME_SERVED\x10\x01\x12%\n!CANDIDATE_OUTCOME_BELOW_THRESHOLD\x10\x02\x12\x1d\n\x19\x43\x41NDIDATE_OUTCOME_EXPIRED\x10\x03\x12!\n\x1d\x43\x41NDIDATE_OUTCOME_NOT_REACHED\x10\x04\x32\x95\x02\n\rSemanticCache\x12\x41\n\x06Lookup\x12\x1a.cachesvc.v1.LookupRequest\x1a\x1b.cachesvc.v1.LookupResponse\x12>\n\x05Store\x12\x19.cachesvc.v1.StoreRequest\x1a\x1a.cachesvc.v1.StoreResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.cachesvc.v1.DeleteRequest\x1a\x1b.cachesvc.v1.DeleteResponse\x12>\n\x05Stats\x12\x19.cachesvc.v1.StatsRequest\x1a\x1a.cachesvc.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63\x61\x63hesvc_client/v1/cache.proto\x12\x0b\x63\x61\x63hesvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\":\n\x05Scope\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\t\"\x8f\x02\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\ncompletion\x18\x03 \x01(\t\x12\x32\n\x08metadata\x18\x04 \x03(\x0b\x32 .cachesvc.v1.Entry.MetadataEntry\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\thit_count\x18\x07 \x01(\x04\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x01\n\rLookupRequest\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.cachesvc.v1.Scope\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x1b\n\x0emin_similarity\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x0f\n\x07\x65xplain\x18\x04 \x01(\x08\x42\x11\n\x0f_min_similarity\"\xcc\x01\n\tCandidate\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\x12.\n\x07outcome\x18\x04 \x01(\x0e\x32\x1d.cachesvc.v1.CandidateOutcome\x12)\n\x06reason\x18\x05 \x01(\x0e\x32\x19.cachesvc.v1.RejectReason\x12\x1b\n\x0everifier_score\x18\x06 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_verifier_score\"@\n\x07Timings\x12\x10\n\x08\x65mbed_ms\x18\x01 \x01(\x01\x12\x11\n\tsearch_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"\x96\x02\n\x0eLookupResponse\x12\x0b\n\x03hit\x18\x01 \x01(\x08\x12!\n\x05\x65ntry\x18\x02 \x01(\x0b\x32\x12.cachesvc.v1.Entry\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\x12\r\n\x05\x65xact\x18\x04 \x01(\x08\x12\x16\n\x0emin_similarity\x18\x05 \x01(\x02\x12\x12\n\nnearest_id\x18\x06 \x01(\t\x12%\n\x07timings\x18\x07 \x01(\x0b\x32\x14.cachesvc.v1.Timings\x12*\n\ncandidates\x18\x08 \x03(\x0b\x32\x16.cachesvc.v1.Candidate\x12\x32\n\x0frejected_reason\x18\t \x01(\x0e\x32\x19.cachesvc.v1.RejectReason\"\xeb\x01\n\x0cStoreRequest\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.cachesvc.v1.Scope\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\ncompletion\x18\x03 \x01(\t\x12\x39\n\x08metadata\x18\x04 \x03(\x0b\x32\'.cachesvc.v1.StoreRequest.MetadataEntry\x12\x18\n\x0bttl_seconds\x18\x05 \x01(\x03H\x00\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_ttl_seconds\"]\n\rStoreResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08replaced\x18\x02 \x01(\x08\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\rScopeSelector\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\x05model\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x07\x63ontext\x18\x03 \x01(\tH\x01\x88\x01\x01\x42\x08\n\x06_modelB\n\n\x08_context\"T\n\rDeleteRequest\x12\x0c\n\x02id\x18\x01 \x01(\tH\x00\x12+\n\x05scope\x18\x02 \x01(\x0b\x32\x1a.cachesvc.v1.ScopeSelectorH\x00\x42\x08\n\x06target\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\"4\n\x0cStatsRequest\x12\x16\n\tnamespace\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\x0c\n\n_namespace\"\xd0\x01\n\x0eNamespaceStats\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07\x65ntries\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x0f\n\x07lookups\x18\x04 \x01(\x04\x12\x0c\n\x04hits\x18\x05 \x01(\x04\x12\x12\n\nexact_hits\x18\x06 \x01(\x04\x12\x15\n\rsemantic_hits\x18\x07 \x01(\x04\x12\x0e\n\x06stores\x18\x08 \x01(\x04\x12\x15\n\rttl_evictions\x18\t \x01(\x04\x12\x1a\n\x12\x63\x61pacity_evictions\x18\n \x01(\x04\"l\n\rStatsResponse\x12/\n\nnamespaces\x18\x01 \x03(\x0b\x32\x1b.cachesvc.v1.NamespaceStats\x12*\n\x05total\x18\x02 \x01(\x0b\x32\x1b.cachesvc.v1.NamespaceStats*\xdc\x01\n\x10\x43\x61ndidateOutcome\x12!\n\x1d\x43\x41NDIDATE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41NDIDATE_OUTCOME_SERVED\x10\x01\x12%\n!CANDIDATE_OUTCOME_BELOW_THRESHOLD\x10\x02\x12\x1d\n\x19\x43\x41NDIDATE_OUTCOME_EXPIRED\x10\x03\x12!\n\x1d\x43\x41NDIDATE_OUTCOME_NOT_REACHED\x10\x04\x12\x1e\n\x1a\x43\x41NDIDATE_OUTCOME_REJECTED\x10\x05*\xed\x01\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16REJECT_REASON_NEGATION\x10\x01\x12\x18\n\x14REJECT_REASON_NUMBER\x10\x02\x12\x16\n\x12REJECT_REASON_UNIT\x10\x03\x12\x18\n\x14REJECT_REASON_ENTITY\x10\x04\x12\x1b\n\x17REJECT_REASON_DIRECTION\x10\x05\x12\x1a\n\x16REJECT_REASON_OPPOSITE\x10\x06\x12\x1d\n\x19REJECT_REASON_MODEL_SCORE\x10\x07\x32\x95\x02\n\rSemanticCache\x12\x41\n\x06Lookup\x12\x1a.cachesvc.v1.LookupRequest\x1a\x1b.cachesvc.v1.LookupResponse\x12>\n\x05Store\x12\x19.cachesvc.v1.StoreRequest\x1a\x1a.cachesvc.v1.StoreResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.cachesvc.v1.DeleteRequest\x1a\x1b.cachesvc.v1.DeleteResponse\x12>\n\x05Stats\x12\x19.cachesvc.v1.StatsRequest\x1a\x1a.cachesvc.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENTRY_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_STOREREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_STOREREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_CANDIDATEOUTCOME']._serialized_start=1888
-  _globals['_CANDIDATEOUTCOME']._serialized_end=2076
+  _globals['_CANDIDATEOUTCOME']._serialized_start=2032
+  _globals['_CANDIDATEOUTCOME']._serialized_end=2252
+  _globals['_REJECTREASON']._serialized_start=2255
+  _globals['_REJECTREASON']._serialized_end=2492
   _globals['_SCOPE']._serialized_start=80
   _globals['_SCOPE']._serialized_end=138
   _globals['_ENTRY']._serialized_start=141
@@ -46,30 +48,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENTRY_METADATAENTRY']._serialized_end=412
   _globals['_LOOKUPREQUEST']._serialized_start=415
   _globals['_LOOKUPREQUEST']._serialized_end=546
-  _globals['_CANDIDATE']._serialized_start=548
-  _globals['_CANDIDATE']._serialized_end=661
-  _globals['_TIMINGS']._serialized_start=663
-  _globals['_TIMINGS']._serialized_end=727
-  _globals['_LOOKUPRESPONSE']._serialized_start=730
-  _globals['_LOOKUPRESPONSE']._serialized_end=956
-  _globals['_STOREREQUEST']._serialized_start=959
-  _globals['_STOREREQUEST']._serialized_end=1194
+  _globals['_CANDIDATE']._serialized_start=549
+  _globals['_CANDIDATE']._serialized_end=753
+  _globals['_TIMINGS']._serialized_start=755
+  _globals['_TIMINGS']._serialized_end=819
+  _globals['_LOOKUPRESPONSE']._serialized_start=822
+  _globals['_LOOKUPRESPONSE']._serialized_end=1100
+  _globals['_STOREREQUEST']._serialized_start=1103
+  _globals['_STOREREQUEST']._serialized_end=1338
   _globals['_STOREREQUEST_METADATAENTRY']._serialized_start=365
   _globals['_STOREREQUEST_METADATAENTRY']._serialized_end=412
-  _globals['_STORERESPONSE']._serialized_start=1196
-  _globals['_STORERESPONSE']._serialized_end=1289
-  _globals['_SCOPESELECTOR']._serialized_start=1291
-  _globals['_SCOPESELECTOR']._serialized_end=1389
-  _globals['_DELETEREQUEST']._serialized_start=1391
-  _globals['_DELETEREQUEST']._serialized_end=1475
-  _globals['_DELETERESPONSE']._serialized_start=1477
-  _globals['_DELETERESPONSE']._serialized_end=1510
-  _globals['_STATSREQUEST']._serialized_start=1512
-  _globals['_STATSREQUEST']._serialized_end=1564
-  _globals['_NAMESPACESTATS']._serialized_start=1567
-  _globals['_NAMESPACESTATS']._serialized_end=1775
-  _globals['_STATSRESPONSE']._serialized_start=1777
-  _globals['_STATSRESPONSE']._serialized_end=1885
-  _globals['_SEMANTICCACHE']._serialized_start=2079
-  _globals['_SEMANTICCACHE']._serialized_end=2356
+  _globals['_STORERESPONSE']._serialized_start=1340
+  _globals['_STORERESPONSE']._serialized_end=1433
+  _globals['_SCOPESELECTOR']._serialized_start=1435
+  _globals['_SCOPESELECTOR']._serialized_end=1533
+  _globals['_DELETEREQUEST']._serialized_start=1535
+  _globals['_DELETEREQUEST']._serialized_end=1619
+  _globals['_DELETERESPONSE']._serialized_start=1621
+  _globals['_DELETERESPONSE']._serialized_end=1654
+  _globals['_STATSREQUEST']._serialized_start=1656
+  _globals['_STATSREQUEST']._serialized_end=1708
+  _globals['_NAMESPACESTATS']._serialized_start=1711
+  _globals['_NAMESPACESTATS']._serialized_end=1919
+  _globals['_STATSRESPONSE']._serialized_start=1921
+  _globals['_STATSRESPONSE']._serialized_end=2029
+  _globals['_SEMANTICCACHE']._serialized_start=2495
+  _globals['_SEMANTICCACHE']._serialized_end=2772
 # @@protoc_insertion_point(module_scope)

@@ -17,11 +17,32 @@ class CandidateOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CANDIDATE_OUTCOME_BELOW_THRESHOLD: _ClassVar[CandidateOutcome]
     CANDIDATE_OUTCOME_EXPIRED: _ClassVar[CandidateOutcome]
     CANDIDATE_OUTCOME_NOT_REACHED: _ClassVar[CandidateOutcome]
+    CANDIDATE_OUTCOME_REJECTED: _ClassVar[CandidateOutcome]
+
+class RejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REJECT_REASON_UNSPECIFIED: _ClassVar[RejectReason]
+    REJECT_REASON_NEGATION: _ClassVar[RejectReason]
+    REJECT_REASON_NUMBER: _ClassVar[RejectReason]
+    REJECT_REASON_UNIT: _ClassVar[RejectReason]
+    REJECT_REASON_ENTITY: _ClassVar[RejectReason]
+    REJECT_REASON_DIRECTION: _ClassVar[RejectReason]
+    REJECT_REASON_OPPOSITE: _ClassVar[RejectReason]
+    REJECT_REASON_MODEL_SCORE: _ClassVar[RejectReason]
 CANDIDATE_OUTCOME_UNSPECIFIED: CandidateOutcome
 CANDIDATE_OUTCOME_SERVED: CandidateOutcome
 CANDIDATE_OUTCOME_BELOW_THRESHOLD: CandidateOutcome
 CANDIDATE_OUTCOME_EXPIRED: CandidateOutcome
 CANDIDATE_OUTCOME_NOT_REACHED: CandidateOutcome
+CANDIDATE_OUTCOME_REJECTED: CandidateOutcome
+REJECT_REASON_UNSPECIFIED: RejectReason
+REJECT_REASON_NEGATION: RejectReason
+REJECT_REASON_NUMBER: RejectReason
+REJECT_REASON_UNIT: RejectReason
+REJECT_REASON_ENTITY: RejectReason
+REJECT_REASON_DIRECTION: RejectReason
+REJECT_REASON_OPPOSITE: RejectReason
+REJECT_REASON_MODEL_SCORE: RejectReason
 
 class Scope(_message.Message):
     __slots__ = ("namespace", "model", "context")
@@ -71,16 +92,20 @@ class LookupRequest(_message.Message):
     def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., prompt: _Optional[str] = ..., min_similarity: _Optional[float] = ..., explain: _Optional[bool] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("entry_id", "prompt", "similarity", "outcome")
+    __slots__ = ("entry_id", "prompt", "similarity", "outcome", "reason", "verifier_score")
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_SCORE_FIELD_NUMBER: _ClassVar[int]
     entry_id: str
     prompt: str
     similarity: float
     outcome: CandidateOutcome
-    def __init__(self, entry_id: _Optional[str] = ..., prompt: _Optional[str] = ..., similarity: _Optional[float] = ..., outcome: _Optional[_Union[CandidateOutcome, str]] = ...) -> None: ...
+    reason: RejectReason
+    verifier_score: float
+    def __init__(self, entry_id: _Optional[str] = ..., prompt: _Optional[str] = ..., similarity: _Optional[float] = ..., outcome: _Optional[_Union[CandidateOutcome, str]] = ..., reason: _Optional[_Union[RejectReason, str]] = ..., verifier_score: _Optional[float] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("embed_ms", "search_ms", "total_ms")
@@ -93,7 +118,7 @@ class Timings(_message.Message):
     def __init__(self, embed_ms: _Optional[float] = ..., search_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
-    __slots__ = ("hit", "entry", "similarity", "exact", "min_similarity", "nearest_id", "timings", "candidates")
+    __slots__ = ("hit", "entry", "similarity", "exact", "min_similarity", "nearest_id", "timings", "candidates", "rejected_reason")
     HIT_FIELD_NUMBER: _ClassVar[int]
     ENTRY_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +127,7 @@ class LookupResponse(_message.Message):
     NEAREST_ID_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_REASON_FIELD_NUMBER: _ClassVar[int]
     hit: bool
     entry: Entry
     similarity: float
@@ -110,7 +136,8 @@ class LookupResponse(_message.Message):
     nearest_id: str
     timings: Timings
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
-    def __init__(self, hit: _Optional[bool] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., similarity: _Optional[float] = ..., exact: _Optional[bool] = ..., min_similarity: _Optional[float] = ..., nearest_id: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
+    rejected_reason: RejectReason
+    def __init__(self, hit: _Optional[bool] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., similarity: _Optional[float] = ..., exact: _Optional[bool] = ..., min_similarity: _Optional[float] = ..., nearest_id: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., rejected_reason: _Optional[_Union[RejectReason, str]] = ...) -> None: ...
 
 class StoreRequest(_message.Message):
     __slots__ = ("scope", "prompt", "completion", "metadata", "ttl_seconds")

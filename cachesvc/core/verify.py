@@ -1,0 +1,545 @@
+"""Hit verification: the stage between "the nearest entry clears the threshold" and "serve it".
+
+An embedding blurs exactly the differences that make a cached answer wrong: "cancel" / "don't cancel", "2015" /
+"2016", "Paris" / "Lyon", "litres to kg" / "kg to litres" score 0.89-0.99 cosine with all-MiniLM-L6-v2. A
+`HitVerifier` sees both texts, both vectors and their similarity and accepts or rejects with a reason:
+
+- `RuleVerifier`: mismatch checks on the texts (negation, numbers and dates, units, named entities, opposites
+  and comparatives, "X to Y" direction). Pure Python, tens of microseconds.
+- `ModelVerifier`: a small MLP over pair features (cosine, summaries of |u-v| and u*v, lexical overlap and the
+  rule signals), weights in `verifier_weights.npz` next to this module, trained by `bench/train_verifier.py`
+  on the train split of the development QQP pairs.
+- `CombinedVerifier`: rules first (a hard veto), then the model.
+
+No I/O at verification time; the weights are read once when the verifier is built.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+WEIGHTS_FILE = Path(__file__).with_name("verifier_weights.npz")
+
+
+class VerifierMode(StrEnum):
+    """Which verifier a server runs (`--verifier`)."""
+
+    OFF = "off"
+    RULES = "rules"
+    MODEL = "model"
+    COMBINED = "combined"
+
+
+class RejectReason(Enum):
+    """Why a verifier rejected a candidate. Values are the wire names (lower case)."""
+
+    NEGATION = "negation"
+    NUMBER = "number"
+    UNIT = "unit"
+    ENTITY = "entity"
+    DIRECTION = "direction"
+    OPPOSITE = "opposite"  # antonyms and comparatives: more/less, buy/sell, best/worst
+    MODEL_SCORE = "model_score"
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyInput:
+    """One candidate to verify.
+
+    Attributes:
+        query: the lookup's normalised prompt.
+        candidate: the candidate entry's normalised prompt.
+        query_vector: the lookup's L2-normalised embedding.
+        candidate_vector: the candidate's stored embedding.
+        similarity: their cosine similarity, in [0, 1].
+    """
+
+    query: str
+    candidate: str
+    query_vector: NDArray[np.float32]
+    candidate_vector: NDArray[np.float32]
+    similarity: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verdict:
+    """A verifier's decision.
+
+    Attributes:
+        accepted: serve the candidate.
+        reason: why it was rejected (None when accepted).
+        score: the verifier's confidence that the candidate is a right answer, in [0, 1] (rules: 1 or 0).
+    """
+
+    accepted: bool
+    reason: RejectReason | None
+    score: float
+
+
+ACCEPT = Verdict(accepted=True, reason=None, score=1.0)
+
+
+class HitVerifier(Protocol):
+    def verify(self, item: VerifyInput) -> Verdict:
+        """Accepts or rejects one candidate; must be cheap (it runs on the lookup path) and never raise."""
+        ...
+
+
+# Text signals
+
+_TOKEN = re.compile(r"[A-Za-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*|[$€£¥%°]")
+_NEGATIONS = frozenset({
+    "not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "without", "cannot", "cant", "dont",
+    "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "wont", "shouldnt", "wouldnt", "couldnt", "havent",
+    "hasnt", "hadnt", "mustnt", "neednt", "aint",
+})
+_NUMBER_WORDS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+    "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
+    "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50,
+    "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100, "thousand": 1000, "million": 10**6,
+    "billion": 10**9, "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
+    "eighth": 8, "ninth": 9, "tenth": 10, "half": 0.5, "twice": 2, "double": 2, "triple": 3, "dozen": 12,
+}
+_CALENDAR = frozenset({
+    "january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november",
+    "december", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "monday",
+    "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "today", "tomorrow", "yesterday",
+    "tonight",
+})
+_CALENDAR_AMBIGUOUS = frozenset({"may", "march", "mar", "jan", "dec", "sat", "sun", "second"})
+_UNITS = {
+    # canonical name <- spellings
+    "km": ("km", "kms", "kilometer", "kilometers", "kilometre", "kilometres"),
+    "mile": ("mile", "miles", "mi"),
+    "m": ("meter", "meters", "metre", "metres"),
+    "cm": ("cm", "centimeter", "centimeters", "centimetre", "centimetres"),
+    "mm": ("mm", "millimeter", "millimeters", "millimetre", "millimetres"),
+    "ft": ("ft", "foot", "feet"),
+    "in": ("inch", "inches"),
+    "yd": ("yard", "yards", "yd"),
+    "kg": ("kg", "kgs", "kilo", "kilos", "kilogram", "kilograms", "kilogramme", "kilogrammes"),
+    "g": ("gram", "grams", "gramme", "grammes"),
+    "lb": ("lb", "lbs", "pound", "pounds"),
+    "oz": ("oz", "ounce", "ounces"),
+    "ton": ("ton", "tons", "tonne", "tonnes"),
+    "l": ("litre", "litres", "liter", "liters", "ltr"),
+    "ml": ("ml", "milliliter", "milliliters", "millilitre", "millilitres"),
+    "gal": ("gallon", "gallons", "gal"),
+    "cup": ("cup", "cups"),
+    "c": ("celsius", "centigrade"),
+    "f": ("fahrenheit",),
+    "k": ("kelvin",),
+    "usd": ("usd", "dollar", "dollars", "$"),
+    "eur": ("eur", "euro", "euros", "€"),
+    "gbp": ("gbp", "sterling", "£"),
+    "jpy": ("jpy", "yen", "¥"),
+    "inr": ("inr", "rupee", "rupees", "rs"),
+    "s": ("second", "seconds", "sec", "secs"),
+    "min": ("minute", "minutes", "mins"),
+    "h": ("hour", "hours", "hr", "hrs"),
+    "day": ("day", "days"),
+    "week": ("week", "weeks"),
+    "month": ("month", "months"),
+    "year": ("year", "years", "yr", "yrs"),
+    "mph": ("mph",),
+    "kph": ("kph", "kmh"),
+    "kb": ("kb", "kilobyte", "kilobytes"),
+    "mb": ("mb", "megabyte", "megabytes"),
+    "gb": ("gb", "gigabyte", "gigabytes"),
+    "tb": ("tb", "terabyte", "terabytes"),
+    "w": ("watt", "watts", "kw", "kilowatt", "kilowatts"),
+    "v": ("volt", "volts"),
+    "pct": ("%", "percent", "percentage"),
+}
+_UNIT_OF = {spelling: canonical for canonical, spellings in _UNITS.items() for spelling in spellings}
+# Unit words that are too often something else when no number is near ("second place", "in", "day off").
+_UNIT_NEEDS_NUMBER = frozenset({"s", "day", "week", "month", "year", "h", "min", "cup"})
+_OPPOSITES = [
+    ("more", "less"), ("more", "fewer"), ("most", "least"), ("better", "worse"), ("best", "worst"),
+    ("bigger", "smaller"), ("biggest", "smallest"), ("larger", "smaller"), ("largest", "smallest"),
+    ("higher", "lower"), ("highest", "lowest"), ("faster", "slower"), ("fastest", "slowest"),
+    ("cheaper", "expensive"), ("cheapest", "expensive"), ("older", "younger"), ("oldest", "youngest"),
+    ("increase", "decrease"), ("increase", "reduce"), ("raise", "lower"), ("buy", "sell"), ("buying", "selling"),
+    ("before", "after"), ("up", "down"), ("open", "close"), ("add", "remove"), ("enable", "disable"),
+    ("start", "stop"), ("win", "lose"), ("import", "export"), ("upload", "download"), ("above", "below"),
+    ("min", "max"), ("minimum", "maximum"), ("male", "female"), ("men", "women"), ("man", "woman"),
+    ("boy", "girl"), ("hot", "cold"), ("warm", "cold"), ("long", "short"), ("longer", "shorter"),
+    ("heavy", "light"), ("heavier", "lighter"), ("early", "late"), ("earlier", "later"), ("first", "last"),
+    ("positive", "negative"), ("pros", "cons"), ("advantages", "disadvantages"), ("benefits", "risks"),
+    ("success", "failure"), ("gain", "lose"), ("gain", "loss"), ("profit", "loss"), ("north", "south"),
+    ("east", "west"), ("left", "right"), ("inside", "outside"), ("legal", "illegal"), ("safe", "dangerous"),
+    ("easy", "hard"), ("easiest", "hardest"), ("easier", "harder"), ("deposit", "withdraw"),
+    ("encrypt", "decrypt"), ("encode", "decode"), ("install", "uninstall"), ("lock", "unlock"),
+    ("subscribe", "unsubscribe"), ("login", "logout"), ("push", "pull"), ("send", "receive"),
+    ("sent", "received"), ("borrow", "lend"), ("import", "export"), ("true", "false"), ("pass", "fail"),
+    ("accept", "reject"), ("allow", "deny"), ("allow", "block"), ("join", "leave"), ("hire", "fire"),
+    ("rich", "poor"), ("strong", "weak"), ("stronger", "weaker"), ("happy", "sad"), ("love", "hate"),
+    ("good", "bad"), ("like", "dislike"), ("healthy", "unhealthy"), ("possible", "impossible"),
+    ("always", "never"), ("all", "none"), ("maximum", "minimum"), ("morning", "evening"), ("day", "night"),
+    ("summer", "winter"), ("spring", "autumn"), ("input", "output"), ("client", "server"),
+    ("import", "export"), ("ascending", "descending"), ("uppercase", "lowercase"), ("upper", "lower"),
+]
+_OPPOSITE_OF: dict[str, frozenset[str]] = {}
+for _a, _b in _OPPOSITES:
+    _OPPOSITE_OF[_a] = _OPPOSITE_OF.get(_a, frozenset()) | {_b}
+    _OPPOSITE_OF[_b] = _OPPOSITE_OF.get(_b, frozenset()) | {_a}
+_STOPWORDS = frozenset({
+    "a", "an", "the", "is", "are", "was", "were", "be", "been", "am", "do", "does", "did", "i", "you", "he",
+    "she", "it", "we", "they", "me", "my", "your", "our", "their", "his", "her", "its", "of", "in", "on", "at",
+    "for", "with", "by", "and", "or", "but", "if", "so", "as", "what", "which", "who", "whom", "how", "why",
+    "when", "where", "this", "that", "these", "those", "there", "here", "can", "could", "should", "would",
+    "will", "shall", "may", "might", "must", "to", "from", "into", "than", "some", "any", "much", "many",
+    "about", "get", "best", "way", "ways", "good", "go", "make", "use", "using", "there's", "what's", "it's",
+    "i'm", "have", "has", "had", "just", "really", "very", "please", "tell", "know", "want", "need", "also",
+    "like", "one", "someone", "something", "thing", "things", "out", "up", "all", "more", "most",
+})
+_ALIASES = {
+    "us": "usa", "america": "usa", "u.s": "usa", "states": "usa", "uk": "britain", "england": "britain",
+    "british": "britain", "american": "usa", "americans": "usa",
+}
+# "X to Y" connectors (first, second) and their reversed-order counterparts ("Y from X").
+_FORWARD = frozenset({"to", "into", "than", "->", "towards", "toward"})
+_BACKWARD = frozenset({"from"})
+_DIRECTION_WINDOW = 3
+
+
+@dataclass(frozen=True)
+class _Text:
+    raw_tokens: tuple[str, ...]
+    tokens: tuple[str, ...]  # lower-cased, apostrophes dropped ("don't" -> "dont")
+    token_set: frozenset[str]
+    negations: int
+    numbers: frozenset[float]
+    calendar: frozenset[str]
+    units: frozenset[str]
+    entities: frozenset[str]
+    content: frozenset[str]
+    spans: tuple[tuple[frozenset[str], frozenset[str]], ...]  # "X to Y": (X words, Y words)
+
+
+def _number(token: str) -> float | None:
+    if token[0].isdigit():
+        try:
+            return float(token.replace(",", ""))
+        except ValueError:
+            return None
+    return _NUMBER_WORDS.get(token)
+
+
+def _analyse(text: str) -> _Text:
+    raw = tuple(_TOKEN.findall(text.replace("\u2019", "'")))
+    tokens = tuple(t.lower().replace("'", "") for t in raw)
+    negations = sum(1 for t in tokens if t in _NEGATIONS)
+    numbers: set[float] = set()
+    units: set[str] = set()
+    calendar: set[str] = set()
+    has_digit = any(t[0].isdigit() for t in tokens)
+    for i, t in enumerate(tokens):
+        value = _number(t)
+        if value is not None and not (t == "one" and not has_digit) and not (t == "second" and not has_digit):
+            numbers.add(value)
+        unit = _UNIT_OF.get(t)
+        if unit is not None and (unit not in _UNIT_NEEDS_NUMBER or _near_number(tokens, i)):
+            units.add(unit)
+        if t in _CALENDAR and (t not in _CALENDAR_AMBIGUOUS or raw[i][0].isupper()):
+            calendar.add(t[:3])
+    entities: set[str] = set()
+    for i, (r, t) in enumerate(zip(raw, tokens, strict=True)):
+        starts_sentence = i == 0 or raw[i - 1] in (".", "?", "!")
+        if (r[0].isupper() and not starts_sentence and t not in ("i", "im") and t not in _STOPWORDS
+                and t not in _CALENDAR and t not in _UNIT_OF) or (len(r) > 1 and r.isupper() and r.isalpha()):
+            entities.add(_ALIASES.get(t, t))
+    content = frozenset(_ALIASES.get(t, t) for t in tokens if t not in _STOPWORDS and t not in _NEGATIONS)
+    return _Text(raw_tokens=raw, tokens=tokens, token_set=frozenset(tokens), negations=negations,
+                 numbers=frozenset(numbers), calendar=frozenset(calendar), units=frozenset(units),
+                 entities=frozenset(entities), content=content, spans=_spans(tokens))
+
+
+def _near_number(tokens: tuple[str, ...], i: int) -> bool:
+    return any(_number(tokens[j]) is not None for j in range(max(0, i - 2), min(len(tokens), i + 2)) if j != i)
+
+
+def _side(tokens: Iterable[str]) -> frozenset[str]:
+    words: list[str] = []
+    for t in tokens:
+        if t in _FORWARD or t in _BACKWARD or t in _STOPWORDS:
+            if words:
+                break
+            continue
+        words.append(_UNIT_OF.get(t, _ALIASES.get(t, t)))
+        if len(words) == _DIRECTION_WINDOW:
+            break
+    return frozenset(words)
+
+
+def _spans(tokens: tuple[str, ...]) -> tuple[tuple[frozenset[str], frozenset[str]], ...]:
+    found = []
+    for i, t in enumerate(tokens):
+        if t in _FORWARD or t in _BACKWARD:
+            before = _side(reversed(tokens[:i]))
+            after = _side(tokens[i + 1:])
+            if before and after:
+                found.append((before, after) if t in _FORWARD else (after, before))
+    return tuple(found)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Signals:
+    """Mismatch signals between two texts (1.0 = the check fires)."""
+
+    negation: float
+    number: float
+    number_one_sided: float
+    calendar: float
+    unit: float
+    entity: float
+    entity_one_sided: float
+    direction: float
+    opposite: float
+    jaccard: float
+    content_jaccard: float
+    only_query: float  # content words only in the query, as a share of its content words
+    only_candidate: float
+    length_ratio: float
+    only_query_words: float  # how many content words only the query has (capped at 5)
+    only_candidate_words: float
+    char_jaccard: float  # of character trigrams
+    question_word: float  # the texts open with different question words (what / why / how / ...)
+    same_start: float  # the first three tokens agree
+    same_end: float  # the last content words agree
+    close: bool = True  # each text has at most 2 content words, or half of its content words, the other lacks
+
+    def as_array(self) -> NDArray[np.float32]:
+        return np.array([self.negation, self.number, self.number_one_sided, self.calendar, self.unit, self.entity,
+                         self.entity_one_sided, self.direction, self.opposite, self.jaccard, self.content_jaccard,
+                         self.only_query, self.only_candidate, self.length_ratio, self.only_query_words,
+                         self.only_candidate_words, self.char_jaccard, self.question_word, self.same_start,
+                         self.same_end], dtype=np.float32)
+
+
+SIGNAL_COUNT = 20
+_QUESTION_WORDS = ("what", "why", "how", "which", "who", "whom", "when", "where", "is", "are", "can", "do", "does",
+                   "should", "will", "would")
+
+
+def _trigrams(text: str) -> frozenset[str]:
+    t = " ".join(text.lower().split())
+    return frozenset(t[i:i + 3] for i in range(max(len(t) - 2, 1)))
+
+
+def _question_word(t: _Text) -> str:
+    return next((w for w in t.tokens if w in _QUESTION_WORDS), "")
+
+
+def _last_content(t: _Text) -> str:
+    return next((w for w in reversed(t.tokens) if w in t.content), "")
+
+
+def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    union = a | b
+    return len(a & b) / len(union) if union else 1.0
+
+
+def _substituted(a: frozenset[str], b: frozenset[str], a_text: _Text, b_text: _Text) -> bool:
+    """Each side has an item the other text does not mention at all: a swap, not an addition."""
+    return bool(a - b_text.content - b_text.token_set) and bool(b - a_text.content - a_text.token_set)
+
+
+def signals(query: str, candidate: str) -> Signals:
+    """The mismatch signals between two normalised prompts (see `RuleVerifier` for what each means)."""
+    q, c = _analyse(query), _analyse(candidate)
+    only_q, only_c = q.content - c.content, c.content - q.content
+    # Negation is judged only between texts that otherwise say nearly the same thing: across rewordings a cue
+    # ("not eating", "refuse") comes and goes without changing the question.
+    negation = float((q.negations > 0) != (c.negations > 0) and len(only_q) + len(only_c) <= _NEGATION_WORDS)
+    number = float(bool(q.numbers) and bool(c.numbers) and q.numbers != c.numbers)
+    number_one_sided = float(bool(q.numbers) != bool(c.numbers))
+    calendar = float(bool(q.calendar) and bool(c.calendar) and q.calendar != c.calendar)
+    unit = float(bool(q.units - c.units) and bool(c.units - q.units))
+    entity = float(_substituted(q.entities, c.entities, q, c))
+    entity_one_sided = float(bool(q.entities - c.content - c.token_set) or bool(c.entities - q.content - q.token_set))
+    # Swapped: what stands before the connector in one text (and not in the other's) stands after it there.
+    direction = float(any(
+        ((qa - ca) & cb) and ((qb - cb) & ca) for qa, qb in q.spans for ca, cb in c.spans
+    ))
+    opposite = 0.0
+    for word in only_q:
+        if _OPPOSITE_OF.get(word, frozenset()) & only_c:
+            opposite = 1.0
+            break
+    n_q, n_c = max(len(q.tokens), 1), max(len(c.tokens), 1)
+    return Signals(
+        negation=negation, number=number, number_one_sided=number_one_sided, calendar=calendar, unit=unit,
+        entity=entity, entity_one_sided=entity_one_sided, direction=direction, opposite=opposite,
+        jaccard=_jaccard(q.token_set, c.token_set), content_jaccard=_jaccard(q.content, c.content),
+        only_query=len(only_q) / max(len(q.content), 1), only_candidate=len(only_c) / max(len(c.content), 1),
+        length_ratio=min(n_q, n_c) / max(n_q, n_c),
+        only_query_words=float(min(len(only_q), 5)), only_candidate_words=float(min(len(only_c), 5)),
+        char_jaccard=_jaccard(_trigrams(query), _trigrams(candidate)),
+        question_word=float(_question_word(q) != _question_word(c)),
+        same_start=float(q.tokens[:3] == c.tokens[:3]), same_end=float(_last_content(q) == _last_content(c)),
+        close=all(len(only) <= _TIGHT_WORDS or len(only) <= _TIGHT_SHARE * len(t.content)
+                  for only, t in ((only_q, q), (only_c, c))),
+    )
+
+
+# Verifiers
+
+class RuleVerifier:
+    """Rejects a candidate whose text differs from the query in a way the embedding blurs.
+
+    Checks, in order (the first that fires is the reason):
+    - NEGATION: one text has a negation cue ("not", "no", "never", "without", "don't", ...), the other none.
+    - NUMBER: both mention numbers (digits or number words, ordinals) or dates (months, weekdays) and they
+      differ: "2 + 2" / "2 + 3", "2015" / "2016", "in May" / "in June".
+    - UNIT: both mention units (length, mass, volume, temperature, currency, time, data size) and they differ.
+    - DIRECTION: "X to Y" (also "into", "than", and "Y from X") in one text is "Y to X" in the other.
+    - OPPOSITE: one text has a word whose antonym is in the other only (more/less, buy/sell, best/worst,
+      before/after, increase/decrease, ...).
+    - ENTITY: each text names something (a capitalised word that does not start the sentence, or an
+      acronym) that the other does not mention at all: "Paris" / "Lyon". Case-blind texts are the model's job.
+    """
+
+    def verify(self, item: VerifyInput) -> Verdict:
+        reason = rule_reason(signals(item.query, item.candidate))
+        return ACCEPT if reason is None else Verdict(accepted=False, reason=reason, score=0.0)
+
+
+# A rule vetoes only when the texts are otherwise close: the mismatch is then the difference between them, not
+# one of many (on the QQP train split, loose vetoes removed about as many true duplicates as wrong ones).
+_TIGHT_SHARE = 0.5
+_TIGHT_WORDS = 2
+_NEGATION_WORDS = 2
+
+
+def rule_reason(s: Signals) -> RejectReason | None:
+    """The first rule that fires on these signals, or None."""
+    if not s.close:
+        return None
+    if s.negation:
+        return RejectReason.NEGATION
+    if s.number or s.calendar:
+        return RejectReason.NUMBER
+    if s.unit:
+        return RejectReason.UNIT
+    if s.direction:
+        return RejectReason.DIRECTION
+    if s.opposite:
+        return RejectReason.OPPOSITE
+    if s.entity:
+        return RejectReason.ENTITY
+    return None
+
+
+def features(
+    query_vector: NDArray[np.float32], candidate_vector: NDArray[np.float32], similarity: float, s: Signals
+) -> NDArray[np.float32]:
+    """The model's input, shared by serving and `bench/train_verifier.py`: cosine, summaries of |u-v| and u*v
+    (L1 distance, largest coordinate gap, largest and smallest product) and the text signals.
+
+    The full 768 coordinates of |u-v| and u*v were tried and overfit: on out-of-fold QQP train predictions they
+    gave lower precision at the same recall than these summaries (see bench/RESULTS.md, "Hit verification").
+    """
+    u = np.asarray(query_vector, dtype=np.float32).reshape(-1)
+    v = np.asarray(candidate_vector, dtype=np.float32).reshape(-1)
+    gap, product = np.abs(u - v), u * v
+    head = np.array([similarity, gap.sum(), gap.max(), product.max(), product.min()], dtype=np.float32)
+    return np.concatenate([head, s.as_array()])
+
+
+@dataclass(frozen=True)
+class MlpWeights:
+    """A one-hidden-layer MLP with input standardisation and a decision threshold on its probability."""
+
+    mean: NDArray[np.float32]
+    scale: NDArray[np.float32]
+    w1: NDArray[np.float32]
+    b1: NDArray[np.float32]
+    w2: NDArray[np.float32]
+    b2: NDArray[np.float32]
+    accept_threshold: float
+
+    @classmethod
+    def load(cls, path: Path = WEIGHTS_FILE) -> MlpWeights:
+        """Reads weights written by `bench/train_verifier.py`.
+
+        Raises:
+            OSError: the file cannot be read.
+            KeyError: an array is missing.
+        """
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: np.asarray(data[k], dtype=np.float32) for k in ("mean", "scale", "w1", "b1", "w2", "b2")}
+            threshold = float(data["accept_threshold"])
+        return cls(accept_threshold=threshold, **arrays)
+
+    def probability(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        """P(right answer) for each row of `x` (or for one feature vector)."""
+        z = (x - self.mean) / self.scale
+        hidden = np.maximum(z @ self.w1 + self.b1, 0.0)
+        logit = hidden @ self.w2 + self.b2
+        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(logit, -30, 30))), dtype=np.float32).reshape(
+            x.shape[:-1])
+
+
+class ModelVerifier:
+    """Accepts a candidate when the learned model's probability reaches its shipped threshold."""
+
+    def __init__(self, weights: MlpWeights, *, accept_threshold: float | None = None) -> None:
+        self._weights = weights
+        self._threshold = weights.accept_threshold if accept_threshold is None else accept_threshold
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    def score(self, item: VerifyInput, s: Signals | None = None) -> float:
+        s = signals(item.query, item.candidate) if s is None else s
+        x = features(item.query_vector, item.candidate_vector, item.similarity, s)
+        return float(self._weights.probability(x))
+
+    def verify(self, item: VerifyInput) -> Verdict:
+        p = self.score(item)
+        if p >= self._threshold:
+            return Verdict(accepted=True, reason=None, score=p)
+        return Verdict(accepted=False, reason=RejectReason.MODEL_SCORE, score=p)
+
+
+class CombinedVerifier:
+    """Rules first (a hard veto, score 0), then the model on what they let through."""
+
+    def __init__(self, model: ModelVerifier) -> None:
+        self._model = model
+
+    def verify(self, item: VerifyInput) -> Verdict:
+        s = signals(item.query, item.candidate)
+        reason = rule_reason(s)
+        if reason is not None:
+            return Verdict(accepted=False, reason=reason, score=0.0)
+        p = self._model.score(item, s)
+        if p >= self._model.threshold:
+            return Verdict(accepted=True, reason=None, score=p)
+        return Verdict(accepted=False, reason=RejectReason.MODEL_SCORE, score=p)
+
+
+def build_verifier(mode: VerifierMode, *, weights_path: Path = WEIGHTS_FILE) -> HitVerifier | None:
+    """The verifier for `mode` (None for OFF).
+
+    Raises:
+        OSError, KeyError: the model's weights cannot be read (modes MODEL and COMBINED).
+    """
+    mode = VerifierMode(mode)  # a plain string from a test or a caller that built Settings by hand
+    if mode is VerifierMode.OFF:
+        return None
+    if mode is VerifierMode.RULES:
+        return RuleVerifier()
+    model = ModelVerifier(MlpWeights.load(weights_path))
+    return model if mode is VerifierMode.MODEL else CombinedVerifier(model)
