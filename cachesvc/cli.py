@@ -1,4 +1,4 @@
-"""`cachesvc serve | model export | stats | health`."""
+"""`cachesvc serve | model export | calibrate | stats | health`."""
 
 from __future__ import annotations
 
@@ -48,6 +48,96 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    """Chooses the lowest threshold reaching each target precision on a labelled pairs file."""
+    from cachesvc.calibrate import Criterion, choose_threshold, sweep, thresholds_grid
+    from cachesvc.calibration_run import (
+        PairRecord,
+        ScopeMode,
+        collect_pairs,
+        load_pairs,
+        run_namespace,
+        server_target,
+    )
+    from cachesvc.config import Settings
+    from cachesvc.errors import CacheError
+    from cachesvc_client import AsyncCacheClient, CacheClientError
+
+    for p in args.target_precision:
+        if not 0 < p <= 1:
+            print(f"cachesvc: --target-precision {p} is not in (0, 1]", file=sys.stderr)
+            return 2
+    try:
+        pairs = load_pairs(args.pairs, limit=args.limit or None, seed=args.seed)
+    except (OSError, ValueError) as exc:
+        print(f"cachesvc: {exc}", file=sys.stderr)
+        return 2
+    if not pairs:
+        print(f"cachesvc: {args.pairs} holds no pairs", file=sys.stderr)
+        return 2
+    mode = ScopeMode(args.mode)
+    try:
+        from tqdm import tqdm  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+        bar = tqdm(total=2 * len(pairs), desc="calibrate", unit="call", disable=args.quiet or None)
+        progress, close_bar = bar.update, bar.close
+    except ImportError:
+        progress, close_bar = None, lambda: None
+
+    async def collect() -> list[PairRecord]:
+        namespace = run_namespace()
+        async with server_target(args.target, model_dir=args.model_dir) as target, \
+                AsyncCacheClient(target, api_key=args.api_key, timeout=60.0) as client:
+            try:
+                return await collect_pairs(client, pairs, mode=mode, namespace=namespace,
+                                           concurrency=args.concurrency, progress=progress)
+            finally:
+                if args.target is not None:
+                    await client.delete_scope(namespace)
+
+    try:
+        records = asyncio.run(collect())
+    except (CacheClientError, CacheError, OSError, RuntimeError) as exc:
+        print(f"cachesvc: calibration failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        close_bar()
+    observations = [r.observation() for r in records]
+    points = sweep(observations, thresholds_grid(args.step), seed=args.seed)
+    positives = sum(o.positive for o in observations)
+    print(f"{args.pairs}: {len(pairs)} pairs ({positives} positive, {len(pairs) - positives} negative), "
+          f"scopes {mode.value}, thresholds every {args.step}, seed {args.seed}")
+    criterion = Criterion(args.criterion)
+    other = Criterion.POINT if criterion is Criterion.LOWER_BOUND else Criterion.LOWER_BOUND
+    choices = []
+    for target_precision in args.target_precision:
+        choice = choose_threshold(points, target_precision, criterion=criterion)
+        alternative = choose_threshold(points, target_precision, criterion=other)
+        choices.append((choice, alternative))
+        print(choice.describe())
+        where = "unreachable" if alternative.point is None else f"{alternative.point.threshold:.3f}"
+        print(f"  (by {'point estimate' if other is Criterion.POINT else '95% lower bound'} instead: {where})")
+    default = Settings().min_similarity
+    at_default = min(points, key=lambda p: abs(p.threshold - default))
+    if at_default.precision.value is not None and at_default.recall.value is not None:
+        print(f"for comparison, the built-in default {default:.3f}: precision {at_default.precision.value:.3f} "
+              f"[{at_default.precision.low:.3f}-{at_default.precision.high:.3f}], recall "
+              f"{at_default.recall.value:.3f}, hit rate {at_default.hit_rate.value or 0.0:.3f}")
+    if args.json_out is not None:
+        import dataclasses
+
+        data = {
+            "pairs_file": str(args.pairs), "pairs": len(pairs), "mode": mode.value, "seed": args.seed,
+            "choices": [{"criterion": c.criterion.value, "target_precision": c.target_precision,
+                         "threshold": None if c.point is None else c.point.threshold,
+                         "point": None if c.point is None else dataclasses.asdict(c.point)}
+                        for pair in choices for c in pair],
+            "sweep": [dataclasses.asdict(p) for p in points],
+        }
+        args.json_out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 def _stats(args: argparse.Namespace) -> int:
     from cachesvc_client import CacheClient
 
@@ -92,6 +182,29 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quantize", choices=["int8"], default=None,
                         help="int8 weights (batch-invariant); recalibrate the threshold for it")
     export.set_defaults(func=_export)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="choose the threshold for a target precision from labelled pairs (JSONL a, b, label)")
+    calibrate.add_argument("--pairs", type=Path, required=True, help='JSON lines {"a", "b", "label": 0|1}')
+    calibrate.add_argument("--target-precision", type=float, nargs="+", default=[0.95],
+                           help="one or more precisions to reach (default 0.95)")
+    calibrate.add_argument("--criterion", choices=["lower-bound", "point"], default="lower-bound",
+                           help="what must reach the target: the Wilson 95%% lower bound (default) or the estimate")
+    calibrate.add_argument("--mode", choices=["per-pair", "shared"], default="per-pair",
+                           help="each pair in a scope of its own (default), or every `a` in one scope")
+    calibrate.add_argument("--limit", type=int, default=3000, help="sample this many pairs (0 = all)")
+    calibrate.add_argument("--seed", type=int, default=0, help="seed of the sample and the bootstrap")
+    calibrate.add_argument("--step", type=float, default=0.01, help="threshold grid step")
+    calibrate.add_argument("--model-dir", type=Path, default=Path("models/all-MiniLM-L6-v2"),
+                           help="model of the in-process server (when no --target)")
+    calibrate.add_argument("--target", default=None,
+                           help="host:port of a running server (started with --verifier off) to measure instead; "
+                           "writes to a temporary namespace")
+    calibrate.add_argument("--api-key", default=None)
+    calibrate.add_argument("--concurrency", type=int, default=8, help="calls in flight")
+    calibrate.add_argument("--json-out", type=Path, default=None, help="also write the sweep as JSON")
+    calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
+    calibrate.set_defaults(func=_calibrate)
 
     stats = commands.add_parser("stats", help="print a running server's counters")
     stats.add_argument("--target", default="127.0.0.1:50051")
