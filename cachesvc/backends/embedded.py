@@ -28,7 +28,7 @@ from typing import TypeVar
 import numpy as np
 
 from cachesvc.backends.faiss_index import IndexOptions, ScopeIndex
-from cachesvc.backends.persistence import DataDir, encode_chunk, encode_delete, encode_hit, encode_put
+from cachesvc.backends.persistence import DataDir, encode_chunk, encode_delete, encode_hits, encode_put
 from cachesvc.backends.protocol import Capabilities
 from cachesvc.backends.wal import WalWriter, list_segments, segment_number
 from cachesvc.embedding.protocol import Vector
@@ -70,6 +70,7 @@ class EmbeddedBackend:
         self._wal: WalWriter | None = None
         self._lsn = 0
         self._unapplied: set[int] = set()  # logged but not yet visible: a snapshot must not claim them
+        self._dirty_hits: set[str] = set()  # entries hit since hits were last logged
         self._snapshot_task: asyncio.Task[None] | None = None
         self._snapshot_lock = asyncio.Lock()
         self._snapshot_thread: ThreadPoolExecutor | None = None
@@ -150,6 +151,7 @@ class EmbeddedBackend:
                 self._snapshot_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._snapshot_task
+            await self._log_hits()
             try:
                 await self.snapshot()
             except Exception:
@@ -236,9 +238,18 @@ class EmbeddedBackend:
             entry.last_used_at = now
             self._lru.move_to_end(entry.id)
             if self._wal is not None:
-                # Hit counts are best effort: logged without waiting, durable with the next fsync.
-                lsn = await self._log(lambda lsn: encode_hit(entry, lsn), wait=False)
-                self._unapplied.discard(lsn)
+                # Hit counts are statistics, not answers: they are logged once a second in one record rather
+                # than costing every hit a log write (and, under fsync=always, an fsync).
+                self._dirty_hits.add(entry.id)
+
+    async def _log_hits(self) -> None:
+        if not self._dirty_hits or self._wal is None:
+            return
+        touched = [e for e in (self._entries.get(i) for i in self._dirty_hits) if e is not None]
+        self._dirty_hits.clear()
+        if touched:
+            lsn = await self._log(lambda lsn: encode_hits(touched, lsn), wait=False)
+            self._unapplied.discard(lsn)
 
     def _forget(self, entry_id: str) -> Entry | None:
         """Removes an entry from every map at once (so it can never be served again) and queues the index
@@ -374,6 +385,7 @@ class EmbeddedBackend:
         last = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
+            await self._log_hits()
             grown = self._wal.bytes_written - self._wal_bytes_at_snapshot
             if grown and (grown >= options.snapshot_wal_bytes
                           or time.monotonic() - last >= options.snapshot_interval_seconds):

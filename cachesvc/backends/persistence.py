@@ -106,8 +106,10 @@ def encode_delete(entry_ids: Iterable[str], lsn: int) -> bytes:
     return cast(bytes, msgpack.packb([DELETE, lsn, list(entry_ids)]))
 
 
-def encode_hit(entry: Entry, lsn: int) -> bytes:
-    return cast(bytes, msgpack.packb([HIT, lsn, entry.id, entry.hit_count, entry.last_used_at]))
+def encode_hits(entries: Iterable[Entry], lsn: int) -> bytes:
+    """Hit counts and last-use times of many entries: hits are logged in batches, not one record per hit."""
+    rows = [(e.id, e.hit_count, e.last_used_at) for e in entries]
+    return cast(bytes, msgpack.packb([HIT, lsn, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]]))
 
 
 def _decode_put(r: list[Any], scopes: dict[tuple[str, str, str, str], ScopeKey]) -> tuple[Entry, Vector]:
@@ -173,9 +175,10 @@ class RecoveredState:
                     if self.exact.get(key) == entry_id:
                         del self.exact[key]
         elif kind == HIT:
-            held = self.entries.get(record[2])
-            if held is not None:
-                held[0].hit_count, held[0].last_used_at = record[3], record[4]
+            for entry_id, hit_count, last_used_at in zip(record[2], record[3], record[4], strict=True):
+                held = self.entries.get(entry_id)
+                if held is not None:
+                    held[0].hit_count, held[0].last_used_at = hit_count, last_used_at
         else:
             raise ValueError(f"unknown record kind {kind!r}")
 

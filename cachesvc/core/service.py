@@ -38,8 +38,8 @@ from cachesvc.records import DEFAULT_NAMESPACE, Entry, ScopeKey
 log = logging.getLogger(__name__)
 
 # Bytes an entry costs beyond its vector and texts: the Entry object, its dict and LRU slots, the exact-key
-# tuple, label maps and FAISS id map (measured: see bench/RESULTS.md, "memory per entry").
-ENTRY_OVERHEAD_BYTES = 600
+# tuple, label maps and FAISS id map: 1,786 B measured at 100k entries (bench/RESULTS.md, issue-3 figures).
+ENTRY_OVERHEAD_BYTES = 1800
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,7 +54,7 @@ class CacheOptions:
             A request's own threshold replaces whichever default applies.
     """
 
-    min_similarity: float = 0.90
+    min_similarity: float = 0.95
     recall_similarity: float | None = None
     default_ttl: TTLPolicy = TTLPolicy.never()
     max_bytes: int | None = None

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from cachesvc.app import App
 from cachesvc.clock import ManualClock
+from cachesvc.config import Settings
 from cachesvc_client import AsyncCacheClient, NotFoundError, ResourceExhausted, Scope, Unauthenticated
 from cachesvc_client.v1 import cache_pb2 as pb
 from cachesvc_client.v1 import cache_pb2_grpc as pb_grpc
@@ -51,13 +52,13 @@ async def test_paraphrase_hits_and_unrelated_misses(client: AsyncCacheClient) ->
     assert hit.hit and not hit.exact
     assert hit.entry is not None and hit.entry.id == stored.id
     assert hit.completion == "Open Settings > Billing > Cancel."
-    assert 0.9 <= hit.similarity < 1.0
+    assert Settings().min_similarity <= hit.similarity < 1.0
     assert hit.timings.embed_ms > 0
 
     miss = await client.lookup(UNRELATED)
     assert not miss.hit and miss.entry is None
-    assert miss.similarity < 0.9
-    assert miss.min_similarity == pytest.approx(0.9)
+    assert miss.similarity < 0.5
+    assert miss.min_similarity == pytest.approx(Settings().min_similarity)
 
 
 async def test_miss_reports_nearest_and_explains_candidates(client: AsyncCacheClient) -> None:

@@ -16,7 +16,7 @@ from cachesvc.backends.persistence import (
     PersistenceOptions,
     encode_chunk,
     encode_delete,
-    encode_hit,
+    encode_hits,
     encode_put,
 )
 from cachesvc.backends.wal import FsyncPolicy, StorageError, WalWriter, list_segments, segment_path
@@ -54,7 +54,7 @@ def puts(n: int) -> list[bytes]:
 
 
 def test_replay_restores_entries_byte_for_byte(tmp_path: Path) -> None:
-    write_segment(tmp_path, [*puts(3), encode_delete(["id2"], 4), encode_hit(_hit(entry(3), 5, 2000.0), 5)])
+    write_segment(tmp_path, [*puts(3), encode_delete(["id2"], 4), encode_hits([_hit(entry(3), 5, 2000.0)], 5)])
     state, repaired = data_dir(tmp_path).recover(now=0.0)
     assert not repaired and sorted(state.entries) == ["id1", "id3"]
     restored, restored_vector = state.entries["id3"]
