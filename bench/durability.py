@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -71,6 +72,7 @@ async def restart(path: Path, probe: np.ndarray) -> dict[str, float]:
     backend = EmbeddedBackend(dimension=DIM, index_options=IndexOptions(hnsw_threshold=1_000_000_000),
                               data_dir=DataDir(PersistenceOptions(data_dir=path), MODEL))
     await backend.start()
+    gc.freeze()  # as the server's composition root does after recovery
     matches = await backend.search(ScopeKey(tenant="bench", namespace="ns0"), probe, 4)
     ready = time.perf_counter() - started
     assert matches, "no lookup answer after restart"
