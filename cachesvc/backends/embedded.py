@@ -19,11 +19,11 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -38,6 +38,14 @@ from cachesvc.records import Entry, Match, ScopeKey, ScopeSelector, Usage
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 SNAPSHOT_CHUNK = 1024
+
+
+async def _uncancellable(work: Coroutine[Any, Any, T]) -> T:
+    """Runs `work` to completion even if the caller is cancelled (a client's deadline or disconnect): once a
+    record is in the log it must also be applied, or memory and disk would disagree until a crash replays it."""
+    task = asyncio.get_running_loop().create_task(work)
+    task.add_done_callback(lambda done: None if done.cancelled() else done.exception())
+    return await asyncio.shield(task)
 
 
 def _report_index_error(done: Future[None]) -> None:
@@ -76,6 +84,7 @@ class EmbeddedBackend:
         self._lsn = 0
         self._unapplied: set[int] = set()  # logged but not yet visible: a snapshot must not claim them
         self._dirty_hits: set[str] = set()  # entries hit since hits were last logged
+        self._stale_expiry = 0  # heap items of entries gone before they expired
         self._snapshot_task: asyncio.Task[None] | None = None
         self._snapshot_lock = asyncio.Lock()
         self._snapshot_thread: ThreadPoolExecutor | None = None
@@ -198,18 +207,24 @@ class EmbeddedBackend:
     async def put(self, entry: Entry, vector: Vector) -> Entry | None:
         if vector.shape != (self._dimension,):
             raise InvalidRequest(f"vector has shape {vector.shape}, the index holds {self._dimension}-d vectors")
+        return await _uncancellable(self._put(entry, vector))
+
+    async def _put(self, entry: Entry, vector: Vector) -> Entry | None:
         entry.last_used_at = entry.created_at
         lsn = await self._log(lambda lsn: encode_put(entry, vector, lsn)) if self._wal is not None else 0
-        key = (entry.scope.digest, entry.normalized_prompt)
-        old_id = self._exact.get(key)
-        replaced = self._forget(old_id) if old_id is not None else None
-        scope = self._scopes.get(entry.scope.digest)
-        if scope is None:
-            assert self._build_thread is not None
-            index = ScopeIndex(dimension=self._dimension, options=self._index_options, builder=self._build_thread)
-            scope = self._scopes[entry.scope.digest] = _Scope(key=entry.scope, index=index)
-        label = self._insert(entry, scope)
-        self._unapplied.discard(lsn)
+        try:
+            key = (entry.scope.digest, entry.normalized_prompt)
+            old_id = self._exact.get(key)
+            replaced = self._forget(old_id) if old_id is not None else None
+            scope = self._scopes.get(entry.scope.digest)
+            if scope is None:
+                assert self._build_thread is not None
+                index = ScopeIndex(dimension=self._dimension, options=self._index_options,
+                                   builder=self._build_thread)
+                scope = self._scopes[entry.scope.digest] = _Scope(key=entry.scope, index=index)
+            label = self._insert(entry, scope)
+        finally:
+            self._unapplied.discard(lsn)
         # Not awaited: the index thread runs tasks in order, so every later search, removal or snapshot read
         # of this scope already sees the vector; waiting here would only add a thread round trip to each store.
         assert self._index_thread is not None
@@ -235,10 +250,14 @@ class EmbeddedBackend:
         present = [i for i in entry_ids if i in self._entries]
         if not present:
             return []
+        return await _uncancellable(self._delete(present))
+
+    async def _delete(self, present: list[str]) -> list[Entry]:
         lsn = await self._log(lambda lsn: encode_delete(present, lsn)) if self._wal is not None else 0
-        deleted = [e for e in (self._forget(i) for i in present) if e is not None]
-        self._unapplied.discard(lsn)
-        return deleted
+        try:
+            return [e for e in (self._forget(i) for i in present) if e is not None]
+        finally:
+            self._unapplied.discard(lsn)
 
     async def touch(self, entry: Entry, now: float) -> None:
         if entry.id in self._entries:
@@ -265,6 +284,13 @@ class EmbeddedBackend:
         entry = self._entries.pop(entry_id, None)
         if entry is None:
             return None
+        if entry.expires_at is not None:
+            self._stale_expiry += 1
+            if self._stale_expiry > max(1024, len(self._entries)):
+                # Replaced and evicted entries leave their expiry behind; rebuild so the heap tracks live entries.
+                self._expiry = [(e.expires_at, e.id) for e in self._entries.values() if e.expires_at is not None]
+                heapq.heapify(self._expiry)
+                self._stale_expiry = 0
         label = self._labels.pop(entry_id)
         self._lru.pop(entry_id, None)
         key = (entry.scope.digest, entry.normalized_prompt)
@@ -384,6 +410,11 @@ class EmbeddedBackend:
         for digest, members in by_scope.items():
             scope = self._scopes.get(digest)
             if scope is None:
+                continue  # emptied since: every member was deleted after the snapshot began
+            # Members deleted meanwhile are left out; this also keeps labels of a scope that was emptied and
+            # recreated from being looked up in the new scope's index.
+            members = [(e, label) for e, label in members if scope.label_to_id.get(label) == e.id]
+            if not members:
                 continue
             labels = np.fromiter((label for _e, label in members), dtype=np.int64, count=len(members))
             blocks.append(scope.index.vectors_of(labels))

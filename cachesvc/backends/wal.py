@@ -80,6 +80,7 @@ class WalWriter:
         self._task: asyncio.Task[None] | None = None
         self._last_fsync = time.monotonic()
         self._closed = False
+        self._failure: StorageError | None = None  # set once a write or fsync failed: no more writes
         self.segment_max_lsn: dict[int, int] = {}  # which records each segment holds, for safe deletion
         self.bytes_written = 0
         self.fsyncs = 0
@@ -100,6 +101,8 @@ class WalWriter:
         """
         if self._closed:
             raise StorageError("the write-ahead log is closed")
+        if self._failure is not None:
+            raise self._failure
         self._pending.frames.append(frame(payload))
         self._pending.max_lsn = max(self._pending.max_lsn, lsn)
         self._wake.set()
@@ -152,9 +155,13 @@ class WalWriter:
                 if batch.max_lsn:
                     self.segment_max_lsn[segment] = max(self.segment_max_lsn.get(segment, 0), batch.max_lsn)
             except OSError as exc:
-                log.error("write-ahead log write failed: %s", exc)
+                # Fail-stop: after a failed write or fsync the file's state on disk is unknown, so no later
+                # record may be acknowledged on top of it. Stores fail until the server is restarted.
+                log.error("write-ahead log write failed; refusing further writes: %s", exc)
                 error = StorageError(f"cannot write the write-ahead log: {exc}")
-                for waiter in batch.waiters:
+                self._failure = error
+                queued, self._pending = self._pending, _Pending()  # never written on top of the failure
+                for waiter in [*batch.waiters, *queued.waiters]:
                     if not waiter.done():
                         waiter.set_exception(error)
                 continue
@@ -163,19 +170,27 @@ class WalWriter:
                     waiter.set_result(None)
 
     def _write(self, data: bytes) -> int:
-        if data:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            self.bytes_written += len(data)
-            self.batches += 1
-        due = (
-            (self._policy is FsyncPolicy.ALWAYS and bool(data))
-            or (self._policy is FsyncPolicy.EVERYSEC and time.monotonic() - self._last_fsync >= 1.0)
-        )
-        if due:
-            self._fsync()
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            if data:
+                view = memoryview(data)
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                self.bytes_written += len(data)
+                self.batches += 1
+            due = (
+                (self._policy is FsyncPolicy.ALWAYS and bool(data))
+                or (self._policy is FsyncPolicy.EVERYSEC and time.monotonic() - self._last_fsync >= 1.0)
+            )
+            if due:
+                self._fsync()
+        except OSError:
+            # Take the unacknowledged batch back out, so that recovery neither replays it nor finds a
+            # half-written frame in the middle of the log.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)
+            raise
         return self._segment
 
     def _fsync(self) -> None:

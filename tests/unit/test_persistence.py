@@ -178,3 +178,27 @@ async def test_rotation_starts_a_new_segment(tmp_path: Path) -> None:
     assert [p.name for p in list_segments(tmp_path)] == [segment_path(tmp_path, n).name for n in (1, 2)]
     assert writer.segment_max_lsn == {1: 1, 2: 2}
 
+
+
+async def test_a_failed_fsync_stops_the_log_and_takes_the_batch_back(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import cachesvc.backends.wal as wal_module
+
+    writer = WalWriter(directory=tmp_path, segment=1, policy=FsyncPolicy.ALWAYS)
+    writer.start()
+    records = puts(3)
+    await writer.append(records[0], lsn=1)
+    real_fsync = wal_module.os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(wal_module.os, "fsync", failing_fsync)
+    with pytest.raises(StorageError, match="Input/output error"):
+        await writer.append(records[1], lsn=2)
+    monkeypatch.setattr(wal_module.os, "fsync", real_fsync)
+    with pytest.raises(StorageError):
+        await writer.append(records[2], lsn=3)  # fail-stop: nothing more is acknowledged on top of it
+    await writer.aclose()
+    state, _ = data_dir(tmp_path).recover(now=0.0)
+    assert sorted(state.entries) == ["id1"]  # the failed record was taken back out, not left to be replayed
