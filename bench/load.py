@@ -576,7 +576,7 @@ async def timed_calls(client: AsyncCacheClient, prompts: list[str]) -> list[floa
 
 
 async def cmd_figures(args: argparse.Namespace) -> dict[str, Any]:
-    """Issue-3 figures: exact hit p50, semantic lookup p50 at --entries vs the embedder alone, memory per entry;
+    """Cache-service figures: exact hit p50, semantic lookup p50 at --entries vs the embedder alone, memory per entry;
     with --saturate, also the saturation search on the filled server."""
     from cachesvc.embedding.onnx_embedder import OnnxEmbedder
 
@@ -688,7 +688,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     peak.add_argument("--max-queue", type=int, default=32)
     peak.add_argument("--phase-seconds", type=float, default=15.0)
     peak.add_argument("--p99-budget-ms", type=float, default=50.0, help="for judging recovery after the ramp")
-    fig = sub.add_parser("figures", parents=[common, search], help="issue-3 figures at --entries entries")
+    fig = sub.add_parser("figures", parents=[common, search], help="cache-service figures at --entries entries")
     fig.add_argument("--entries", type=int, default=100_000)
     fig.add_argument("--probes", type=int, default=200)
     fig.add_argument("--saturate", action="store_true", help="then run the saturation search on that server")

@@ -38,7 +38,7 @@ from cachesvc.records import DEFAULT_NAMESPACE, Entry, ScopeKey
 log = logging.getLogger(__name__)
 
 # Bytes an entry costs beyond its vector and texts: the Entry object, its dict and LRU slots, the exact-key
-# tuple, label maps and FAISS id map: 1,786 B measured at 100k entries (bench/RESULTS.md, issue-3 figures).
+# tuple, label maps and FAISS id map: 1,786 B measured at 100k entries (bench/RESULTS.md, cache service targets).
 ENTRY_OVERHEAD_BYTES = 1800
 
 
