@@ -22,7 +22,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, TypeVar
 
 import numpy as np
@@ -33,6 +32,7 @@ from cachesvc.backends.protocol import Capabilities
 from cachesvc.backends.wal import WalWriter, list_segments, segment_number
 from cachesvc.embedding.protocol import Vector
 from cachesvc.errors import InvalidRequest, NotReady
+from cachesvc.lifecycle import State
 from cachesvc.records import Entry, Match, ScopeKey, ScopeSelector, Usage
 
 T = TypeVar("T")
@@ -51,12 +51,6 @@ async def _uncancellable(work: Coroutine[Any, Any, T]) -> T:
 def _report_index_error(done: Future[None]) -> None:
     if not done.cancelled() and done.exception() is not None:
         log.error("index update failed", exc_info=done.exception())
-
-
-class State(Enum):
-    NEW = "new"
-    RUNNING = "running"
-    CLOSED = "closed"
 
 
 @dataclass

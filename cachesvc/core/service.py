@@ -9,7 +9,6 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from enum import Enum
 from types import TracebackType
 
 from cachesvc.backends.protocol import Backend
@@ -33,7 +32,8 @@ from cachesvc.core.types import (
 from cachesvc.core.verify import HitVerifier, RejectReason, VerifyInput
 from cachesvc.embedding.protocol import TextEncoder
 from cachesvc.errors import InvalidRequest, NotFound, Unsupported
-from cachesvc.records import DEFAULT_NAMESPACE, Entry, ScopeKey
+from cachesvc.lifecycle import State
+from cachesvc.records import DEFAULT_NAMESPACE, Entry, ScopeKey, Usage
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,6 @@ class CacheOptions:
             raise ValueError("max_entries must be >= 1 (or unset)")
         if self.top_k < 1 or self.sweep_interval_seconds <= 0 or self.sweep_batch < 1:
             raise ValueError("top_k, sweep_interval_seconds and sweep_batch must be positive")
-
-
-class State(Enum):
-    NEW = "new"
-    RUNNING = "running"
-    CLOSED = "closed"
 
 
 class CacheService:
@@ -344,18 +338,14 @@ class CacheService:
     async def stats(self, tenant: str, namespace: str | None = None) -> list[NamespaceStats]:
         usage = await self._backend.usage_by_namespace(tenant)
         counters = self._counters.for_tenant(tenant)
-        names = sorted(set(usage) | set(counters))
-        if namespace is not None:
-            names = [n for n in names if n == (namespace or DEFAULT_NAMESPACE)] or [namespace or DEFAULT_NAMESPACE]
-        result = []
-        for name in names:
-            u, c = usage.get(name), counters.get(name, Counters())
-            result.append(NamespaceStats(
-                namespace=name, entries=u.entries if u else 0, bytes=u.bytes if u else 0, lookups=c.lookups,
-                hits=c.hits, exact_hits=c.exact_hits, semantic_hits=c.semantic_hits, stores=c.stores,
-                ttl_evictions=c.ttl_evictions, capacity_evictions=c.capacity_evictions,
-            ))
-        return result
+        # One namespace asked for is reported even when it has nothing yet.
+        names = sorted(set(usage) | set(counters)) if namespace is None else [namespace or DEFAULT_NAMESPACE]
+        empty = Usage(entries=0, bytes=0)
+        return [
+            NamespaceStats(namespace=name, entries=usage.get(name, empty).entries, bytes=usage.get(name, empty).bytes,
+                           **dataclasses.asdict(counters.get(name, Counters())))
+            for name in names
+        ]
 
     # TTL sweeper
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from cachesvc.core.types import HitKind
 from cachesvc.core.verify import RejectReason
@@ -18,10 +18,6 @@ class Counters:
     stores: int = 0
     ttl_evictions: int = 0
     capacity_evictions: int = 0
-
-    def add(self, other: Counters) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 class CounterBook:

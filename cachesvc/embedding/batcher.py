@@ -14,12 +14,12 @@ import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from enum import Enum
 from types import TracebackType
 
 from cachesvc.embedding.protocol import Embedder, Vector
 from cachesvc.embedding.text import DEFAULT_MAX_TEXT_BYTES, checked_text
 from cachesvc.errors import CacheError, ModelError, NotReady, Overloaded
+from cachesvc.lifecycle import State
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,6 @@ class BatcherOptions:
             raise ValueError("max_batch_size, max_queue and workers must be >= 1")
         if self.max_wait_ms < 0:
             raise ValueError("max_wait_ms must be >= 0")
-
-
-class State(Enum):
-    NEW = "new"
-    RUNNING = "running"
-    CLOSED = "closed"
 
 
 @dataclass(frozen=True)

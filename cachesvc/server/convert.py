@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cachesvc.core.policy import TTLPolicy
@@ -136,16 +138,6 @@ def store_to_proto(result: StoreResult) -> pb.StoreResponse:
 
 
 def stats_to_proto(stats: list[NamespaceStats]) -> pb.StatsResponse:
-    def one(s: NamespaceStats) -> pb.NamespaceStats:
-        return pb.NamespaceStats(
-            namespace=s.namespace, entries=s.entries, bytes=s.bytes, lookups=s.lookups, hits=s.hits,
-            exact_hits=s.exact_hits, semantic_hits=s.semantic_hits, stores=s.stores,
-            ttl_evictions=s.ttl_evictions, capacity_evictions=s.capacity_evictions,
-        )
-
-    total = pb.NamespaceStats(namespace="")
-    for s in stats:
-        for name in ("entries", "bytes", "lookups", "hits", "exact_hits", "semantic_hits", "stores",
-                     "ttl_evictions", "capacity_evictions"):
-            setattr(total, name, getattr(total, name) + getattr(s, name))
-    return pb.StatsResponse(namespaces=[one(s) for s in stats], total=total)
+    counts = [f.name for f in dataclasses.fields(NamespaceStats) if f.name != "namespace"]
+    total = pb.NamespaceStats(namespace="", **{name: sum(getattr(s, name) for s in stats) for name in counts})
+    return pb.StatsResponse(namespaces=[pb.NamespaceStats(**dataclasses.asdict(s)) for s in stats], total=total)
