@@ -92,7 +92,8 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
         elapsed = time.perf_counter() - started
         fields.update(code=code.name, ms=round(elapsed * 1000, 3))
         self._metrics.request_seconds.labels(method, code.name).observe(elapsed)
-        log.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields})
+        if log.isEnabledFor(logging.INFO):  # the line is built on every call otherwise, even when not shown
+            log.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields})
         if code is not grpc.StatusCode.OK:
             await context.abort(code, message)
         return response
