@@ -71,8 +71,12 @@ async def restart(path: Path, probe: np.ndarray) -> dict[str, float]:
     started = time.perf_counter()
     backend = EmbeddedBackend(dimension=DIM, index_options=IndexOptions(hnsw_threshold=1_000_000_000),
                               data_dir=DataDir(PersistenceOptions(data_dir=path), MODEL))
-    await backend.start()
-    gc.freeze()  # as the server's composition root does after recovery
+    gc.disable()  # as the server's composition root does around recovery
+    try:
+        await backend.start()
+    finally:
+        gc.freeze()
+        gc.enable()
     matches = await backend.search(ScopeKey(tenant="bench", namespace="ns0"), probe, 4)
     ready = time.perf_counter() - started
     assert matches, "no lookup answer after restart"

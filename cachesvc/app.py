@@ -123,9 +123,15 @@ class App:
         self.backend = EmbeddedBackend(dimension=embedder.dimension,
                                        index_options=IndexOptions(hnsw_threshold=s.hnsw_threshold),
                                        data_dir=data_dir, clock_now=self.clock.now)
-        await self.backend.start()
-        # Recovered entries live as long as the server: keep the cyclic GC from walking them on every full pass.
-        gc.freeze()
+        # Recovery allocates millions of long-lived objects and no cycles: without a pause the cyclic GC would
+        # walk the growing heap again and again (a third of a 1M-entry restart). Once loaded, they live as long
+        # as the server, so they are frozen out of every later full pass.
+        gc.disable()
+        try:
+            await self.backend.start()
+        finally:
+            gc.freeze()
+            gc.enable()
         options = CacheOptions(
             min_similarity=s.min_similarity,
             recall_similarity=s.recall_similarity,

@@ -1,7 +1,9 @@
 """The embedded backend: entries in process memory, one FAISS index per scope, durable in a data directory.
 
-State is owned by the event loop (dicts are only touched there); every FAISS call runs on one dedicated
-index thread, in submission order, so index mutations never race and a slow search never blocks the loop.
+State is owned by the event loop (dicts are only touched there, except while `start()` reads the data
+directory into them on a worker thread, before anything else can see the backend); every FAISS call runs on one
+dedicated index thread, in submission order, so index mutations never race and a slow search never blocks the
+loop.
 
 Durability comes before visibility: a mutation is appended to the write-ahead log (and fsynced, per the
 policy) before it changes what lookups see. Snapshots are written on their own thread, from a list of the
@@ -19,15 +21,23 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterator
+from collections.abc import Callable, Collection, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from cachesvc.backends.faiss_index import IndexOptions, ScopeIndex
-from cachesvc.backends.persistence import DataDir, encode_chunk, encode_delete, encode_hits, encode_put
+from cachesvc.backends.persistence import (
+    DataDir,
+    SnapshotChunk,
+    encode_chunk,
+    encode_delete,
+    encode_hits,
+    encode_put,
+)
 from cachesvc.backends.protocol import Capabilities
 from cachesvc.backends.wal import WalWriter, list_segments, segment_number
 from cachesvc.embedding.protocol import Vector
@@ -64,6 +74,111 @@ class _Scope:
 class _Tally:
     entries: int = 0
     bytes: int = 0
+
+
+@dataclass
+class _Block:
+    """Vectors of one scope on their way to its index during recovery."""
+
+    scope: _Scope
+    dimension: int
+    size: int
+    count: int = 0
+    labels: NDArray[np.int64] = field(init=False)
+    vectors: NDArray[np.float32] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.labels = np.empty(self.size, dtype=np.int64)
+        self.vectors = np.empty((self.size, self.dimension), dtype=np.float32)
+
+
+class _Loader:
+    """Reads a data directory into a backend that is starting (the backend's `RecoverySink`).
+
+    Snapshot chunks go straight into the backend's maps. Their vectors are gathered per scope and handed to the
+    index thread in blocks, where FAISS copies them in while this thread reads on; whether a scope is large
+    enough for an HNSW graph is decided once the whole snapshot is in, so a large scope starts one build over
+    all its vectors. Log records after the snapshot then go through the backend's own put and forget, so
+    replay has the same meaning as the original calls.
+    """
+
+    BLOCK = 8192  # vectors per index call: few calls, each a few MB
+
+    def __init__(self, backend: EmbeddedBackend) -> None:
+        self._backend = backend
+        self._blocks: dict[str, _Block] = {}
+        self._loaded: dict[str, _Scope] = {}
+
+    def load_chunk(self, chunk: SnapshotChunk) -> None:
+        backend = self._backend
+        scopes = [backend._scope_for(key) for key in chunk.scopes]
+        labels = np.asarray(backend._insert_many(chunk.entries, [scopes[s] for s in chunk.scope_of.tolist()]),
+                            dtype=np.int64)
+        if len(scopes) == 1:
+            self._gather(scopes[0], labels, chunk.vectors, None)
+            return
+        order = np.argsort(chunk.scope_of, kind="stable")
+        bounds = np.searchsorted(chunk.scope_of[order], np.arange(len(scopes) + 1)).tolist()
+        for s, scope in enumerate(scopes):
+            self._gather(scope, labels, chunk.vectors, order[bounds[s]:bounds[s + 1]])
+
+    def _gather(self, scope: _Scope, labels: NDArray[np.int64], vectors: NDArray[np.float32],
+                rows: NDArray[np.intp] | None) -> None:
+        """Copies `rows` (all when None) of a chunk into the scope's block, sending each full block on."""
+        taken = 0
+        total = len(labels) if rows is None else len(rows)
+        while taken < total:
+            block = self._blocks.get(scope.key.digest)
+            if block is None:
+                block = self._blocks[scope.key.digest] = _Block(scope=scope, dimension=vectors.shape[1],
+                                                                size=self.BLOCK)
+            n = min(total - taken, self.BLOCK - block.count)
+            end = block.count + n
+            if rows is None:
+                block.labels[block.count:end] = labels[taken:taken + n]
+                block.vectors[block.count:end] = vectors[taken:taken + n]
+            else:  # gathered straight into the block, without a temporary copy
+                np.take(labels, rows[taken:taken + n], out=block.labels[block.count:end])
+                np.take(vectors, rows[taken:taken + n], axis=0, out=block.vectors[block.count:end])
+            block.count = end
+            taken += n
+            if block.count == self.BLOCK:
+                self._flush(scope.key.digest)
+
+    def _flush(self, digest: str) -> None:
+        block = self._blocks.pop(digest)
+        add = functools.partial(block.scope.index.add_many, block.labels[:block.count],
+                                block.vectors[:block.count], build=False)
+        self._submit(add)
+        self._loaded[digest] = block.scope
+
+    def _submit(self, work: Callable[[], None]) -> None:
+        index_thread = self._backend._index_thread
+        assert index_thread is not None
+        index_thread.submit(work).add_done_callback(_report_index_error)
+
+    def snapshot_loaded(self) -> None:
+        for digest in list(self._blocks):
+            self._flush(digest)
+        for scope in self._loaded.values():
+            self._submit(scope.index.maybe_rebuild)
+        self._loaded.clear()
+
+    def replay_put(self, entry: Entry, vector: Vector) -> None:
+        if entry.id not in self._backend._entries:  # else the snapshot already holds it
+            self._backend._apply_put(entry, vector)
+
+    def replay_delete(self, entry_ids: list[str]) -> None:
+        for entry_id in entry_ids:
+            self._backend._forget(entry_id)
+
+    def replay_hits(self, entry_ids: list[str], hit_counts: list[int], last_used_at: list[float]) -> None:
+        backend = self._backend
+        for entry_id, hit_count, used_at in zip(entry_ids, hit_counts, last_used_at, strict=True):
+            entry = backend._entries.get(entry_id)
+            if entry is not None:
+                entry.hit_count, entry.last_used_at = hit_count, used_at
+                backend._lru.move_to_end(entry_id)
 
 
 class EmbeddedBackend:
@@ -118,39 +233,31 @@ class EmbeddedBackend:
     async def _recover(self, data_dir: DataDir) -> None:
         await asyncio.to_thread(data_dir.lock)
         await asyncio.to_thread(data_dir.check_model)
-        state, repaired = await asyncio.to_thread(data_dir.recover, now=self._clock_now())
-        # Snapshots list entries least recently used first, and replayed puts are newer still, so recovery order is
-        # LRU order (hits replayed from the log may leave it slightly stale, which only shifts eviction order).
-        await self._load(entry_vectors=list(state.entries.values()))
-        self._lsn = state.last_lsn
+        # Read straight into the maps and indexes on a worker thread: nothing else touches the backend before
+        # start() returns, and index additions run on the index thread (in order) while reading goes on.
+        recovery = await asyncio.to_thread(data_dir.replay, _Loader(self))
+        expired = [e.id for e in self._entries.values() if e.is_expired(self._clock_now())]
+        for entry_id in expired:
+            self._forget(entry_id)
+        await self._on_index_thread(lambda: None)
+        log.info("recovered %d entries (%d expired dropped)", len(self._entries), len(expired))
+        self._lsn = recovery.last_lsn
         segments = list_segments(data_dir.path)
         self._wal = WalWriter(directory=data_dir.path, segment=segment_number(segments[-1]) + 1 if segments else 1,
                               policy=data_dir.options.fsync)
         self._wal.start()
         self._snapshot_thread = ThreadPoolExecutor(1, thread_name_prefix="snapshot")
-        if repaired:
+        if recovery.repaired:
             await self.snapshot()  # make the repaired state durable without the damaged files
         self._snapshot_task = asyncio.get_running_loop().create_task(self._snapshot_forever(), name="snapshots")
 
-    async def _load(self, entry_vectors: list[tuple[Entry, Vector]]) -> None:
-        """Bulk-loads recovered entries (least recently used first, so the LRU order survives)."""
-        by_scope: dict[str, tuple[list[int], list[Vector]]] = {}
-        assert self._build_thread is not None
-        for entry, vector in entry_vectors:
-            scope = self._scopes.get(entry.scope.digest)
-            if scope is None:
-                index = ScopeIndex(dimension=self._dimension, options=self._index_options,
-                                   builder=self._build_thread)
-                scope = self._scopes[entry.scope.digest] = _Scope(key=entry.scope, index=index)
-            self._insert(entry, scope)
-            labels, vectors = by_scope.setdefault(entry.scope.digest, ([], []))
-            labels.append(self._labels[entry.id])
-            vectors.append(vector)
-        for digest, (labels, vectors) in by_scope.items():
-            index = self._scopes[digest].index
-            array = np.asarray(labels, dtype=np.int64)
-            matrix = np.vstack(vectors).astype(np.float32, copy=False)
-            await self._on_index_thread(functools.partial(index.add_many, array, matrix))
+    def _scope_for(self, key: ScopeKey) -> _Scope:
+        scope = self._scopes.get(key.digest)
+        if scope is None:
+            assert self._build_thread is not None
+            index = ScopeIndex(dimension=self._dimension, options=self._index_options, builder=self._build_thread)
+            scope = self._scopes[key.digest] = _Scope(key=key, index=index)
+        return scope
 
     async def aclose(self) -> None:
         """Writes a final snapshot (so the next start reads no log), then stops every thread."""
@@ -207,18 +314,16 @@ class EmbeddedBackend:
         entry.last_used_at = entry.created_at
         lsn = await self._log(lambda lsn: encode_put(entry, vector, lsn)) if self._wal is not None else 0
         try:
-            key = (entry.scope.digest, entry.normalized_prompt)
-            old_id = self._exact.get(key)
-            replaced = self._forget(old_id) if old_id is not None else None
-            scope = self._scopes.get(entry.scope.digest)
-            if scope is None:
-                assert self._build_thread is not None
-                index = ScopeIndex(dimension=self._dimension, options=self._index_options,
-                                   builder=self._build_thread)
-                scope = self._scopes[entry.scope.digest] = _Scope(key=entry.scope, index=index)
-            label = self._insert(entry, scope)
+            return self._apply_put(entry, vector)
         finally:
             self._unapplied.discard(lsn)
+
+    def _apply_put(self, entry: Entry, vector: Vector) -> Entry | None:
+        """Makes a (logged) put visible; returns the entry it replaced (same prompt, same scope)."""
+        old_id = self._exact.get((entry.scope.digest, entry.normalized_prompt))
+        replaced = self._forget(old_id) if old_id is not None else None
+        scope = self._scope_for(entry.scope)
+        label = self._insert(entry, scope)
         # Not awaited: the index thread runs tasks in order, so every later search, removal or snapshot read
         # of this scope already sees the vector; waiting here would only add a thread round trip to each store.
         assert self._index_thread is not None
@@ -226,19 +331,31 @@ class EmbeddedBackend:
         return replaced
 
     def _insert(self, entry: Entry, scope: _Scope) -> int:
-        label = next(self._next_label)
-        entry.scope = scope.key  # share one ScopeKey object per scope
-        self._entries[entry.id] = entry
-        self._labels[entry.id] = label
-        scope.label_to_id[label] = entry.id
-        self._exact[(scope.key.digest, entry.normalized_prompt)] = entry.id
-        self._lru[entry.id] = None
-        if entry.expires_at is not None:
-            heapq.heappush(self._expiry, (entry.expires_at, entry.id))
-        tally = self._tallies.setdefault((entry.scope.tenant, entry.scope.namespace), _Tally())
-        tally.entries += 1
-        tally.bytes += entry.size_bytes
-        return label
+        return self._insert_many([entry], [scope])[0]
+
+    def _insert_many(self, entries: list[Entry], scopes: list[_Scope]) -> list[int]:
+        """Adds entries (not yet held) to every map; returns their new index labels. One loop for one store and
+        for a recovered chunk of thousands, so it is written for the latter."""
+        held, labels_of, exact, lru, expiry, tallies = (self._entries, self._labels, self._exact, self._lru,
+                                                          self._expiry, self._tallies)
+        labels = list(itertools.islice(self._next_label, len(entries)))
+        for entry, scope, label in zip(entries, scopes, labels, strict=True):
+            key = scope.key
+            entry.scope = key  # share one ScopeKey object per scope
+            entry_id = entry.id
+            held[entry_id] = entry
+            labels_of[entry_id] = label
+            scope.label_to_id[label] = entry_id
+            exact[(key.digest, entry.normalized_prompt)] = entry_id
+            lru[entry_id] = None
+            if entry.expires_at is not None:
+                heapq.heappush(expiry, (entry.expires_at, entry_id))
+            tally = tallies.get((key.tenant, key.namespace))
+            if tally is None:
+                tally = tallies[(key.tenant, key.namespace)] = _Tally()
+            tally.entries += 1
+            tally.bytes += entry.size_bytes
+        return labels
 
     async def delete(self, entry_ids: Collection[str]) -> list[Entry]:
         present = [i for i in entry_ids if i in self._entries]
@@ -333,11 +450,9 @@ class EmbeddedBackend:
     async def usage_by_namespace(self, tenant: str) -> dict[str, Usage]:
         return {ns: Usage(entries=t.entries, bytes=t.bytes) for (tn, ns), t in self._tallies.items() if tn == tenant}
 
-    async def least_recently_used(self) -> AsyncIterator[Entry]:
-        for entry_id in list(self._lru):
-            entry = self._entries.get(entry_id)
-            if entry is not None:
-                yield entry
+    async def least_recently_used(self, limit: int) -> list[Entry]:
+        # islice, not a copy of the whole order: walking a 1M-entry OrderedDict takes ~150 ms.
+        return [self._entries[entry_id] for entry_id in itertools.islice(self._lru, limit)]
 
     async def expired(self, now: float, limit: int) -> list[Entry]:
         found: list[Entry] = []
@@ -365,27 +480,33 @@ class EmbeddedBackend:
         async with self._snapshot_lock:
             started = time.monotonic()
             covered = min(self._unapplied) - 1 if self._unapplied else self._lsn
-            # One instant, least recently used first; later changes are in the log after `covered`. Only the ids
-            # are copied here (a C-level copy, ~10 ms at 1M); the snapshot thread looks the entries up.
-            entry_ids = list(self._lru)
+            # One instant; later changes are in the log after `covered`. Only the entries dict's values are copied
+            # here (~10 ms at 1M; copying the OrderedDict's LRU order instead takes ~150 ms): the snapshot thread
+            # puts them in least-recently-used order by their last use.
+            entries = list(self._entries.values())
             self._wal_bytes_at_snapshot = self._wal.bytes_written
             segment = await self._wal.rotate()
             data_dir = self._data_dir
             loop = asyncio.get_running_loop()
             path, count, size = await loop.run_in_executor(
-                self._snapshot_thread, lambda: data_dir.write_snapshot(covered, self._snapshot_chunks(entry_ids)))
+                self._snapshot_thread, lambda: data_dir.write_snapshot(covered, self._snapshot_chunks(entries)))
             pruned = await loop.run_in_executor(
                 self._snapshot_thread, data_dir.prune, path, covered, self._wal.segment_max_lsn, segment)
             self.snapshots_written += 1
             log.info("snapshot %s: %d entries, %.1f MB in %.2f s; %d log segments removed", path.name, count,
                      size / 1e6, time.monotonic() - started, pruned)
 
-    def _snapshot_chunks(self, entry_ids: list[str]) -> Iterator[tuple[int, bytes]]:
+    def _snapshot_chunks(self, entries: list[Entry]) -> Iterator[tuple[int, bytes]]:
         """Runs on the snapshot thread; reads vectors back on the index thread a chunk at a time, so a lookup
-        waits behind at most one chunk."""
+        waits behind at most one chunk. Chunks list entries least recently used first, so that recovery restores
+        the eviction order without sorting."""
         assert self._index_thread is not None
-        for start in range(0, len(entry_ids), SNAPSHOT_CHUNK):
-            ids = entry_ids[start:start + SNAPSHOT_CHUNK]
+        last_used = np.fromiter((e.last_used_at for e in entries), dtype=np.float64, count=len(entries))
+        # argsort runs without the GIL; ties keep insertion order. Converted to Python ints a chunk at a time:
+        # one 1M-element tolist() would hold the GIL (and every lookup) for ~40 ms.
+        order = np.argsort(last_used, kind="stable")
+        for start in range(0, len(order), SNAPSHOT_CHUNK):
+            ids = [entries[i].id for i in order[start:start + SNAPSHOT_CHUNK].tolist()]
             chunk, vectors = self._index_thread.submit(self._vectors_of, ids).result()
             if chunk:
                 yield len(chunk), encode_chunk(chunk, vectors)

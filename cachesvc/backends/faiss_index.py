@@ -83,15 +83,17 @@ class ScopeIndex:
         self._index.add_with_ids(vector.reshape(1, -1), np.array([label], dtype=np.int64))
         if self._build is not None:
             self._build.added[label] = vector
-        self._maybe_rebuild()
+        self.maybe_rebuild()
 
-    def add_many(self, labels: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
-        """Bulk add (recovery); starts an HNSW build if the scope is large."""
+    def add_many(self, labels: NDArray[np.int64], vectors: NDArray[np.float32], *, build: bool = True) -> None:
+        """Bulk add (recovery); starts an HNSW build if the scope is large, unless `build` is False (more blocks
+        follow: call `maybe_rebuild` after the last, so that one build covers them all)."""
         if len(labels):
             self._index.add_with_ids(vectors, labels)
             if self._build is not None:
                 self._build.added.update(zip(labels.tolist(), vectors, strict=True))
-            self._maybe_rebuild()
+            if build:
+                self.maybe_rebuild()
 
     def vectors_of(self, labels: NDArray[np.int64]) -> NDArray[np.float32]:
         """The stored vectors of `labels`, which must all be held (tombstones count): what snapshots save."""
@@ -105,7 +107,7 @@ class ScopeIndex:
         if self._build is not None:
             self._build.added.pop(label, None)
             self._build.removed.add(label)
-        self._maybe_rebuild()
+        self.maybe_rebuild()
 
     def search(self, vector: Vector, k: int) -> list[tuple[int, float]]:
         """The up-to-`k` nearest live labels with their inner products, best first."""
@@ -145,7 +147,8 @@ class ScopeIndex:
         self._dead = {label for label in build.removed if label in build.copied}
         self.rebuilds += 1
 
-    def _maybe_rebuild(self) -> None:
+    def maybe_rebuild(self) -> None:
+        """Starts an HNSW build (or swaps a finished one in) if the scope's size or tombstones call for it."""
         if self._build is not None:
             self.finish_build()
             return

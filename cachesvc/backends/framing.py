@@ -9,8 +9,10 @@ filesystem had not written yet) from corruption in the middle (a bad frame with 
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -70,40 +72,59 @@ def _check_at(data: memoryview, offset: int) -> tuple[int | None, Damage]:
     return HEADER_SIZE + length, Damage.NONE
 
 
-def read_frames(data: bytes | memoryview, *, path: Path, resync: bool = False) -> ReadResult:
-    """Parses frames from `data`.
+class FrameReader:
+    """Iterates the good frames of `data` as `(offset, payload)`, checking each before it is yielded, so a large
+    file (a memory-mapped snapshot) is parsed while it is paged in rather than after. Once iteration ends,
+    `damage`, `damage_offset` and `resynced` say what ended it.
 
     Args:
         path: the file the data came from (for messages).
         resync: after corruption, scan on for later good frames (the `--repair` reading) instead of stopping.
+    """
+
+    def __init__(self, data: bytes | memoryview | mmap.mmap, *, path: Path, resync: bool = False) -> None:
+        self.path = path
+        self._view = memoryview(data)
+        self._resync = resync
+        self.damage = Damage.NONE
+        self.damage_offset = len(self._view)
+        self.resynced = 0
+
+    def __iter__(self) -> Iterator[tuple[int, memoryview]]:
+        view = self._view
+        offset = 0
+        while offset < len(view):
+            length, damage = _check_at(view, offset)
+            if length is None:
+                self.damage, self.damage_offset = damage, offset
+                if self._resync and damage is Damage.CORRUPT:
+                    for found in _resync(view, offset + 1):
+                        self.resynced += 1
+                        yield found
+                return
+            yield offset, view[offset + HEADER_SIZE:offset + length]
+            offset += length
+
+
+def read_frames(data: bytes | memoryview, *, path: Path, resync: bool = False) -> ReadResult:
+    """Parses all frames of `data` (see `FrameReader`).
 
     Returns:
         Every good frame before the first bad one (and after it, with resync) and what the damage was.
     """
-    view = memoryview(data)
-    payloads: list[tuple[int, memoryview]] = []
-    offset = 0
-    while offset < len(view):
-        length, damage = _check_at(view, offset)
-        if length is None:
-            found = _resync(view, offset + 1, payloads) if resync and damage is Damage.CORRUPT else 0
-            return ReadResult(payloads, damage, offset, found)
-        payloads.append((offset, view[offset + HEADER_SIZE:offset + length]))
-        offset += length
-    return ReadResult(payloads, Damage.NONE, offset, 0)
+    reader = FrameReader(data, path=path, resync=resync)
+    payloads = list(reader)
+    return ReadResult(payloads, reader.damage, reader.damage_offset, reader.resynced)
 
 
-def _resync(view: memoryview, start: int, payloads: list[tuple[int, memoryview]]) -> int:
-    """Collects the good frames after a corrupt one, found by their magic and checksums."""
+def _resync(view: memoryview, start: int) -> Iterator[tuple[int, memoryview]]:
+    """The good frames after a corrupt one, found by their magic and checksums."""
     raw = view.tobytes()  # repair only: a copy is fine, and bytes.find is fast
-    found = 0
     offset = raw.find(MAGIC, start)
     while 0 <= offset < len(raw):
         length, _ = _check_at(view, offset)
         if length is None:
             offset = raw.find(MAGIC, offset + 1)
             continue
-        payloads.append((offset, view[offset + HEADER_SIZE:offset + length]))
-        found += 1
+        yield offset, view[offset + HEADER_SIZE:offset + length]
         offset += length
-    return found

@@ -16,18 +16,20 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import mmap
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import msgpack
 import numpy as np
+from numpy.typing import NDArray
 
-from cachesvc.backends.framing import Damage, ReadResult, frame, read_frames
+from cachesvc.backends.framing import Damage, FrameReader, ReadResult, frame, read_frames
 from cachesvc.backends.wal import FsyncPolicy, StorageError, fsync_directory, list_segments, segment_number
 from cachesvc.embedding.protocol import Vector
 from cachesvc.records import Entry, ScopeKey
@@ -113,74 +115,88 @@ def encode_hits(entries: Iterable[Entry], lsn: int) -> bytes:
 
 
 def _decode_put(r: list[Any], scopes: dict[tuple[str, str, str, str], ScopeKey]) -> tuple[Entry, Vector]:
-    key = (r[3], r[4], r[5], r[6])
-    scope = scopes.get(key)
-    if scope is None:
-        scope = scopes[key] = ScopeKey(tenant=r[3], namespace=r[4], model=r[5], context=r[6])
-    entry = Entry(id=r[2], scope=scope, prompt=r[7], normalized_prompt=r[8], completion=r[9], metadata=r[10],
-                  created_at=r[11], expires_at=r[12], size_bytes=r[13], hit_count=r[14], last_used_at=r[15])
+    entry = Entry(id=r[2], scope=_scope(scopes, r[3], r[4], r[5], r[6]), prompt=r[7], normalized_prompt=r[8],
+                  completion=r[9], metadata=r[10], created_at=r[11], expires_at=r[12], size_bytes=r[13],
+                  hit_count=r[14], last_used_at=r[15])
     return entry, np.frombuffer(r[16], dtype=np.float32)
 
 
-@dataclass
-class RecoveredState:
-    """The entries a data directory holds, built by replaying a snapshot and the log."""
+def _scope(scopes: dict[tuple[str, str, str, str], ScopeKey], tenant: str, namespace: str, model: str,
+           context: str) -> ScopeKey:
+    """One ScopeKey object per scope for the whole recovery (its digest is computed once)."""
+    key = (tenant, namespace, model, context)
+    scope = scopes.get(key)
+    if scope is None:
+        scope = scopes[key] = ScopeKey(tenant=tenant, namespace=namespace, model=model, context=context)
+    return scope
 
-    entries: dict[str, tuple[Entry, Vector]] = field(default_factory=dict)
-    exact: dict[tuple[str, str], str] = field(default_factory=dict)
-    last_lsn: int = 0
-    scopes: dict[tuple[str, str, str, str], ScopeKey] = field(default_factory=dict)
 
-    def load_chunk(self, record: list[Any], dimension: int) -> None:
-        """Adds a snapshot chunk. A snapshot is one consistent state, so no replacement logic is needed."""
-        _kind, scope_rows, scope_of, ids, prompts, norms, completions, metadata, created, expires, sizes, hits, \
-            last_used, blob = record
-        scopes = []
-        for tenant, namespace, model, context in scope_rows:
-            key = (tenant, namespace, model, context)
-            scope = self.scopes.get(key)
-            if scope is None:
-                scope = self.scopes[key] = ScopeKey(tenant=tenant, namespace=namespace, model=model, context=context)
-            scopes.append(scope)
-        vectors = np.frombuffer(blob, dtype=np.float32).reshape(len(ids), dimension)
-        entries, exact = self.entries, self.exact
-        for i, entry_id in enumerate(ids):
-            scope = scopes[scope_of[i]]
-            entries[entry_id] = (
-                Entry(id=entry_id, scope=scope, prompt=prompts[i], normalized_prompt=norms[i],
-                      completion=completions[i], metadata=metadata[i], created_at=created[i],
-                      expires_at=expires[i], size_bytes=sizes[i], hit_count=hits[i], last_used_at=last_used[i]),
-                vectors[i],
-            )
-            exact[(scope.digest, norms[i])] = entry_id
+@dataclass(frozen=True, kw_only=True)
+class SnapshotChunk:
+    """Consecutive entries of a snapshot (least recently used first) with their vectors.
 
-    def apply(self, record: list[Any]) -> None:
-        kind, lsn = record[0], record[1]
-        self.last_lsn = max(self.last_lsn, lsn)
-        if kind == PUT:
-            if record[2] in self.entries:
-                return
-            entry, vector = _decode_put(record, self.scopes)
-            key = (entry.scope.digest, entry.normalized_prompt)
-            holder = self.exact.get(key)
-            if holder is not None:
-                self.entries.pop(holder, None)
-            self.entries[entry.id] = (entry, vector)
-            self.exact[key] = entry.id
-        elif kind == DELETE:
-            for entry_id in record[2]:
-                held = self.entries.pop(entry_id, None)
-                if held is not None:
-                    key = (held[0].scope.digest, held[0].normalized_prompt)
-                    if self.exact.get(key) == entry_id:
-                        del self.exact[key]
-        elif kind == HIT:
-            for entry_id, hit_count, last_used_at in zip(record[2], record[3], record[4], strict=True):
-                held = self.entries.get(entry_id)
-                if held is not None:
-                    held[0].hit_count, held[0].last_used_at = hit_count, last_used_at
-        else:
-            raise ValueError(f"unknown record kind {kind!r}")
+    Attributes:
+        scopes: the scopes this chunk's entries belong to.
+        scope_of: for each entry, its scope's position in `scopes`.
+        vectors: one row per entry.
+    """
+
+    entries: list[Entry]
+    scopes: list[ScopeKey]
+    scope_of: NDArray[np.intp]
+    vectors: NDArray[np.float32]
+
+
+def _decode_chunk(record: list[Any], dimension: int,
+                  scopes: dict[tuple[str, str, str, str], ScopeKey]) -> SnapshotChunk:
+    _kind, scope_rows, scope_of, ids, prompts, norms, completions, metadata, created, expires, sizes, hits, \
+        last_used, blob = record
+    chunk_scopes = [_scope(scopes, *row) for row in scope_rows]
+    entries = [
+        Entry(id=ids[i], scope=chunk_scopes[scope_of[i]], prompt=prompts[i], normalized_prompt=norms[i],
+              completion=completions[i], metadata=metadata[i], created_at=created[i], expires_at=expires[i],
+              size_bytes=sizes[i], hit_count=hits[i], last_used_at=last_used[i])
+        for i in range(len(ids))
+    ]
+    return SnapshotChunk(entries=entries, scopes=chunk_scopes, scope_of=np.asarray(scope_of, dtype=np.intp),
+                         vectors=np.frombuffer(blob, dtype=np.float32).reshape(len(ids), dimension))
+
+
+class RecoverySink(Protocol):
+    """What a data directory is read into: the backend itself at start-up.
+
+    A snapshot is one consistent state, so its chunks are loaded as they are. Log records after it are replayed
+    idempotently (a record may already be in the snapshot's state): a put whose id is present is skipped, a put
+    replaces the entry holding the same prompt in the same scope, deletes and hit counts overwrite.
+    """
+
+    def load_chunk(self, chunk: SnapshotChunk) -> None: ...
+
+    def snapshot_loaded(self) -> None:
+        """Called once the snapshot's chunks are all loaded, before the first log record."""
+
+    def replay_put(self, entry: Entry, vector: Vector) -> None: ...
+
+    def replay_delete(self, entry_ids: list[str]) -> None: ...
+
+    def replay_hits(self, entry_ids: list[str], hit_counts: list[int], last_used_at: list[float]) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recovery:
+    """What reading a data directory found.
+
+    Attributes:
+        last_lsn: the highest log sequence number covered; new records continue after it.
+        repaired: damage was repaired (the caller should snapshot at once, so the damaged files are not needed).
+        snapshot_entries: entries loaded from the snapshot.
+        replayed: log records replayed after it.
+    """
+
+    last_lsn: int
+    repaired: bool
+    snapshot_entries: int
+    replayed: int
 
 
 class DataDir:
@@ -246,41 +262,42 @@ class DataDir:
         tmp.replace(path)
         fsync_directory(self.path)
 
-    def recover(self, *, now: float) -> tuple[RecoveredState, bool]:
-        """Loads the newest snapshot and replays the log after it.
-
-        Returns:
-            The recovered state, and whether damage was repaired (the caller should snapshot at once).
+    def replay(self, sink: RecoverySink) -> Recovery:
+        """Loads the newest snapshot into `sink`, then replays the log after it. Expired entries are the sink's to
+        drop (it knows the clock).
 
         Raises:
             StorageError: corruption in a snapshot or in the middle of a segment, without `repair`.
         """
         started = time.monotonic()
-        state = RecoveredState()
-        repaired = False
-        covered = 0
+        scopes: dict[tuple[str, str, str, str], ScopeKey] = {}
+        covered, loaded, repaired = 0, 0, False
         snapshots = self.snapshots()
         if snapshots:
-            newest = snapshots[-1]
-            covered, repaired = self._load_snapshot(newest, state)
-        replayed = 0
+            covered, loaded, repaired = self._load_snapshot(snapshots[-1], sink, scopes)
+        sink.snapshot_loaded()
+        last_lsn, replayed = covered, 0
         for segment in list_segments(self.path):
             result = self._read(segment)
-            if result.damage is Damage.CORRUPT:
-                repaired = True
+            repaired = repaired or result.damage is Damage.CORRUPT
             for _offset, payload in result.payloads:
                 record = msgpack.unpackb(payload, use_list=True)
-                if record[1] > covered:
-                    state.apply(record)
-                    replayed += 1
-        expired = [i for i, (e, _v) in state.entries.items() if e.is_expired(now)]
-        for entry_id in expired:
-            state.apply([DELETE, 0, [entry_id]])
-        log.info("recovered %d entries from %s in %.2f s (snapshot up to LSN %d, %d log records replayed, "
-                 "%d expired dropped)", len(state.entries), self.path, time.monotonic() - started, covered,
-                 replayed, len(expired))
-        state.last_lsn = max(state.last_lsn, covered)
-        return state, repaired
+                kind, lsn = record[0], record[1]
+                if lsn <= covered:
+                    continue
+                last_lsn = max(last_lsn, lsn)
+                replayed += 1
+                if kind == PUT:
+                    sink.replay_put(*_decode_put(record, scopes))
+                elif kind == DELETE:
+                    sink.replay_delete(record[2])
+                elif kind == HIT:
+                    sink.replay_hits(record[2], record[3], record[4])
+                else:
+                    raise StorageError(f"{segment}: unknown record kind {kind!r} at LSN {lsn}")
+        log.info("read %s in %.2f s: %d entries from the snapshot (up to LSN %d), %d log records replayed",
+                 self.path, time.monotonic() - started, loaded, covered, replayed)
+        return Recovery(last_lsn=last_lsn, repaired=repaired, snapshot_entries=loaded, replayed=replayed)
 
     def _read(self, path: Path) -> ReadResult:
         data = path.read_bytes()
@@ -305,35 +322,62 @@ class DataDir:
         path.rename(aside)
         return aside
 
-    def _load_snapshot(self, path: Path, state: RecoveredState) -> tuple[int, bool]:
-        data = path.read_bytes()
-        result = read_frames(data, path=path, resync=self.options.repair)
-        payloads = [p for _o, p in result.payloads]
-        problem = None
-        if result.damage is not Damage.NONE:
-            problem = f"corrupt record at byte offset {result.damage_offset}"
-        elif not payloads:
+    def _load_snapshot(self, path: Path, sink: RecoverySink,
+                       scopes: dict[tuple[str, str, str, str], ScopeKey]) -> tuple[int, int, bool]:
+        """Streams a snapshot's chunks into `sink` as they are read and checked.
+
+        The file is memory-mapped and read ahead by the kernel, so reading, checksumming and loading overlap
+        instead of running one after another over gigabytes. Damage found part-way stops start-up (what was
+        loaded is discarded with the process) unless repairing, which keeps every readable chunk.
+
+        Returns:
+            (the LSN the snapshot covers, entries loaded, whether damage was repaired)
+        """
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data: bytes | mmap.mmap = b""
+            if size:
+                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                data.madvise(mmap.MADV_SEQUENTIAL)
+                data.madvise(mmap.MADV_WILLNEED)
+        reader = FrameReader(data, path=path, resync=self.options.repair)
+        covered = loaded = chunks = 0
+        header_ok = False
+        footer: Any = None
+        for offset, payload in reader:
+            record = msgpack.unpackb(payload, use_list=True)
+            if offset == 0:
+                header_ok = isinstance(record, dict) and record.get("format") == SNAPSHOT_FORMAT
+                if header_ok:
+                    covered = int(record.get("lsn", 0))
+                    continue
+                if not self.options.repair:
+                    break  # not ours: read nothing more
+            if isinstance(record, list) and record and record[0] == CHUNK:
+                chunk = _decode_chunk(record, self.model.dimension, scopes)
+                sink.load_chunk(chunk)
+                loaded += len(chunk.entries)
+                chunks += 1
+            elif isinstance(record, dict) and "chunks" in record:
+                footer = record
+        problem: str | None = None
+        if not size:
             problem = "empty"
-        header = msgpack.unpackb(payloads[0]) if payloads else {}
-        footer = msgpack.unpackb(payloads[-1]) if len(payloads) > 1 else {}
-        if problem is None and (not isinstance(header, dict) or header.get("format") != SNAPSHOT_FORMAT):
+        elif reader.damage is not Damage.NONE:
+            problem = f"corrupt record at byte offset {reader.damage_offset}"
+        elif not header_ok:
             problem = "not a cachesvc snapshot"
-        if problem is None and (not isinstance(footer, dict) or footer.get("chunks") != len(payloads) - 2):
+        elif not isinstance(footer, dict) or footer.get("chunks") != chunks:
             problem = "incomplete (no footer or wrong entry count)"
-        if problem is not None and not self.options.repair:
+        if problem is None:
+            return covered, loaded, False
+        if not self.options.repair:
             raise StorageError(f"{path}: snapshot is damaged ({problem}); start with --repair to load its readable "
                                "part and move it aside")
-        covered = int(header.get("lsn", 0)) if isinstance(header, dict) else 0
-        for payload in payloads[1:]:
-            record = msgpack.unpackb(payload, use_list=True)
-            if isinstance(record, list) and record and record[0] == CHUNK:
-                state.load_chunk(record, self.model.dimension)
-        if problem is not None:
-            self._move_aside(path)
-            log.error("%s: snapshot damaged (%s); repaired: loaded %d readable entries, moved it aside", path,
-                      problem, len(state.entries))
-            return covered, True
-        return covered, False
+        self._move_aside(path)
+        log.error("%s: snapshot damaged (%s); repaired: loaded %d readable entries, moved it aside", path, problem,
+                  loaded)
+        return covered, loaded, True
 
     # Snapshots
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,7 +60,9 @@ class Inventory(Protocol):
 
     async def usage_by_namespace(self, tenant: str) -> dict[str, Usage]: ...
 
-    def least_recently_used(self) -> AsyncIterator[Entry]: ...
+    async def least_recently_used(self, limit: int) -> list[Entry]:
+        """Up to `limit` entries, least recently used first."""
+        ...
 
     async def expired(self, now: float, limit: int) -> list[Entry]: ...
 

@@ -306,12 +306,19 @@ class CacheService:
         if over_entries <= 0 and over_bytes <= 0:
             return
         victims: list[str] = []
-        async for entry in self._backend.least_recently_used():
-            if over_entries <= 0 and over_bytes <= 0:
+        limit = max(over_entries, 0) + 16
+        while over_entries > 0 or over_bytes > 0:
+            # Oldest first, a batch at a time: entry sizes vary, so how many must go is known only as they are read.
+            batch = (await self._backend.least_recently_used(limit))[len(victims):]
+            if not batch:
                 break
-            victims.append(entry.id)
-            over_entries -= 1
-            over_bytes -= entry.size_bytes
+            for entry in batch:
+                if over_entries <= 0 and over_bytes <= 0:
+                    break
+                victims.append(entry.id)
+                over_entries -= 1
+                over_bytes -= entry.size_bytes
+            limit *= 2
         for entry in await self._backend.delete(victims):
             self._counters.evicted(entry.scope.tenant, entry.scope.namespace, ttl=False)
 

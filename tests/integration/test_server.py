@@ -197,6 +197,23 @@ async def test_byte_budget_holds(start_app: StartApp) -> None:
         assert (await client.lookup("Question number 29 about topic 203")).exact
 
 
+
+async def test_one_large_store_evicts_as_many_old_entries_as_its_size_needs(start_app: StartApp) -> None:
+    app = await start_app(max_bytes=100_000)
+    async with AsyncCacheClient(f"127.0.0.1:{app.port}") as client:
+        for i in range(24):
+            await client.store(f"Small question {i} on subject {i * 3}", "short answer")
+        before = await client.stats()
+        assert before.total.capacity_evictions == 0
+        await client.store("One very long question", "y" * 85_000)
+        stats = await client.stats()
+        assert 0 < stats.total.bytes <= 100_000
+        evicted = stats.total.capacity_evictions
+        assert evicted > 16 and stats.total.entries == 24 + 1 - evicted  # more than one batch of the oldest
+        assert (await client.lookup("One very long question")).exact
+        assert (await client.lookup("Small question 23 on subject 69")).exact
+        assert not (await client.lookup("Small question 0 on subject 0", min_similarity=0.999)).hit
+
 async def test_delete_by_id_and_by_scope(client: AsyncCacheClient) -> None:
     one = await client.store(PROMPT, "a", scope=Scope(namespace="n", model="m1"))
     await client.store(PROMPT, "b", scope=Scope(namespace="n", model="m2"))

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cachesvc.backends.embedded import EmbeddedBackend, _Loader
 from cachesvc.backends.framing import frame
 from cachesvc.backends.persistence import (
     DataDir,
     ModelChange,
     ModelIdentity,
     PersistenceOptions,
+    SnapshotChunk,
     encode_chunk,
     encode_delete,
     encode_hits,
@@ -42,6 +45,50 @@ def data_dir(path: Path, *, repair: bool = False, model: ModelIdentity = MODEL,
     return DataDir(PersistenceOptions(data_dir=path, repair=repair, on_model_change=on_model_change), model)
 
 
+@dataclass
+class MapSink:
+    """The recovery sink contract (see `RecoverySink`) over plain maps, to read what a directory holds."""
+
+    entries: dict[str, tuple[Entry, np.ndarray]] = field(default_factory=dict)
+
+    def load_chunk(self, chunk: SnapshotChunk) -> None:
+        for e, v in zip(chunk.entries, chunk.vectors, strict=True):
+            self.entries[e.id] = (e, v)
+
+    def snapshot_loaded(self) -> None:
+        pass
+
+    def replay_put(self, e: Entry, v: np.ndarray) -> None:
+        if e.id in self.entries:
+            return
+        for held, _ in list(self.entries.values()):
+            if (held.scope, held.normalized_prompt) == (e.scope, e.normalized_prompt):
+                del self.entries[held.id]
+        self.entries[e.id] = (e, v)
+
+    def replay_delete(self, entry_ids: list[str]) -> None:
+        for entry_id in entry_ids:
+            self.entries.pop(entry_id, None)
+
+    def replay_hits(self, entry_ids: list[str], hit_counts: list[int], last_used_at: list[float]) -> None:
+        for entry_id, hits, at in zip(entry_ids, hit_counts, last_used_at, strict=True):
+            if entry_id in self.entries:
+                self.entries[entry_id][0].hit_count, self.entries[entry_id][0].last_used_at = hits, at
+
+
+@dataclass
+class Recovered:
+    entries: dict[str, tuple[Entry, np.ndarray]]
+    last_lsn: int
+
+
+def recover(directory: DataDir, *, now: float = 0.0) -> tuple[Recovered, bool]:
+    sink = MapSink()
+    result = directory.replay(sink)
+    live = {i: ev for i, ev in sink.entries.items() if not ev[0].is_expired(now)}
+    return Recovered(entries=live, last_lsn=result.last_lsn), result.repaired
+
+
 def write_segment(path: Path, payloads: list[bytes], number: int = 1) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     segment = segment_path(path, number)
@@ -55,7 +102,7 @@ def puts(n: int) -> list[bytes]:
 
 def test_replay_restores_entries_byte_for_byte(tmp_path: Path) -> None:
     write_segment(tmp_path, [*puts(3), encode_delete(["id2"], 4), encode_hits([_hit(entry(3), 5, 2000.0)], 5)])
-    state, repaired = data_dir(tmp_path).recover(now=0.0)
+    state, repaired = recover(data_dir(tmp_path))
     assert not repaired and sorted(state.entries) == ["id1", "id3"]
     restored, restored_vector = state.entries["id3"]
     assert (restored.prompt, restored.completion, restored.metadata) == ("prompt 3", "completion 3 ✓", {"k": "3"})
@@ -74,7 +121,7 @@ def test_put_with_same_prompt_replaces_and_expired_entries_stay_dead(tmp_path: P
     again.id = "id1-new"
     write_segment(tmp_path, [*puts(2), encode_put(again, vector(9), 3),
                              encode_put(entry(7, expires_at=50.0), vector(7), 4)])
-    state, _ = data_dir(tmp_path).recover(now=100.0)
+    state, _ = recover(data_dir(tmp_path), now=100.0)
     assert sorted(state.entries) == ["id1-new", "id2"]
 
 
@@ -86,7 +133,7 @@ def test_torn_last_record_is_dropped_at_every_offset(tmp_path: Path) -> None:
         target = tmp_path / f"cut-{cut}"
         write_segment(target, [])
         segment_path(target, 1).write_bytes(full[:cut])
-        state, repaired = data_dir(target).recover(now=0.0)
+        state, repaired = recover(data_dir(target))
         expected = 4 if cut == len(full) else 3
         assert len(state.entries) == expected, f"cut at {cut}"
         assert not repaired
@@ -96,7 +143,7 @@ def test_torn_last_record_is_dropped_at_every_offset(tmp_path: Path) -> None:
 def test_zeros_after_the_last_record_count_as_a_torn_tail(tmp_path: Path) -> None:
     segment = write_segment(tmp_path, puts(2))
     segment.write_bytes(segment.read_bytes() + bytes(4096))
-    state, _ = data_dir(tmp_path).recover(now=0.0)
+    state, _ = recover(data_dir(tmp_path))
     assert len(state.entries) == 2
 
 
@@ -108,8 +155,8 @@ def test_corrupt_record_in_the_middle_stops_start_up_unless_repairing(tmp_path: 
     data[second + 30] ^= 0xFF
     segment.write_bytes(bytes(data))
     with pytest.raises(StorageError, match=rf"{segment.name}: corrupt record at byte offset {second}\b"):
-        data_dir(tmp_path).recover(now=0.0)
-    state, repaired = data_dir(tmp_path, repair=True).recover(now=0.0)
+        recover(data_dir(tmp_path))
+    state, repaired = recover(data_dir(tmp_path, repair=True))
     assert repaired and sorted(state.entries) == ["id1", "id3", "id4", "id5"]
     assert not segment.exists() and list(tmp_path.glob(f"{segment.name}.corrupt-*"))
 
@@ -120,7 +167,7 @@ def test_snapshot_round_trip_and_damage(tmp_path: Path) -> None:
     chunk = encode_chunk([entry(1), entry(2)], np.vstack([vector(1), vector(2)]))
     path, count, _size = directory.write_snapshot(10, iter([(2, chunk), (1, encode_chunk([entry(3)], vector(3)))]))
     write_segment(tmp_path, [encode_delete(["id1"], 9), encode_put(entry(4), vector(4), 11)], number=2)
-    state, _ = directory.recover(now=0.0)
+    state, _ = recover(directory)
     np.testing.assert_array_equal(state.entries["id2"][1], vector(2))
     assert state.entries["id3"][0].completion == "completion 3 ✓"
     # The delete (LSN 9) is covered by the snapshot (LSN 10) and not replayed; the later put is.
@@ -131,8 +178,8 @@ def test_snapshot_round_trip_and_damage(tmp_path: Path) -> None:
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(StorageError, match=rf"{path.name}: snapshot is damaged \(corrupt record at byte offset \d+"):
-        data_dir(tmp_path).recover(now=0.0)
-    state, repaired = data_dir(tmp_path, repair=True).recover(now=0.0)
+        recover(data_dir(tmp_path))
+    state, repaired = recover(data_dir(tmp_path, repair=True))
     assert repaired and "id4" in state.entries and 2 <= len(state.entries) <= 3
     assert not path.exists()
 
@@ -153,7 +200,7 @@ def test_another_model_is_refused_or_moved_aside(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match=r"built with model test-model .* runs other-model"):
         data_dir(tmp_path, model=other).check_model()
     data_dir(tmp_path, model=other, on_model_change=ModelChange.EMPTY).check_model()
-    state, _ = data_dir(tmp_path, model=other).recover(now=0.0)
+    state, _ = recover(data_dir(tmp_path, model=other))
     assert not state.entries and list(tmp_path.glob("previous-model-*/wal-*.log"))
 
 
@@ -163,7 +210,7 @@ async def test_concurrent_appends_share_fsyncs(tmp_path: Path) -> None:
     await asyncio.gather(*(writer.append(p, lsn=i) for i, p in enumerate(puts(64), start=1)))
     assert 1 <= writer.fsyncs < 8  # one fsync covers a whole queued batch
     await writer.aclose()
-    state, _ = data_dir(tmp_path).recover(now=0.0)
+    state, _ = recover(data_dir(tmp_path))
     assert len(state.entries) == 64
 
 
@@ -200,5 +247,60 @@ async def test_a_failed_fsync_stops_the_log_and_takes_the_batch_back(tmp_path: P
     with pytest.raises(StorageError):
         await writer.append(records[2], lsn=3)  # fail-stop: nothing more is acknowledged on top of it
     await writer.aclose()
-    state, _ = data_dir(tmp_path).recover(now=0.0)
+    state, _ = recover(data_dir(tmp_path))
     assert sorted(state.entries) == ["id1"]  # the failed record was taken back out, not left to be replayed
+
+
+async def test_the_backend_reads_a_directory_with_the_meaning_of_the_original_calls(tmp_path: Path) -> None:
+    directory = data_dir(tmp_path)
+    directory.lock()
+    chunk = encode_chunk([entry(1), entry(2), entry(3, namespace="other")],
+                         np.vstack([vector(1), vector(2), vector(3)]))
+    directory.write_snapshot(10, iter([(3, chunk)]))
+    directory.unlock()
+    again = entry(1)
+    again.id = "id1-new"
+    write_segment(tmp_path, [
+        encode_delete(["id2"], 9),  # covered by the snapshot: not replayed
+        encode_put(entry(4), vector(4), 11),
+        encode_put(entry(2), vector(2), 12),  # already held: skipped
+        encode_hits([_hit(entry(2), 7, 3000.0)], 13),
+        encode_put(again, vector(9), 14),  # same prompt and scope as id1: replaces it
+        encode_put(entry(5, expires_at=50.0), vector(5), 15),  # expired by the time of the restart
+        encode_delete(["id3"], 16),
+    ], number=2)
+    backend = EmbeddedBackend(dimension=DIM, data_dir=data_dir(tmp_path), clock_now=lambda: 100.0)
+    await backend.start()
+    try:
+        assert [e.id for e in await backend.least_recently_used(10)] == ["id4", "id2", "id1-new"]
+        held = await backend.get("id2")
+        assert held is not None and (held.hit_count, held.last_used_at) == (7, 3000.0)
+        assert await backend.get("id3") is None and await backend.get("id5") is None
+        matches = await backend.search(entry(1).scope, vector(9), 3)
+        assert matches[0].entry_id == "id1-new" and {m.entry_id for m in matches} == {
+            "id1-new", "id2", "id4"}
+        assert await backend.search(entry(3, namespace="other").scope, vector(3), 1) == []
+    finally:
+        await backend.aclose()
+
+
+async def test_every_recovered_vector_reaches_its_scopes_index(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_Loader, "BLOCK", 3)  # blocks fill and flush inside chunks and across them
+    directory = data_dir(tmp_path)
+    directory.lock()
+    entries = [entry(n, namespace=f"ns{n % 2}") for n in range(11)]
+    chunks = [(len(part), encode_chunk(part, np.vstack([vector(int(e.id[2:])) for e in part])))
+              for part in (entries[:4], entries[4:5], entries[5:])]
+    directory.write_snapshot(20, iter(chunks))
+    directory.unlock()
+    backend = EmbeddedBackend(dimension=DIM, data_dir=data_dir(tmp_path))
+    await backend.start()
+    try:
+        for e in entries:
+            matches = await backend.search(e.scope, vector(int(e.id[2:])), 1)
+            assert matches[0].entry_id == e.id and matches[0].similarity == pytest.approx(1.0)
+        assert {ns: len([e for e in entries if e.scope.namespace == ns]) for ns in ("ns0", "ns1")} == {
+            ns: u.entries for ns, u in (await backend.usage_by_namespace("t")).items()}
+    finally:
+        await backend.aclose()
