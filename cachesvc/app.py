@@ -24,6 +24,7 @@ from prometheus_client import start_http_server
 from cachesvc.backends.embedded import EmbeddedBackend
 from cachesvc.backends.faiss_index import IndexOptions
 from cachesvc.backends.persistence import DataDir, ModelChange, ModelIdentity, PersistenceOptions
+from cachesvc.backends.reembed import reembed_pending
 from cachesvc.backends.wal import FsyncPolicy
 from cachesvc.clock import Clock, SystemClock
 from cachesvc.config import LogFormat, Settings
@@ -132,6 +133,7 @@ class App:
         finally:
             gc.freeze()
             gc.enable()
+        await reembed_pending(data_dir, embedder=embedder, backend=self.backend, now=self.clock.now())
         options = CacheOptions(
             min_similarity=s.min_similarity,
             recall_similarity=s.recall_similarity,

@@ -29,6 +29,7 @@ class Fsync(StrEnum):
 
 class OnModelChange(StrEnum):
     REFUSE = "refuse"
+    REEMBED = "reembed"
     EMPTY = "empty"
 
 
@@ -55,7 +56,8 @@ class Settings:
     repair: bool = field(default=False, metadata=_spec(
         "start despite corrupt data files: keep every readable record, move the damaged file aside"))
     on_model_change: OnModelChange = field(default=OnModelChange.REFUSE, metadata=_spec(
-        "when the data directory was built with another model: refuse, or empty (move the old data aside)"))
+        "when the data directory was built with another model: refuse, reembed (embed the cached prompts again "
+        "before serving), or empty (move the old data aside)"))
     model_dir: Path = field(default=Path("models/all-MiniLM-L6-v2"),
                             metadata=_spec("model directory made by `cachesvc model export`"))
     # 0.95: the lowest threshold whose precision reaches 0.85 by its 95% lower bound on the QQP development set

@@ -41,11 +41,13 @@ MODEL_FILE = "model.json"
 SNAPSHOT_PREFIX = "snapshot-"
 SNAPSHOT_SUFFIX = ".snap"
 SNAPSHOT_FORMAT = "cachesvc-snapshot/1"
+REEMBED_DIR = "reembed-pending"
 
 
 class ModelChange(StrEnum):
     REFUSE = "refuse"  # stop with an error naming both models
     EMPTY = "empty"  # move the old data aside and start empty
+    REEMBED = "reembed"  # move the old data into REEMBED_DIR; its entries are embedded again with the new model
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -244,23 +246,44 @@ class DataDir:
                 raise StorageError(f"{path}: unreadable model record: {exc}") from exc
             current = json.loads(self.model.to_json())
             if recorded != current:
-                if self.options.on_model_change is ModelChange.REFUSE:
+                policy = self.options.on_model_change
+                if policy is ModelChange.REFUSE:
                     raise StorageError(
                         f"{self.path}: built with model {recorded.get('name')} (dimension {recorded.get('dimension')}, "
                         f"checksum {str(recorded.get('checksum'))[:12]}), but the server runs {self.model.name} "
                         f"(dimension {self.model.dimension}, checksum {self.model.checksum[:12]}); start with "
+                        "--on-model-change reembed to embed the cached prompts again with this model, or "
                         "--on-model-change empty to move the old data aside and start empty"
                     )
-                aside = self.path / f"previous-model-{time.strftime('%Y%m%dT%H%M%S')}"
+                # A re-embedding that a crash interrupted is still pending: it keeps its place, and what had
+                # been re-embedded so far (with yet another model) is moved aside instead.
+                pending = self.path / REEMBED_DIR
+                reembed = policy is ModelChange.REEMBED and not pending.exists()
+                aside = pending if reembed else self.path / f"previous-model-{time.strftime('%Y%m%dT%H%M%S')}"
                 aside.mkdir()
                 for item in self.path.iterdir():
-                    if item.name not in (LOCK_FILE, aside.name) and not item.name.startswith("previous-"):
+                    keep = (LOCK_FILE, aside.name, REEMBED_DIR if policy is ModelChange.REEMBED else aside.name)
+                    if item.name not in keep and not item.name.startswith("previous-"):
                         item.rename(aside / item.name)
-                log.warning("%s: model changed; old data moved to %s", self.path, aside)
+                log.warning("%s: model changed; old data moved to %s%s", self.path, aside,
+                            " to be embedded again" if reembed else "")
         tmp = path.with_suffix(".tmp")
         tmp.write_text(self.model.to_json(), encoding="utf-8")
         tmp.replace(path)
         fsync_directory(self.path)
+
+    def pending_reembed(self) -> DataDir | None:
+        """The data left to embed again after a model change (`--on-model-change reembed`), read-only, if any."""
+        pending = self.path / REEMBED_DIR
+        if not (pending / MODEL_FILE).exists():
+            return None
+        try:
+            recorded = json.loads((pending / MODEL_FILE).read_text(encoding="utf-8"))
+            model = ModelIdentity(name=str(recorded["name"]), dimension=int(recorded["dimension"]),
+                                  checksum=str(recorded["checksum"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StorageError(f"{pending / MODEL_FILE}: unreadable model record: {exc}") from exc
+        return DataDir(PersistenceOptions(data_dir=pending, repair=self.options.repair), model)
 
     def replay(self, sink: RecoverySink) -> Recovery:
         """Loads the newest snapshot into `sink`, then replays the log after it. Expired entries are the sink's to

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import re
@@ -203,3 +204,85 @@ async def test_a_store_whose_caller_gives_up_is_applied_as_logged(tmp_path: Path
     await second.start()
     assert await second.get("e1") is not None
     await second.aclose()
+
+
+class ProjectedModel:
+    """Another model: the real embeddings through a fixed random projection to 256 dimensions. Paraphrases stay
+    close, but its vectors (and their dimension) differ from the real model's."""
+
+    dimension = 256
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._projection = np.random.default_rng(7).standard_normal((inner.dimension, 256)).astype(np.float32)
+        self.texts: list[str] = []
+        self.fail_after: int | None = None  # texts embedded before every further call fails
+
+    def embed(self, texts: Any) -> np.ndarray:
+        if self.fail_after is not None and len(self.texts) + len(texts) > self.fail_after:
+            raise RuntimeError("injected model failure")
+        self.texts.extend(texts)
+        out = self._inner.embed(texts) @ self._projection
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+async def test_a_model_change_with_reembed_keeps_every_live_entry(start_app: StartApp, tmp_path: Path,
+                                                                 real_embedder: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import cachesvc.backends.reembed as reembed_module
+    from cachesvc.app import App, Overrides
+    from cachesvc.config import OnModelChange, Settings
+
+    monkeypatch.setattr(reembed_module, "BATCH", 4)  # several batches, so a failure can land part-way
+    clock = ManualClock()
+    data = tmp_path / "data"
+    app: App = await start_app(data_dir=data, clock=clock)
+    prompts = [f"How do I reset the password of account number {n}?" for n in range(10)]
+    async with AsyncCacheClient(f"127.0.0.1:{app.port}") as client:
+        stored = [await client.store(p, f"answer {n}", metadata={"n": str(n)}) for n, p in enumerate(prompts)]
+        brief = await client.store("Name a prime.", "7", ttl_seconds=10)
+        await client.delete(stored[3].id)
+        assert (await client.lookup(prompts[5])).hit
+    await app.aclose()
+    clock.advance(20)  # the prime expires before the restart
+
+    other = ProjectedModel(real_embedder)
+    settings = Settings(host="127.0.0.1", port=0, metrics_port=-1, data_dir=data, grace_seconds=1.0)
+    refused = App(settings, overrides=Overrides(clock=clock, embedder=other))
+    with pytest.raises(CacheError, match="--on-model-change reembed"):
+        await refused.start()
+
+    other.fail_after = 5  # a crash part-way through: the old data must still be pending afterwards
+    reembed = dataclasses.replace(settings, on_model_change=OnModelChange.REEMBED)
+    crashed = App(reembed, overrides=Overrides(clock=clock, embedder=other))
+    with pytest.raises(RuntimeError, match="injected"):
+        await crashed.start()
+    assert (data / "reembed-pending" / "model.json").exists()
+
+    other.fail_after = None
+    other.texts.clear()
+    restarted = App(reembed, overrides=Overrides(clock=clock, embedder=other))
+    await restarted.start()
+    try:
+        assert not (data / "reembed-pending").exists()
+        # Only what the failed start had not stored yet is embedded now.
+        assert 0 < len(other.texts) < 9
+        async with AsyncCacheClient(f"127.0.0.1:{restarted.port}") as client:
+            stats = await client.stats()
+            assert stats.total.entries == 9
+            for n, prompt in enumerate(prompts):
+                found = await client.lookup(prompt)
+                if n == 3:
+                    assert not found.exact
+                    continue
+                assert found.exact and found.entry is not None and found.entry.id == stored[n].id
+                assert found.entry.metadata == {"n": str(n)} and found.entry.completion == f"answer {n}"
+                assert found.entry.hit_count == (2 if n == 5 else 1)  # the hit before the change carried over
+            paraphrase = await client.lookup("How can I reset the password for account number 7?",
+                                             min_similarity=0.8)
+            assert paraphrase.hit and not paraphrase.exact and paraphrase.similarity < 1.0
+            assert not (await client.lookup("Name a prime.", min_similarity=0.99)).hit
+            with pytest.raises(NotFoundError):
+                await client.delete(brief.id)
+    finally:
+        await restarted.aclose()
