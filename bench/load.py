@@ -148,14 +148,17 @@ def wait_serving(target: str, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def server(args: argparse.Namespace, *, max_queue: int | None = None) -> Iterator[Server]:
+def server(args: argparse.Namespace, *, max_queue: int | None = None, data_dir: str | None = None) -> Iterator[Server]:
+    """The server to drive: --target's, or one started here (on `data_dir`, else on a temporary directory)."""
     if args.target is not None:
         if not args.target.startswith("127.0.0.1:"):
             raise SystemExit("--target must be 127.0.0.1:PORT (this tool only drives a local server)")
         yield Server(target=args.target, pid=None, settings={})
         return
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="cachesvc-load-") as data_dir:
+    with contextlib.ExitStack() as stack:
+        if data_dir is None:
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="cachesvc-load-"))
         settings = {"host": "127.0.0.1", "port": str(port), "metrics-port": "-1", "data-dir": data_dir,
                     "model-dir": str(args.model_dir), "log-level": args.server_log_level}
         if max_queue is not None:
@@ -165,10 +168,10 @@ def server(args: argparse.Namespace, *, max_queue: int | None = None) -> Iterato
             settings[key.lstrip("-")] = value
         argv = [sys.executable, "-m", "cachesvc", "serve", *[f"--{k}={v}" for k, v in settings.items()]]
         log_path = Path(data_dir) / "server.log"
-        with log_path.open("wb") as log:
+        with log_path.open("ab") as log:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
             try:
-                wait_serving(f"127.0.0.1:{port}", timeout=120)
+                wait_serving(f"127.0.0.1:{port}", timeout=900)  # recovery of a large data directory
                 yield Server(target=f"127.0.0.1:{port}", pid=process.pid,
                              settings={k: v for k, v in settings.items() if k not in ("data-dir", "port")})
             except BaseException:
@@ -577,74 +580,108 @@ async def timed_calls(client: AsyncCacheClient, prompts: list[str]) -> list[floa
 
 async def cmd_figures(args: argparse.Namespace) -> dict[str, Any]:
     """Cache-service figures: exact hit p50, semantic lookup p50 at --entries vs the embedder alone, memory per entry;
-    with --saturate, also the saturation search on the filled server."""
+    with --saturate, also the saturation search on the filled server.
+
+    With --real N (< --entries), only N entries are stored through gRPC; the server is stopped, its data directory
+    grown to --entries with filler (bench/filler.py), and the figures are taken on a restart over it."""
     from cachesvc.embedding.onnx_embedder import OnnxEmbedder
 
-    n_probe = args.probes
-    probes = [synthetic_prompt(10_000_000 + i) for i in range(n_probe)]  # never stored: misses of a similar kind
     # The embedder alone, in this process, one intra-op thread (as each of the server's model workers).
     embedder = OnnxEmbedder(model_dir=args.model_dir, intra_op_threads=1)
     result: dict[str, Any] = {"entries_target": args.entries}
-    with server(args) as srv:
-        assert srv.pid is not None, "figures needs the tool's own server (no --target): it reads /proc"
-        async with AsyncCacheClient(srv.target, timeout=CALL_TIMEOUT) as client:
-            await timed_calls(client, [f"warm-up prompt {i}" for i in range(20)])  # lazy set-up, empty scope
-        base = proc_sample(srv.pid)
-        fill = [synthetic_prompt(i) for i in range(args.entries)]
+    real = args.real or args.entries
+    fill = [synthetic_prompt(i) for i in range(real)]
+    with tempfile.TemporaryDirectory(prefix="cachesvc-figures-") as data_dir:
+        with server(args, data_dir=data_dir) as srv:
+            assert srv.pid is not None, "figures needs the tool's own server (no --target): it reads /proc"
+            async with AsyncCacheClient(srv.target, timeout=CALL_TIMEOUT) as client:
+                await timed_calls(client, [f"warm-up prompt {i}" for i in range(20)])  # lazy set-up, empty scope
+            base = proc_sample(srv.pid)
+            started = time.perf_counter()
+            rate = await preload(srv.target, fill, concurrency=args.preload_concurrency,
+                                 progress=not args.no_progress)
+            result["fill_seconds"] = round(time.perf_counter() - started, 1)
+            result["fill_stores_per_second"] = round(rate, 1)
+            if real == args.entries:
+                await _figures_on(args, srv, fill, embedder, result, base)
+                return _print_figures(args, result, srv)
+        from filler import extend
+
+        result["filler"] = extend(Path(data_dir), total=args.entries, prompt=synthetic_prompt, completion=COMPLETION,
+                                  seed=args.seed)
         started = time.perf_counter()
-        rate = await preload(srv.target, fill, concurrency=args.preload_concurrency, progress=not args.no_progress)
-        result["fill_seconds"] = round(time.perf_counter() - started, 1)
-        result["fill_stores_per_second"] = round(rate, 1)
-        result["idle_wait_seconds"] = round(await wait_idle(srv), 1)  # e.g. an HNSW build after the fill
-        loaded = proc_sample(srv.pid)
-        index = await stats(srv.target)
-        entries = index["entries"]
+        with server(args, data_dir=data_dir) as srv:
+            result["restart_seconds"] = round(time.perf_counter() - started, 1)
+            await _figures_on(args, srv, fill, embedder, result, None)
+            return _print_figures(args, result, srv)
+
+
+async def _figures_on(args: argparse.Namespace, srv: Server, fill: list[str], embedder: Any, result: dict[str, Any],
+                      base: ProcSample | None) -> None:
+    """Takes the figures on a filled server; `fill` are the prompts stored through it (the probes' targets)."""
+    assert srv.pid is not None
+    probes = [synthetic_prompt(10_000_000 + i) for i in range(args.probes)]  # never stored: misses of a kind
+    result["idle_wait_seconds"] = round(await wait_idle(srv, timeout=1800.0), 1)  # e.g. an HNSW build
+    loaded = proc_sample(srv.pid)
+    index = await stats(srv.target)
+    entries = index["entries"]
+    result["memory"] = {"rss_after_mb": round(loaded.rss_bytes / 2**20, 1), "entries": entries,
+                        "server_bytes_stat": index["bytes"]}
+    if base is not None:
         text_bytes = sum(len(p.encode()) + len(COMPLETION.encode()) for p in fill) / len(fill)
         per_entry = (loaded.rss_bytes - base.rss_bytes) / entries
-        result["memory"] = {
-            "rss_before_mb": round(base.rss_bytes / 2**20, 1), "rss_after_mb": round(loaded.rss_bytes / 2**20, 1),
-            "entries": entries, "rss_per_entry_bytes": round(per_entry),
+        result["memory"].update({
+            "rss_before_mb": round(base.rss_bytes / 2**20, 1), "rss_per_entry_bytes": round(per_entry),
             "vector_bytes": 1536, "text_bytes_mean": round(text_bytes),
-            "overhead_per_entry_bytes": round(per_entry - 1536 - text_bytes), "server_bytes_stat": index["bytes"],
-        }
-        # One call at a time, the kinds interleaved so that background noise falls on all of them alike:
-        # exact hit (stored prompt verbatim), semantic lookup (unseen prompt: embedding + search, a miss),
-        # semantic hit (stored prompt + suffix), and the embedder alone on the same unseen prompt.
-        rng = random.Random(1)
-        times: dict[str, list[float]] = defaultdict(list)
-        for p in probes[:10]:
+            "overhead_per_entry_bytes": round(per_entry - 1536 - text_bytes),
+        })
+    # One call at a time, the kinds interleaved so that background noise falls on all of them alike:
+    # exact hit (stored prompt verbatim), semantic lookup (unseen prompt: embedding + search, a miss),
+    # semantic hit (stored prompt + suffix), and the embedder alone on the same unseen prompt.
+    rng = random.Random(1)
+    times: dict[str, list[float]] = defaultdict(list)
+    for p in probes[:10]:
+        embedder.embed([p])
+    async with AsyncCacheClient(srv.target, timeout=CALL_TIMEOUT) as client:
+        await timed_calls(client, probes[:5])
+        for p in probes[5:]:
+            stored = fill[rng.randrange(len(fill))]
+            times["exact_hit_grpc"] += await timed_calls(client, [stored])
+            times["semantic_lookup_grpc"] += await timed_calls(client, [p])
+            times["semantic_hit_grpc"] += await timed_calls(client, [f"{stored} Thanks."])
+            t = time.perf_counter()
             embedder.embed([p])
-        async with AsyncCacheClient(srv.target, timeout=CALL_TIMEOUT) as client:
-            await timed_calls(client, probes[:5])
-            for p in probes[5:]:
-                stored = fill[rng.randrange(len(fill))]
-                times["exact_hit_grpc"] += await timed_calls(client, [stored])
-                times["semantic_lookup_grpc"] += await timed_calls(client, [p])
-                times["semantic_hit_grpc"] += await timed_calls(client, [f"{stored} Thanks."])
-                t = time.perf_counter()
-                embedder.embed([p])
-                times["embedder_alone"].append((time.perf_counter() - t) * 1000)
-        if args.saturate:
-            prompts = load_prompts(args.prompts, args.max_chars)
-            random.Random(args.seed).shuffle(prompts)
-            workload = Workload(stored=fill, fresh=prompts, mix=parse_mix(args.mix), rng=random.Random(args.seed))
-            best, steps = await saturation_search(args, srv, workload)
-            result["saturation"] = {"p99_budget_ms": args.p99_budget_ms, "rate": best, "mix": args.mix,
-                                    "steps": steps}
+            times["embedder_alone"].append((time.perf_counter() - t) * 1000)
+    if args.saturate:
+        prompts = load_prompts(args.prompts, args.max_chars)
+        random.Random(args.seed).shuffle(prompts)
+        workload = Workload(stored=fill, fresh=prompts, mix=parse_mix(args.mix), rng=random.Random(args.seed))
+        best, steps = await saturation_search(args, srv, workload)
+        result["saturation"] = {"p99_budget_ms": args.p99_budget_ms, "rate": best, "mix": args.mix, "steps": steps}
     result["latency_ms"] = {k: {"p50": percentile(v, 50), "p95": percentile(v, 95), "p99": percentile(v, 99)}
                             for k, v in times.items()}
+
+
+def _print_figures(args: argparse.Namespace, result: dict[str, Any], srv: Server) -> dict[str, Any]:
     p50 = {k: v["p50"] for k, v in result["latency_ms"].items()}
     result["semantic_over_embed"] = round(p50["semantic_lookup_grpc"] / p50["embedder_alone"], 2)
     m = result["memory"]
-    print(f"\n{entries} entries in one scope (filled at {result['fill_stores_per_second']} stores/s, then "
-          f"{result['idle_wait_seconds']} s until the server was idle)")
+    entries = m["entries"]
+    how = (f"filled at {result['fill_stores_per_second']} stores/s" if "filler" not in result else
+           f"{result['filler']['real_entries']} stored through gRPC, the rest filler; restart "
+           f"{result['restart_seconds']} s")
+    print(f"\n{entries} entries in one scope ({how}, then {result['idle_wait_seconds']} s until the server was "
+          "idle)")
     print(f"exact hit over gRPC p50 {p50['exact_hit_grpc']:.2f} ms (target < 1 ms)")
     print(f"semantic lookup over gRPC p50 {p50['semantic_lookup_grpc']:.2f} ms vs embedder alone "
           f"{p50['embedder_alone']:.2f} ms: {result['semantic_over_embed']}x (target within 1.3x); "
           f"semantic hit p50 {p50['semantic_hit_grpc']:.2f} ms")
-    print(f"memory: RSS {m['rss_before_mb']} -> {m['rss_after_mb']} MB, {m['rss_per_entry_bytes']} B per entry, "
-          f"{m['overhead_per_entry_bytes']} B beyond vector (1536 B) and text ({m['text_bytes_mean']} B) "
-          f"(target < 2048 B)")
+    if "rss_per_entry_bytes" in m:
+        print(f"memory: RSS {m['rss_before_mb']} -> {m['rss_after_mb']} MB, {m['rss_per_entry_bytes']} B per entry, "
+              f"{m['overhead_per_entry_bytes']} B beyond vector (1536 B) and text ({m['text_bytes_mean']} B) "
+              f"(target < 2048 B)")
+    else:
+        print(f"memory: RSS {m['rss_after_mb']} MB")
     if args.saturate:
         print(f"saturation at {entries} entries (mix {args.mix}): {result['saturation']['rate']} calls/s with p99 <= "
               f"{args.p99_budget_ms} ms")
@@ -690,6 +727,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     peak.add_argument("--p99-budget-ms", type=float, default=50.0, help="for judging recovery after the ramp")
     fig = sub.add_parser("figures", parents=[common, search], help="cache-service figures at --entries entries")
     fig.add_argument("--entries", type=int, default=100_000)
+    fig.add_argument("--real", type=int, default=0,
+                     help="store only this many through gRPC and grow the data directory to --entries with filler")
     fig.add_argument("--probes", type=int, default=200)
     fig.add_argument("--saturate", action="store_true", help="then run the saturation search on that server")
     return parser.parse_args(argv)
