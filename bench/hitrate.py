@@ -294,10 +294,10 @@ def print_result(result: dict[str, Any], markdown: list[str]) -> None:
 
 async def main_async(args: argparse.Namespace) -> int:
     markdown: list[str] = []
-    run = {"date": utc_now(), "command": command_line(), "machine": machine(),
+    run = {"date": utc_now(), "command": command_line(), "machine": machine(), "verifier": args.verifier,
            "server": args.target or f"in-process, model {args.model_dir}"}
     jobs = [(run_pairs, path) for path in args.pairs] + [(run_stream, path) for path in args.stream]
-    async with server_target(args.target, model_dir=args.model_dir) as target, \
+    async with server_target(args.target, model_dir=args.model_dir, verifier=args.verifier) as target, \
             AsyncCacheClient(target, api_key=args.api_key, timeout=120.0) as client:
         for job, path in jobs:  # each file's results are written as soon as they are in
             result = await job(client, path, args)
@@ -331,8 +331,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="more labelled rows, NAME=VALUE (e.g. 'QQP P>=0.90=0.95')")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.90, 0.95, 0.99],
                         help="precision targets to calibrate for on each pairs file")
+    parser.add_argument("--verifier", choices=["off", "rules", "model", "combined"], default="off",
+                        help="hit verifier of the in-process server (default off: the plain threshold)")
     parser.add_argument("--target", default=None,
-                        help="host:port of a running server, started with --verifier off (default: in-process)")
+                        help="host:port of a running server to measure, with its own verifier (default: in-process)")
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--concurrency", type=int, default=8)

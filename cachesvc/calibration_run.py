@@ -49,7 +49,8 @@ class StreamItem:
 
 @dataclass(frozen=True, kw_only=True)
 class PairRecord:
-    """One looked-up `b`: what the server answered at threshold 0, and how it was judged."""
+    """One looked-up `b`: what the server served at threshold 0 (with a hit verifier: the best candidate it
+    accepted; None when it accepted none), and how it was judged."""
 
     index: int
     similarity: float
@@ -196,8 +197,13 @@ async def collect_pairs(
 
     async def look(i: int) -> None:
         pair = pairs[i]
-        result = await client.lookup(pair.b, scope=scope(i), min_similarity=0.0)
+        # At threshold 0 the served entry is the best candidate, or with a hit verifier the best one it accepts.
+        # Verdicts do not depend on the threshold, and the candidates it rejected are all closer, so at any
+        # threshold t this same entry is served if its similarity reaches t, and nothing is served otherwise.
+        result = await client.lookup(pair.b, scope=scope(i), min_similarity=0.0, explain=True)
         nearest = result.entry.prompt if result.entry is not None else None
+        served_similarity = next((c.similarity for c in result.candidates
+                                  if result.entry is not None and c.entry_id == result.entry.id), result.similarity)
         unlabelled = False
         if nearest is None:
             right = False
@@ -207,7 +213,7 @@ async def collect_pairs(
             key = (normalize_prompt(pair.b), normalize_prompt(nearest))
             right = key[0] == key[1] or key in positive
             unlabelled = not right and key not in negative
-        records[i] = PairRecord(index=i, similarity=result.similarity if nearest is not None else 0.0,
+        records[i] = PairRecord(index=i, similarity=served_similarity if nearest is not None else 0.0,
                                 nearest_prompt=nearest, positive=pair.label, right=right, unlabelled=unlabelled)
         if progress is not None:
             progress(1)
@@ -271,12 +277,12 @@ def run_namespace() -> str:
 
 
 @contextlib.asynccontextmanager
-async def server_target(target: str | None, *, model_dir: Path, top_k: int = 4) -> AsyncIterator[str]:
+async def server_target(target: str | None, *, model_dir: Path, verifier: str, top_k: int = 4) -> AsyncIterator[str]:
     """Yields `target`, or starts an in-process server on 127.0.0.1 (any free port) and yields its address.
 
-    The in-process server keeps its state in a temporary directory, runs without a hit verifier, and is stopped
-    on exit. A server given by `target` must run without a verifier too (`--verifier off`): the sweep reads the
-    raw best candidate of a lookup at threshold 0, and a verifier's rejection would look like an empty scope.
+    The in-process server runs the hit verifier `verifier` (a `--verifier` value), keeps its state in a
+    temporary directory and is stopped on exit. A server given by `target` is measured with whatever verifier it
+    runs.
 
     Raises:
         ModelError: the model directory is missing or corrupt.
@@ -289,10 +295,10 @@ async def server_target(target: str | None, *, model_dir: Path, top_k: int = 4) 
 
     with tempfile.TemporaryDirectory(prefix="cachesvc-calibrate-") as data_dir:
         # Through load_settings (flags as text, no environment), so settings this build lacks are skipped. The
-        # entries are throwaway: no fsync. No hit verifier: the sweep needs the raw best candidate at threshold 0.
+        # entries are throwaway: no fsync.
         settings = load_settings(environ={}, flags={
             "host": "127.0.0.1", "port": "0", "metrics_port": "-1", "model_dir": str(model_dir),
-            "data_dir": data_dir, "top_k": str(top_k), "grace_seconds": "1", "fsync": "no", "verifier": "off",
+            "data_dir": data_dir, "top_k": str(top_k), "grace_seconds": "1", "fsync": "no", "verifier": verifier,
         })
         async with App(settings) as app:
             yield f"127.0.0.1:{app.port}"

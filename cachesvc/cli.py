@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cachesvc.config import add_flags, load_settings
+from cachesvc.config import Settings, add_flags, load_settings
+from cachesvc.core.verify import VerifierMode
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -59,7 +60,6 @@ def _calibrate(args: argparse.Namespace) -> int:
         run_namespace,
         server_target,
     )
-    from cachesvc.config import Settings
     from cachesvc.errors import CacheError
     from cachesvc_client import AsyncCacheClient, CacheClientError
 
@@ -86,7 +86,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     async def collect() -> list[PairRecord]:
         namespace = run_namespace()
-        async with server_target(args.target, model_dir=args.model_dir) as target, \
+        async with server_target(args.target, model_dir=args.model_dir, verifier=args.verifier) as target, \
                 AsyncCacheClient(target, api_key=args.api_key, timeout=60.0) as client:
             try:
                 return await collect_pairs(client, pairs, mode=mode, namespace=namespace,
@@ -117,7 +117,9 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(choice.describe())
         where = "unreachable" if alternative.point is None else f"{alternative.point.threshold:.3f}"
         print(f"  (by {'point estimate' if other is Criterion.POINT else '95% lower bound'} instead: {where})")
-    default = Settings().min_similarity
+    # A server's default threshold: the recall threshold while a verifier runs, else min_similarity.
+    built_in = Settings()
+    default = built_in.min_similarity if args.verifier == VerifierMode.OFF.value else built_in.recall_similarity
     at_default = min(points, key=lambda p: abs(p.threshold - default))
     if at_default.precision.value is not None and at_default.recall.value is not None:
         print(f"for comparison, the built-in default {default:.3f}: precision {at_default.precision.value:.3f} "
@@ -197,8 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--step", type=float, default=0.01, help="threshold grid step")
     calibrate.add_argument("--model-dir", type=Path, default=Path("models/all-MiniLM-L6-v2"),
                            help="model of the in-process server (when no --target)")
+    calibrate.add_argument("--verifier", choices=[m.value for m in VerifierMode],
+                           default=Settings().verifier.value,
+                           help="hit verifier of the in-process server (default: the server's default); the threshold "
+                           "found applies to servers running the same one")
     calibrate.add_argument("--target", default=None,
-                           help="host:port of a running server (started with --verifier off) to measure instead; "
+                           help="host:port of a running server to measure instead (with its own verifier); "
                            "writes to a temporary namespace")
     calibrate.add_argument("--api-key", default=None)
     calibrate.add_argument("--concurrency", type=int, default=8, help="calls in flight")

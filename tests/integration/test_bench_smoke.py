@@ -15,6 +15,7 @@ import pytest
 
 from cachesvc.calibrate import Criterion, choose_threshold, sweep, thresholds_grid
 from cachesvc.calibration_run import (
+    PairRecord,
     ScopeMode,
     StreamItem,
     collect_pairs,
@@ -181,3 +182,27 @@ async def test_calibrate_command_rejects_bad_input(tmp_path: Path) -> None:
     code, _, err = await run("-m", "cachesvc", "calibrate", "--pairs", str(tmp_path / "x"),
                              "--target-precision", "1.5")
     assert code == 2 and "not in (0, 1]" in err
+
+
+async def test_calibration_sees_what_a_server_with_a_verifier_serves(start_app: StartApp) -> None:
+    pairs = load_pairs(ROOT / "tests" / "data" / "adversarial_pairs.jsonl")
+    found: dict[str, list[PairRecord]] = {}
+    for verifier in ("off", "combined"):
+        app = await start_app(verifier=verifier)
+        async with AsyncCacheClient(f"127.0.0.1:{app.port}") as client:
+            found[verifier] = await asyncio.wait_for(
+                collect_pairs(client, pairs, mode=ScopeMode.PER_PAIR, namespace="adv", concurrency=8), TIMEOUT)
+    plain, verified = found["off"], found["combined"]
+    assert all(r.nearest_prompt is not None for r in plain)  # threshold 0 without a verifier serves every time
+    floor = 0.80
+    # Above the floor, what the verifier turns away is mostly the swaps.
+    rejected = [v for p, v in zip(plain, verified, strict=True) if v.nearest_prompt is None and p.similarity >= floor]
+    assert sum(not v.positive for v in rejected) > 2 * sum(v.positive for v in rejected)
+    # A served entry keeps its similarity: the verifier decides whether, not how close.
+    assert all(v.similarity == pytest.approx(p.similarity, abs=1e-5)
+               for p, v in zip(plain, verified, strict=True) if v.nearest_prompt is not None)
+    plain_point, verified_point = (next(p for p in sweep([r.observation() for r in rs], thresholds_grid(0.01),
+                                                         bootstrap=20) if p.threshold >= floor)
+                                   for rs in (plain, verified))
+    assert verified_point.precision.value is not None and plain_point.precision.value is not None
+    assert verified_point.precision.value >= 0.98 > plain_point.precision.value
