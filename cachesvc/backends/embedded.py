@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from cachesvc.backends.faiss_index import IndexOptions, ScopeIndex
+from cachesvc.backends.faiss_index import IndexOptions, ScopeIndex, use_one_thread
 from cachesvc.backends.persistence import (
     DataDir,
     SnapshotChunk,
@@ -224,7 +224,7 @@ class EmbeddedBackend:
         """
         if self._state is not State.NEW:
             raise RuntimeError(f"cannot start a backend that is {self._state.value}")
-        self._index_thread = ThreadPoolExecutor(1, thread_name_prefix="faiss-index")
+        self._index_thread = ThreadPoolExecutor(1, thread_name_prefix="faiss-index", initializer=use_one_thread)
         self._build_thread = ThreadPoolExecutor(1, thread_name_prefix="faiss-build")
         self._state = State.RUNNING
         if self._data_dir is not None:
