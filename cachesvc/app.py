@@ -146,8 +146,11 @@ class App:
             sweep_interval_seconds=s.sweep_interval,
         )
         # The hit verifier's weights ship in the package; reading them is the only work here.
+        verifiers = {mode: build_verifier(mode) for mode in {s.verifier, *s.namespace_verifiers.values()}}
         self.service = CacheService(encoder=encoder, backend=self.backend, clock=self.clock, options=options,
-                                    verifier=build_verifier(s.verifier))
+                                    verifier=verifiers[s.verifier],
+                                    namespace_verifiers={ns: verifiers[mode]
+                                                         for ns, mode in s.namespace_verifiers.items()})
         await self.service.start()
         servicer = SemanticCacheServicer(service=self.service, authenticator=Authenticator(api_keys=s.api_keys),
                                          metrics=self.metrics)

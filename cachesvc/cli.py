@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -117,17 +118,13 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(choice.describe())
         where = "unreachable" if alternative.point is None else f"{alternative.point.threshold:.3f}"
         print(f"  (by {'point estimate' if other is Criterion.POINT else '95% lower bound'} instead: {where})")
-    # A server's default threshold: the recall threshold while a verifier runs, else min_similarity.
-    built_in = Settings()
-    default = built_in.min_similarity if args.verifier == VerifierMode.OFF.value else built_in.recall_similarity
+    default = dataclasses.replace(Settings(), verifier=VerifierMode(args.verifier)).default_threshold
     at_default = min(points, key=lambda p: abs(p.threshold - default))
     if at_default.precision.value is not None and at_default.recall.value is not None:
         print(f"for comparison, the built-in default {default:.3f}: precision {at_default.precision.value:.3f} "
               f"[{at_default.precision.low:.3f}-{at_default.precision.high:.3f}], recall "
               f"{at_default.recall.value:.3f}, hit rate {at_default.hit_rate.value or 0.0:.3f}")
     if args.json_out is not None:
-        import dataclasses
-
         data = {
             "pairs_file": str(args.pairs), "pairs": len(pairs), "mode": mode.value, "seed": args.seed,
             "choices": [{"criterion": c.criterion.value, "target_precision": c.target_precision,

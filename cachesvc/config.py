@@ -66,6 +66,9 @@ class Settings:
         "default threshold: cosine similarity in [0, 1] a nearest entry needs to be served; higher is stricter"))
     verifier: VerifierMode = field(default=VerifierMode.OFF, metadata=_spec(
         "hit verifier: off, rules (text mismatch checks), model (learned pair model) or combined (rules, then model)"))
+    namespace_verifiers: Mapping[str, VerifierMode] = field(default_factory=dict, metadata=_spec(
+        "a namespace's own hit verifier, in every tenant, as namespace=mode pairs, comma-separated (e.g. "
+        "support=off,billing=rules); other namespaces use --verifier"))
     recall_similarity: float = field(default=0.80, metadata=_spec(
         "default threshold while a verifier runs: cosine similarity in [0, 1] a candidate needs to be verified "
         "(and served if accepted); <= min_similarity"))
@@ -120,6 +123,11 @@ class Settings:
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
 
+    @property
+    def default_threshold(self) -> float:
+        """The threshold of a lookup that sets none: recall_similarity while a verifier runs, else min_similarity."""
+        return self.min_similarity if self.verifier is VerifierMode.OFF else self.recall_similarity
+
     def redacted(self) -> dict[str, object]:
         """The settings as printed at start-up: secrets replaced by their count."""
         shown: dict[str, object] = {}
@@ -139,6 +147,21 @@ def _api_keys(raw: object) -> dict[str, str]:
     if isinstance(raw, Mapping):  # a TOML table of tenant = "key"
         return {str(key): str(tenant) for tenant, key in raw.items()}
     raise TypeError("expected tenant=key pairs or a table")
+
+
+def _namespace_verifiers(raw: object) -> dict[str, VerifierMode]:
+    if isinstance(raw, str):
+        pairs = [p.strip().partition("=") for p in raw.split(",") if p.strip()]
+        if any(not sep or not ns.strip() for ns, sep, _mode in pairs):
+            raise ValueError("expected namespace=mode pairs separated by commas")
+        raw = {ns.strip(): mode.strip() for ns, _sep, mode in pairs}
+    if isinstance(raw, Mapping):  # also a TOML table of namespace = "mode"
+        modes = {m.value for m in VerifierMode}
+        bad = [str(mode) for mode in raw.values() if str(mode) not in modes]
+        if bad:
+            raise ValueError(f"unknown verifier {bad[0]!r}; expected one of {', '.join(sorted(modes))}")
+        return {str(ns): VerifierMode(str(mode)) for ns, mode in raw.items()}
+    raise TypeError("expected namespace=mode pairs or a table")
 
 
 def _boolean(raw: object) -> bool:
@@ -176,6 +199,7 @@ _CONVERTERS: dict[str, Any] = {
     "VerifierMode": VerifierMode,
     "bool": _boolean,
     "Mapping[str, str]": _api_keys,
+    "Mapping[str, VerifierMode]": _namespace_verifiers,
 }
 
 

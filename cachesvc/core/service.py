@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -84,23 +85,30 @@ class CacheService:
     """Scoped semantic lookup and store. All methods run on the event loop; CPU work is awaited elsewhere."""
 
     def __init__(self, *, encoder: TextEncoder, backend: Backend, clock: Clock, options: CacheOptions,
-                 verifier: HitVerifier | None = None) -> None:
+                 verifier: HitVerifier | None = None,
+                 namespace_verifiers: Mapping[str, HitVerifier | None] | None = None) -> None:
         """Args:
             verifier: checks each candidate that clears the threshold before it is served; None serves the
                 best candidate that clears it (and uses `min_similarity` as the default threshold).
+            namespace_verifiers: a namespace's own verifier (None = off) in place of `verifier`, in every tenant.
         """
         self._encoder = encoder
         self._backend = backend
         self._clock = clock
         self._options = options
         self._verifier = verifier
-        self._default_threshold = (
-            options.min_similarity if verifier is None or options.recall_similarity is None
-            else options.recall_similarity
-        )
+        self._namespace_verifiers = dict(namespace_verifiers or {})
         self._counters = CounterBook()
         self._sweeper: asyncio.Task[None] | None = None
         self._state = State.NEW
+
+    def _verifier_for(self, scope: ScopeKey) -> tuple[HitVerifier | None, float]:
+        """The verifier of `scope`'s namespace and the default threshold that goes with it."""
+        verifier = self._namespace_verifiers.get(scope.namespace, self._verifier)
+        options = self._options
+        if verifier is None or options.recall_similarity is None:
+            return verifier, options.min_similarity
+        return verifier, options.recall_similarity
 
     @property
     def options(self) -> CacheOptions:
@@ -142,8 +150,9 @@ class CacheService:
         started = time.perf_counter()
         scope = self._checked_scope(request.scope)
         prompt = self._checked_prompt(request.prompt)
+        verifier, default_threshold = self._verifier_for(scope)
         threshold = (
-            self._default_threshold
+            default_threshold
             if request.min_similarity is None
             else checked_similarity(request.min_similarity)
         )
@@ -159,7 +168,7 @@ class CacheService:
         vector = await self._encoder.encode(prompt)
         search_started = time.perf_counter()
         try:
-            if self._verifier is None:
+            if verifier is None:
                 matches = await self._backend.search(scope, vector, self._options.top_k)
             else:
                 matches = await self._backend.search(scope, vector, self._options.top_k, with_vectors=True)
@@ -192,12 +201,12 @@ class CacheService:
                     best = (entry.id, similarity)
                 if similarity < threshold:
                     outcome, decided = CandidateOutcome.BELOW_THRESHOLD, True
-                elif self._verifier is None or match.vector is None:
+                elif verifier is None or match.vector is None:
                     outcome, decided = CandidateOutcome.SERVED, True
                 else:
                     # Without a verifier only the best live candidate is judged; with one, a rejected candidate
                     # lets the next one above the threshold be tried.
-                    verdict = self._verifier.verify(VerifyInput(
+                    verdict = verifier.verify(VerifyInput(
                         query=prompt, candidate=entry.normalized_prompt, query_vector=vector,
                         candidate_vector=match.vector, similarity=similarity))
                     score = verdict.score

@@ -56,7 +56,7 @@ def pairs_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def target(start_app: StartApp) -> str:
-    app = await start_app()
+    app = await start_app(verifier="off")  # the plain threshold: at 0 every lookup serves its nearest entry
     return f"127.0.0.1:{app.port}"
 
 
@@ -165,7 +165,8 @@ async def test_calibrate_command_with_its_own_server(pairs_file: Path, model_dir
     report = tmp_path / "calibration.json"
     code, out, err = await run(
         "-m", "cachesvc", "calibrate", "--pairs", str(pairs_file), "--model-dir", str(model_dir),
-        "--target-precision", "0.9", "1.0", "--criterion", "point", "--json-out", str(report), "--quiet")
+        "--target-precision", "0.9", "1.0", "--criterion", "point", "--json-out", str(report), "--quiet",
+        "--verifier", "off")
     assert code == 0, err
     assert "target precision 0.900 (by its point estimate): threshold" in out
     assert "by 95% lower bound instead" in out and "built-in default" in out

@@ -52,13 +52,13 @@ async def test_paraphrase_hits_and_unrelated_misses(client: AsyncCacheClient) ->
     assert hit.hit and not hit.exact
     assert hit.entry is not None and hit.entry.id == stored.id
     assert hit.completion == "Open Settings > Billing > Cancel."
-    assert Settings().min_similarity <= hit.similarity < 1.0
+    assert Settings().default_threshold <= hit.similarity < 1.0
     assert hit.timings.embed_ms > 0
 
     miss = await client.lookup(UNRELATED)
     assert not miss.hit and miss.entry is None
     assert miss.similarity < 0.5
-    assert miss.min_similarity == pytest.approx(Settings().min_similarity)
+    assert miss.min_similarity == pytest.approx(Settings().default_threshold)
 
 
 async def test_miss_reports_nearest_and_explains_candidates(client: AsyncCacheClient) -> None:
@@ -138,16 +138,19 @@ async def test_tenants_are_isolated_and_keys_required(start_app: StartApp) -> No
             await wrong.lookup(PROMPT)
 
 
-async def test_per_request_threshold(client: AsyncCacheClient) -> None:
-    await client.store(PROMPT, "answer")
-    assert not (await client.lookup(PARAPHRASE, min_similarity=1.0)).hit
-    nearest = await client.lookup(UNRELATED, min_similarity=0.0)
-    assert nearest.hit and nearest.min_similarity == 0.0
+async def test_per_request_threshold(start_app: StartApp) -> None:
+    app = await start_app(verifier="off")  # the plain threshold: at 0 the nearest entry is served, whatever it is
+    async with AsyncCacheClient(f"127.0.0.1:{app.port}") as client:
+        await client.store(PROMPT, "answer")
+        assert not (await client.lookup(PARAPHRASE, min_similarity=1.0)).hit
+        nearest = await client.lookup(UNRELATED, min_similarity=0.0)
+        assert nearest.hit and nearest.min_similarity == 0.0
 
 
 async def test_ttl_expiry_with_injected_clock(start_app: StartApp) -> None:
     clock = ManualClock()
-    app = await start_app(clock=clock, default_ttl=100.0, sweep_interval=3600.0)
+    # No verifier: at threshold 0 the next live candidate is served, whatever it is.
+    app = await start_app(clock=clock, default_ttl=100.0, sweep_interval=3600.0, verifier="off")
     async with AsyncCacheClient(f"127.0.0.1:{app.port}") as client:
         short = await client.store(PROMPT, "short", ttl_seconds=10)
         default = await client.store(UNRELATED, "default ttl")

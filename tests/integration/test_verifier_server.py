@@ -65,7 +65,7 @@ async def test_rejection_lets_the_next_candidate_be_served(start_app: StartApp) 
 
 
 async def test_verifier_off_keeps_the_plain_threshold(start_app: StartApp) -> None:
-    app: App = await start_app()
+    app: App = await start_app(verifier="off")
     async with AsyncCacheClient(f"127.0.0.1:{app.port}") as client:
         await client.store("What is the capital of France?", "Paris.")
         result = await client.lookup("What is the capital of Germany?", min_similarity=0.5, explain=True)
@@ -96,3 +96,23 @@ async def test_adversarial_pairs_precision_and_recall(start_app: StartApp) -> No
     recall = served_right / positives
     assert precision >= 0.98, f"precision {precision:.3f}; served wrongly: {wrong}"
     assert recall >= 0.80, f"paraphrase recall {recall:.3f}"
+
+
+async def test_a_namespace_can_run_its_own_verifier(start_app: StartApp) -> None:
+    app: App = await start_app(verifier="combined", namespace_verifiers={"plain": "off"})
+    async with AsyncCacheClient(f"127.0.0.1:{app.port}") as client:
+        for namespace in ("plain", "checked"):
+            await client.store("How do I cancel my subscription?", "Settings > Billing > Cancel.",
+                               scope=Scope(namespace=namespace))
+        swap = "How do I not cancel my subscription?"
+        plain = await client.lookup(swap, scope=Scope(namespace="plain"), min_similarity=0.85, explain=True)
+        checked = await client.lookup(swap, scope=Scope(namespace="checked"), min_similarity=0.85, explain=True)
+        assert plain.hit and plain.candidates[0].verifier_score is None
+        assert not checked.hit and checked.rejected_reason is RejectReason.NEGATION
+        # Each namespace's default threshold goes with its verifier.
+        assert (await client.lookup("Unrelated: what is the boiling point of water?",
+                                    scope=Scope(namespace="plain"))).min_similarity == pytest.approx(
+            app.settings.min_similarity)
+        assert (await client.lookup("Unrelated: what is the boiling point of water?",
+                                    scope=Scope(namespace="checked"))).min_similarity == pytest.approx(
+            app.settings.recall_similarity)

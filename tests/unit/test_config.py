@@ -70,3 +70,19 @@ def test_flags_spelling() -> None:
                                                                                      Path("/m"))
     assert (settings.min_similarity, settings.default_ttl, settings.max_bytes, settings.max_entries) == \
         (0.95, 60.0, 1_000_000, 5)
+
+
+def test_namespace_verifiers_from_flags_env_and_file(tmp_path: Path) -> None:
+    from cachesvc.core.verify import VerifierMode
+
+    settings = load_settings(environ={"CACHESVC_NAMESPACE_VERIFIERS": "support=off, billing=rules"})
+    assert settings.namespace_verifiers == {"support": VerifierMode.OFF, "billing": VerifierMode.RULES}
+    config = tmp_path / "c.toml"
+    config.write_text('[namespace_verifiers]\nlegal = "model"\n')
+    assert load_settings(environ={}, config_file=config).namespace_verifiers == {"legal": VerifierMode.MODEL}
+    assert load_settings(environ={}, flags={"namespace_verifiers": "a=combined"}).namespace_verifiers == {
+        "a": VerifierMode.COMBINED}
+    with pytest.raises(ValueError, match=r"namespace_verifiers.*unknown verifier 'strict'"):
+        load_settings(environ={"CACHESVC_NAMESPACE_VERIFIERS": "support=strict"})
+    with pytest.raises(ValueError, match="namespace=mode pairs"):
+        load_settings(environ={"CACHESVC_NAMESPACE_VERIFIERS": "support"})
