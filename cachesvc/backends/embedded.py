@@ -47,7 +47,7 @@ from cachesvc.records import Entry, Match, ScopeKey, ScopeSelector, Usage
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-SNAPSHOT_CHUNK = 1024
+SNAPSHOT_CHUNK = 256
 
 
 async def _uncancellable(work: Coroutine[Any, Any, T]) -> T:
