@@ -1,104 +1,173 @@
 """Trains the hit verifier's model and writes cachesvc/core/verifier_weights.npz.
 
-Data: only the TRAIN split of ../shared/data/qqp_gptcache_dev.jsonl (70% of its connected components of
-question texts, see bench/verifier_data.py); the held-back 30% is never read here. The decision threshold on the
-model's probability is chosen on out-of-fold predictions (5 folds by component) of the train split: the highest
-precision whose recall is at least what a static cosine threshold of 0.90 gives on the same pairs.
+Data: only the TRAIN split of a labelled pairs file (70% of its connected components of texts, see
+bench/verifier_data.py; by default ../shared/data/qqp_gptcache_dev.jsonl, ~42,000 pairs); the held-back 30% is
+never read here. Every choice (features, model size, decision threshold) is made on out-of-fold predictions
+(5 folds by component): the word IDF table (and topic axes, if any) are refitted per fold, from the fitting
+folds' texts only. The decision threshold is the one with the highest out-of-fold precision whose recall is at
+least what a static cosine threshold of 0.90 gives on the same pairs.
 
-    .venv/bin/python bench/train_verifier.py [--hidden 32] [--epochs 40] [--out cachesvc/core/verifier_weights.npz]
+    .venv/bin/python bench/verifier_data.py --full     # once: embeds all train and held-back texts (cached)
+    nice -n 10 .venv/bin/python bench/train_verifier.py            # the shipped, general model
+    nice -n 10 .venv/bin/python bench/train_verifier.py --pairs MY_PAIRS.jsonl --topics 64 --out my.npz
 
-The model: input standardisation -> one ReLU layer -> sigmoid, over `cachesvc.core.verify.features` (cosine,
-|u-v|, u*v, the rule signals and lexical overlap). Trained with Adam and L2 on pairs whose cosine is at least
-the candidate floor minus a margin (the verifier never sees pairs below the floor).
+About 2-4 minutes on 2 cores. Training needs scikit-learn (a dev dependency, not a runtime one): the model is
+gradient-boosted trees (HistGradientBoostingClassifier) over `cachesvc.core.verify.features` (cosine, |u-v| and
+u*v summaries, the rule signals, IDF-weighted word overlap, question kinds and lengths), exported to plain numpy
+arrays (complete binary trees of one depth) that `cachesvc.core.verify.ModelWeights` walks at serving time.
+Fitted on pairs whose cosine is at least the candidate floor minus a margin (the verifier never sees pairs below
+the floor).
+
+`--topics K` adds the pair's position in embedding space (its mean vector on the train texts' top K principal
+axes): a prior on which subjects near pairs tend to be the same question. It is a prior about one traffic: on
+QQP it lifts held-back precision from 0.864 to 0.885, and costs half the recall on other paraphrase data
+(bench/RESULTS.md). So the shipped model has none; a verifier trained on your own traffic's pairs may use it
+(serve it with `--verifier-weights`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
+from sklearn.ensemble import HistGradientBoostingClassifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT_DIR
-from bench.verifier_data import EmbeddingCache, pair_vectors, qqp_split
-from cachesvc.core.verify import WEIGHTS_FILE, rule_reason, signals
-from cachesvc.core.verify import features as pair_features
+from bench.common import DEFAULT_MODEL_DIR, OUT_DIR
+from bench.verifier_data import QQP, EmbeddingCache, pair_vectors, split_pairs
+from cachesvc.core.normalize import normalize_prompt
+from cachesvc.core.verify import (
+    WEIGHTS_FILE,
+    Idf,
+    ModelWeights,
+    _analyse,
+    _signals,
+    _Text,
+    features,
+    lexical_features,
+    rule_reason,
+)
+from cachesvc.embedding.manifest import read_manifest
 
 STATIC_BASELINE = 0.90
 TRAIN_MARGIN = 0.05
+FOLDS = 5
+EMBEDDING_MODEL = read_manifest(DEFAULT_MODEL_DIR)  # the model whose vectors bench/verifier_data.py caches
+IDF_MIN_COUNT = 2  # words seen in one text only are not shipped; they get the unknown word's weight anyway
 
 
-def build_features(pairs: list[dict[str, Any]], cache: EmbeddingCache) -> tuple[np.ndarray, ...]:
-    """(X, cosine, label, rule-veto flag) for `pairs`."""
-    ua, vb = pair_vectors(cache, pairs)
-    cos = np.clip(np.sum(ua * vb, axis=1), 0.0, 1.0)
-    rows, vetoed = [], []
-    for p, u, v, c in zip(pairs, ua, vb, cos, strict=True):
-        s = signals(p["b"], p["a"])  # query = b (looked up), candidate = a (stored)
-        rows.append(pair_features(v, u, float(c), s))
-        vetoed.append(rule_reason(s) is not None)
-    labels = np.array([p["label"] for p in pairs], dtype=np.float32)
-    return np.stack(rows), cos.astype(np.float32), labels, np.array(vetoed)
+class Pairs:
+    """The train split's pairs, analysed once: query = b (looked up), candidate = a (stored)."""
+
+    def __init__(self, pairs: list[dict[str, Any]], cache: EmbeddingCache) -> None:
+        ua, vb = pair_vectors(cache, pairs)
+        self.candidate_vectors, self.query_vectors = ua.astype(np.float32), vb.astype(np.float32)
+        self.cos = np.clip(np.sum(ua * vb, axis=1), 0.0, 1.0).astype(np.float32)
+        self.labels = np.array([p["label"] for p in pairs], dtype=np.float32)
+        self.components = np.array([p["component"] for p in pairs])
+        self.queries = [normalize_prompt(p["b"]) for p in pairs]
+        self.candidates = [normalize_prompt(p["a"]) for p in pairs]
+        self.q_texts = [_analyse(t) for t in self.queries]
+        self.c_texts = [_analyse(t) for t in self.candidates]
+        self.signals = [_signals(q, c, qt, ct) for q, c, qt, ct in
+                        zip(self.queries, self.candidates, self.q_texts, self.c_texts, strict=True)]
+        self.vetoed = np.array([rule_reason(s) is not None for s in self.signals])
 
 
-def train_mlp(x: np.ndarray, y: np.ndarray, *, hidden: int, epochs: int, l2: float, lr: float,
-              seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0) + 1e-6
-    z = ((x - mean) / scale).astype(np.float32)
-    d = z.shape[1]
-    params = {
-        "w1": (rng.standard_normal((d, hidden)) * np.sqrt(2.0 / d)).astype(np.float32),
-        "b1": np.zeros(hidden, dtype=np.float32),
-        "w2": (rng.standard_normal((hidden, 1)) * np.sqrt(1.0 / hidden)).astype(np.float32),
-        "b2": np.zeros(1, dtype=np.float32),
-    }
-    m = {k: np.zeros_like(v) for k, v in params.items()}
-    s = {k: np.zeros_like(v) for k, v in params.items()}
-    step = 0
-    batch = 128
-    for _epoch in range(epochs):
-        order = rng.permutation(len(z))
-        for start in range(0, len(z), batch):
-            idx = order[start:start + batch]
-            xb, yb = z[idx], y[idx].reshape(-1, 1)
-            h_pre = xb @ params["w1"] + params["b1"]
-            h = np.maximum(h_pre, 0)
-            logit = h @ params["w2"] + params["b2"]
-            p = 1 / (1 + np.exp(-np.clip(logit, -30, 30)))
-            g_logit = (p - yb) / len(idx)
-            grads = {"w2": h.T @ g_logit + l2 * params["w2"], "b2": g_logit.sum(axis=0)}
-            g_h = (g_logit @ params["w2"].T) * (h_pre > 0)
-            grads["w1"] = xb.T @ g_h + l2 * params["w1"]
-            grads["b1"] = g_h.sum(axis=0)
-            step += 1
-            for k in params:
-                m[k] = 0.9 * m[k] + 0.1 * grads[k]
-                s[k] = 0.999 * s[k] + 0.001 * grads[k] ** 2
-                m_hat = m[k] / (1 - 0.9 ** step)
-                s_hat = s[k] / (1 - 0.999 ** step)
-                params[k] -= (lr * m_hat / (np.sqrt(s_hat) + 1e-8)).astype(np.float32)
-    return {"mean": mean.astype(np.float32), "scale": scale.astype(np.float32), **params}
+def fit_idf(texts: Sequence[_Text]) -> Idf:
+    """Smoothed IDF over distinct texts."""
+    counts: Counter[str] = Counter()
+    for t in texts:
+        counts.update(t.token_set)
+    n = len(texts)
+    weights = {w: math.log((n + 1) / (k + 1)) + 1 for w, k in counts.items() if k >= IDF_MIN_COUNT}
+    return Idf(weights, math.log(n + 1) + 1)
 
 
-def predict(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    z = (x - weights["mean"]) / weights["scale"]
-    h = np.maximum(z @ weights["w1"] + weights["b1"], 0)
-    logit = (h @ weights["w2"] + weights["b2"]).reshape(-1)
-    return np.asarray(1 / (1 + np.exp(-np.clip(logit, -30, 30))))
+def fit_topics(vectors: NDArray[np.float32], k: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Mean and top-k principal axes of the texts' vectors (no labels involved)."""
+    mean = vectors.mean(axis=0)
+    _, _, axes = np.linalg.svd(vectors - mean, full_matrices=False)
+    return mean.astype(np.float32), axes[:k].astype(np.float32)
 
 
-def operating_points(score: np.ndarray, served_mask: np.ndarray, labels: np.ndarray) -> list[dict[str, float]]:
+def texts_of(data: Pairs, rows: NDArray[np.intp]) -> tuple[list[_Text], NDArray[np.float32]]:
+    """Distinct texts of `rows` and their vectors."""
+    seen: dict[str, tuple[_Text, NDArray[np.float32]]] = {}
+    for i in rows:
+        seen.setdefault(data.queries[i], (data.q_texts[i], data.query_vectors[i]))
+        seen.setdefault(data.candidates[i], (data.c_texts[i], data.candidate_vectors[i]))
+    return [t for t, _ in seen.values()], np.stack([v for _, v in seen.values()])
+
+
+def matrix(data: Pairs, rows: NDArray[np.intp], idf: Idf, topic_mean: NDArray[np.float32],
+           topic_axes: NDArray[np.float32]) -> NDArray[np.float32]:
+    means = (data.query_vectors[rows] + data.candidate_vectors[rows]) / 2
+    topics = ((means - topic_mean) @ topic_axes.T).astype(np.float32)
+    return np.stack([
+        features(data.query_vectors[i], data.candidate_vectors[i], float(data.cos[i]), data.signals[i],
+                 lexical_features(data.q_texts[i], data.c_texts[i], idf), topic)
+        for i, topic in zip(rows, topics, strict=True)
+    ])
+
+
+def fit_trees(
+    x: NDArray[np.float32], y: NDArray[np.float32], args: argparse.Namespace
+) -> HistGradientBoostingClassifier:
+    model = HistGradientBoostingClassifier(
+        max_iter=args.trees, learning_rate=args.learning_rate, max_depth=args.depth, max_leaf_nodes=2 ** args.depth,
+        min_samples_leaf=args.min_leaf, l2_regularization=args.l2, early_stopping=False, random_state=args.seed)
+    return model.fit(x, y)
+
+
+def export_trees(model: HistGradientBoostingClassifier, depth: int) -> dict[str, NDArray[Any]]:
+    """Each tree as a complete binary tree of `depth` (heap order); a leaf above that depth is repeated down."""
+    inner, leaves = 2 ** depth - 1, 2 ** depth
+    trees = [predictors[0].nodes for predictors in model._predictors]
+    feature = np.zeros((len(trees), inner), dtype=np.int16)
+    threshold = np.full((len(trees), inner), np.inf, dtype=np.float32)
+    leaf = np.zeros((len(trees), leaves), dtype=np.float32)
+
+    def place(t: int, nodes: Any, node: int, slot: int, level: int) -> None:
+        if level == depth:
+            if not nodes["is_leaf"][node]:
+                raise ValueError(f"tree {t} is deeper than {depth}")
+            leaf[t, slot - inner] = nodes["value"][node]
+            return
+        if nodes["is_leaf"][node]:
+            # An inner slot that always goes left; every leaf below it carries this leaf's value.
+            first = slot
+            for _ in range(depth - level):
+                first = 2 * first + 1
+            width = 2 ** (depth - level)
+            leaf[t, first - inner:first - inner + width] = nodes["value"][node]
+            return
+        feature[t, slot] = nodes["feature_idx"][node]
+        threshold[t, slot] = nodes["num_threshold"][node]
+        place(t, nodes, int(nodes["left"][node]), 2 * slot + 1, level + 1)
+        place(t, nodes, int(nodes["right"][node]), 2 * slot + 2, level + 1)
+
+    for t, nodes in enumerate(trees):
+        place(t, nodes, 0, 0, 0)
+    return {"feature": feature, "threshold": threshold, "leaf": leaf,
+            "bias": np.float32(np.asarray(model._baseline_prediction).reshape(-1)[0])}
+
+
+def operating_points(score: NDArray[np.float64], served_mask: NDArray[np.bool_],
+                     labels: NDArray[np.float32]) -> list[dict[str, float]]:
     """Precision and recall over all pairs for each probability threshold (candidates in served_mask only)."""
     positives = labels.sum()
     points = []
-    for t in np.round(np.arange(0.05, 0.96, 0.01), 2):
+    for t in np.round(np.arange(0.05, 0.96, 0.005), 3):
         served = served_mask & (score >= t)
         tp = float((labels[served] == 1).sum())
         n = int(served.sum())
@@ -109,59 +178,94 @@ def operating_points(score: np.ndarray, served_mask: np.ndarray, labels: np.ndar
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hidden", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--l2", type=float, default=1e-3)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--trees", type=int, default=600)
+    parser.add_argument("--depth", type=int, default=5)
+    parser.add_argument("--learning-rate", type=float, default=0.025)
+    parser.add_argument("--min-leaf", type=int, default=40)
+    parser.add_argument("--l2", type=float, default=1.0)
+    parser.add_argument("--topics", type=int, default=0,
+                        help="principal axes of the pair's mean vector (0 = none: the shipped, general model)")
     parser.add_argument("--floor", type=float, default=0.80, help="candidate floor (the server's recall_similarity)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pairs", type=Path, default=QQP,
+                        help="labelled pairs (JSONL a, b, label) to train on: 70%% of their text components (default: "
+                        "the QQP development set)")
     parser.add_argument("--out", type=Path, default=WEIGHTS_FILE)
     args = parser.parse_args(argv)
 
-    train, _held_back = qqp_split()  # the held-back split is not used here
-    cache = EmbeddingCache()
-    x, cos, y, vetoed = build_features(train, cache)
-    components = np.array([p["component"] for p in train])
+    train, _held_back = split_pairs(args.pairs)  # the held-back split is not used here
+    data = Pairs(train, EmbeddingCache())
+    y, cos = data.labels, data.cos
     keep = cos >= args.floor - TRAIN_MARGIN
-    print(f"train split sample: {len(train)} pairs ({int(y.sum())} positive); "
+    print(f"train split: {len(train)} pairs ({int(y.sum())} positive); "
           f"{int(keep.sum())} with cosine >= {args.floor - TRAIN_MARGIN:.2f} used for fitting", file=sys.stderr)
 
     baseline = cos >= STATIC_BASELINE
     base_recall = float(y[baseline].sum() / y.sum())
     base_precision = float(y[baseline].mean())
     print(f"static {STATIC_BASELINE}: precision {base_precision:.3f} recall {base_recall:.3f}", file=sys.stderr)
-
-    # Rule vetoes on the train split: how often a veto removes a true duplicate.
     cand = cos >= args.floor
+    vetoed = data.vetoed
     print(f"rule vetoes among candidates (cos >= {args.floor}): {int((vetoed & cand).sum())} pairs, "
           f"{float(1 - y[vetoed & cand].mean()) if (vetoed & cand).any() else 0:.3f} of them labelled 0",
           file=sys.stderr)
 
     oof = np.zeros(len(train))
-    folds = components % 5
-    for fold in range(5):
-        fit = keep & (folds != fold)
-        weights = train_mlp(x[fit], y[fit], hidden=args.hidden, epochs=args.epochs, l2=args.l2, lr=args.lr,
-                            seed=args.seed)
-        oof[folds == fold] = predict(weights, x[folds == fold])
+    folds = data.components % FOLDS
+    for fold in range(FOLDS):
+        fit_rows = np.flatnonzero(folds != fold)
+        test_rows = np.flatnonzero(folds == fold)
+        texts, vectors = texts_of(data, fit_rows)
+        idf = fit_idf(texts)
+        mean, axes = fit_topics(vectors, args.topics)
+        fit_rows = fit_rows[keep[fit_rows]]
+        model = fit_trees(matrix(data, fit_rows, idf, mean, axes), y[fit_rows], args)
+        oof[test_rows] = model.predict_proba(matrix(data, test_rows, idf, mean, axes))[:, 1]
+        print(f"  fold {fold} done", file=sys.stderr, flush=True)
     results: dict[str, Any] = {"static": {"precision": base_precision, "recall": base_recall}}
     for name, mask in (("model", cand), ("combined", cand & ~vetoed)):
         points = operating_points(oof, mask, y)
         ok = [p for p in points if p["recall"] >= base_recall]
         best = max(ok, key=lambda p: p["precision"]) if ok else points[0]
         results[name] = {"chosen": best, "points": points}
-        print(f"{name} (out-of-fold): at recall >= {base_recall:.3f}: threshold {best['threshold']:.2f} "
-              f"precision {best['precision']:.3f} recall {best['recall']:.3f}", file=sys.stderr)
+        print(f"{name} (out-of-fold): at recall >= {base_recall:.3f}: threshold {best['threshold']:.3f} "
+              f"precision {best['precision']:.3f} recall {best['recall']:.3f} served {best['served']}",
+              file=sys.stderr)
     threshold = results["combined"]["chosen"]["threshold"]
 
-    weights = train_mlp(x[keep], y[keep], hidden=args.hidden, epochs=args.epochs, l2=args.l2, lr=args.lr,
-                        seed=args.seed)
+    all_rows = np.arange(len(train))
+    texts, vectors = texts_of(data, all_rows)
+    idf = fit_idf(texts)
+    mean, axes = fit_topics(vectors, args.topics)
+    fit_rows = all_rows[keep]
+    x = matrix(data, fit_rows, idf, mean, axes)
+    model = fit_trees(x, y[fit_rows], args)
+    trees = export_trees(model, args.depth)
+    words = sorted(idf.weights)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, accept_threshold=np.float32(threshold), floor=np.float32(args.floor),
-                        **{k: v.astype(np.float32) for k, v in weights.items()})
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB), accept threshold {threshold:.2f}",
+    np.savez_compressed(
+        args.out, accept_threshold=np.float32(threshold), floor=np.float32(args.floor), **trees,
+        idf_words=np.frombuffer("\n".join(words).encode("utf-8"), dtype=np.uint8),
+        idf_values=np.array([idf.weights[w] for w in words], dtype=np.float32), idf_unknown=np.float32(idf.unknown),
+        topic_mean=mean, topic_axes=axes, embedding_model=np.str_(EMBEDDING_MODEL.name),
+        dimension=np.int64(EMBEDDING_MODEL.dimension))
+    # The shipped trees must reproduce the fitted model on the same input; the shipped IDF table (float32) may move
+    # a feature across a split now and then, which is reported, not fatal.
+    shipped = ModelWeights.load(args.out)
+    sample = np.random.default_rng(0).choice(len(fit_rows), size=min(2000, len(fit_rows)), replace=False)
+    theirs = model.predict_proba(x[sample])[:, 1]
+    gap = float(np.abs(np.array([shipped.probability(row) for row in x[sample]]) - theirs).max())
+    x_shipped = matrix(data, fit_rows[sample], shipped.idf, shipped.topic_mean, shipped.topic_axes)
+    drift = np.abs(np.array([shipped.probability(row) for row in x_shipped]) - theirs)
+    print(f"export check: largest probability difference {gap:.2e} over {len(sample)} pairs; with the shipped "
+          f"IDF table: mean {drift.mean():.2e}, largest {drift.max():.2e}", file=sys.stderr)
+    if gap > 1e-4:
+        raise SystemExit("exported trees do not reproduce the model")
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB), accept threshold {threshold:.3f}",
           file=sys.stderr)
     (OUT_DIR / "train-verifier.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                             "export_max_difference": gap,
+                                                             "shipped_idf_mean_difference": float(drift.mean()),
                                                              **results}, indent=1))
     return 0
 

@@ -6,10 +6,12 @@ Embeddings are of the normalised prompt (what the server embeds) and are cached 
 each text is embedded once across runs.
 
     .venv/bin/python bench/verifier_data.py            # embeds the samples the other scripts use
+    .venv/bin/python bench/verifier_data.py --full     # embeds both whole splits (~100k texts; ~15 min on 2 cores)
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import random
@@ -43,9 +45,22 @@ def _find(parent: dict[str, str], x: str) -> str:
     return x
 
 
-def qqp_split() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train, held_back) samples of QQP pairs, split by connected component of texts."""
-    pairs = read_jsonl(QQP)
+def qqp_split(
+    train_limit: int | None = TRAIN_LIMIT, held_limit: int | None = HELDOUT_LIMIT
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, held_back) samples of the QQP development pairs (see `split_pairs`)."""
+    return split_pairs(QQP, train_limit, held_limit)
+
+
+def split_pairs(
+    path: Path, train_limit: int | None = None, held_limit: int | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, held_back) samples of a pairs file (JSONL a, b, label), split by connected component of texts.
+
+    A limit of None keeps the whole split. The samples are prefixes of one seeded shuffle, so the default
+    3,000-pair held-back sample is the first 3,000 pairs of the full held-back split.
+    """
+    pairs = read_jsonl(path)
     parent: dict[str, str] = {}
     for p in pairs:
         for t in (p["a"], p["b"]):
@@ -62,7 +77,7 @@ def qqp_split() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     rng = random.Random(SEED)
     rng.shuffle(train)
     rng.shuffle(held)
-    return train[:TRAIN_LIMIT], held[:HELDOUT_LIMIT]
+    return train[:train_limit], held[:held_limit]
 
 
 class EmbeddingCache:
@@ -103,12 +118,15 @@ def pair_vectors(cache: EmbeddingCache, pairs: list[dict[str, Any]]) -> tuple[np
     return cache.get([p["a"] for p in pairs]), cache.get([p["b"] for p in pairs])
 
 
-def main() -> int:
-    train, held = qqp_split()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full", action="store_true", help="embed the whole train and held-back splits")
+    args = parser.parse_args(argv)
+    train, held = qqp_split(None, None) if args.full else qqp_split()
     print(f"QQP train sample {len(train)}, held-back sample {len(held)}", file=sys.stderr)
     cache = EmbeddingCache()
-    pair_vectors(cache, held)
     pair_vectors(cache, train)
+    pair_vectors(cache, held)
     return 0
 
 

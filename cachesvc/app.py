@@ -15,6 +15,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,7 +31,7 @@ from cachesvc.clock import Clock, SystemClock
 from cachesvc.config import LogFormat, Settings
 from cachesvc.core.policy import SizeLimits, TTLPolicy
 from cachesvc.core.service import CacheOptions, CacheService
-from cachesvc.core.verify import build_verifier
+from cachesvc.core.verify import WEIGHTS_FILE, build_verifier
 from cachesvc.embedding.batcher import BatcherOptions, MicroBatcher
 from cachesvc.embedding.manifest import ModelManifest
 from cachesvc.embedding.memo import MemoizedEncoder
@@ -146,7 +147,11 @@ class App:
             sweep_interval_seconds=s.sweep_interval,
         )
         # The hit verifier's weights ship in the package; reading them is the only work here.
-        verifiers = {mode: build_verifier(mode) for mode in {s.verifier, *s.namespace_verifiers.values()}}
+        manifest = manifest_of(embedder)
+        verifiers = {mode: build_verifier(mode, embedding_model=manifest.name if manifest else type(embedder).__name__,
+                                          dimension=embedder.dimension,
+                                          weights_path=Path(s.verifier_weights) if s.verifier_weights else WEIGHTS_FILE)
+                     for mode in {s.verifier, *s.namespace_verifiers.values()}}
         self.service = CacheService(encoder=encoder, backend=self.backend, clock=self.clock, options=options,
                                     verifier=verifiers[s.verifier],
                                     namespace_verifiers={ns: verifiers[mode]
@@ -209,10 +214,16 @@ class App:
             await asyncio.sleep(1.0)
 
 
+def manifest_of(embedder: Embedder) -> ModelManifest | None:
+    """The manifest of the model an embedder runs, when it has one (an exported model directory's)."""
+    manifest = getattr(embedder, "manifest", None)
+    return manifest if isinstance(manifest, ModelManifest) else None
+
+
 def model_identity(embedder: Embedder) -> ModelIdentity:
     """What a data directory records about the model its vectors came from."""
-    manifest = getattr(embedder, "manifest", None)
-    if isinstance(manifest, ModelManifest):
+    manifest = manifest_of(embedder)
+    if manifest is not None:
         return ModelIdentity(name=f"{manifest.name} ({manifest.precision.value})", dimension=manifest.dimension,
                              checksum=manifest.onnx_sha256)
     return ModelIdentity(name=type(embedder).__name__, dimension=embedder.dimension, checksum="unknown")

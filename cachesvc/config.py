@@ -64,8 +64,11 @@ class Settings:
     # (precision 0.870, recall 0.213; 0.90 gives 0.793 / 0.433). See bench/RESULTS.md.
     min_similarity: float = field(default=0.95, metadata=_spec(
         "default threshold: cosine similarity in [0, 1] a nearest entry needs to be served; higher is stricter"))
-    verifier: VerifierMode = field(default=VerifierMode.OFF, metadata=_spec(
+    verifier: VerifierMode = field(default=VerifierMode.COMBINED, metadata=_spec(
         "hit verifier: off, rules (text mismatch checks), model (learned pair model) or combined (rules, then model)"))
+    verifier_weights: str = field(default="", metadata=_spec(
+        "the learned verifier's weights: a file from bench/train_verifier.py, e.g. trained on labelled pairs of "
+        "your own traffic (empty = the general model shipped in the package)"))
     namespace_verifiers: Mapping[str, VerifierMode] = field(default_factory=dict, metadata=_spec(
         "a namespace's own hit verifier, in every tenant, as namespace=mode pairs, comma-separated (e.g. "
         "support=off,billing=rules); other namespaces use --verifier"))

@@ -6,9 +6,10 @@ An embedding blurs exactly the differences that make a cached answer wrong: "can
 
 - `RuleVerifier`: mismatch checks on the texts (negation, numbers and dates, units, named entities, opposites
   and comparatives, "X to Y" direction). Pure Python, tens of microseconds.
-- `ModelVerifier`: a small MLP over pair features (cosine, summaries of |u-v| and u*v, lexical overlap and the
-  rule signals), weights in `verifier_weights.npz` next to this module, trained by `bench/train_verifier.py`
-  on the train split of the development QQP pairs.
+- `ModelVerifier`: gradient-boosted trees over pair features (cosine, summaries of |u-v| and u*v, the rule
+  signals, IDF-weighted word overlap, question kinds, lengths and the pair's topic), stored as numpy arrays with
+  their IDF table and topic axes in `verifier_weights.npz` next to this module, trained by
+  `bench/train_verifier.py` on the train split of the development QQP pairs.
 - `CombinedVerifier`: rules first (a hard veto), then the model.
 
 No I/O at verification time; the weights are read once when the verifier is built.
@@ -16,6 +17,8 @@ No I/O at verification time; the weights are read once when the verifier is buil
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,7 +29,11 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from cachesvc.errors import ModelError
+
 WEIGHTS_FILE = Path(__file__).with_name("verifier_weights.npz")
+log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 class VerifierMode(StrEnum):
@@ -356,7 +363,10 @@ def _substituted(a: frozenset[str], b: frozenset[str], a_text: _Text, b_text: _T
 
 def signals(query: str, candidate: str) -> Signals:
     """The mismatch signals between two normalised prompts (see `RuleVerifier` for what each means)."""
-    q, c = _analyse(query), _analyse(candidate)
+    return _signals(query, candidate, _analyse(query), _analyse(candidate))
+
+
+def _signals(query: str, candidate: str, q: _Text, c: _Text) -> Signals:
     only_q, only_c = q.content - c.content, c.content - q.content
     # Negation is judged only between texts that otherwise say nearly the same thing: across rewordings a cue
     # ("not eating", "refuse") comes and goes without changing the question.
@@ -440,60 +450,188 @@ def rule_reason(s: Signals) -> RejectReason | None:
     return None
 
 
+# The model
+
+# First question word of a text, one-hot per side: QQP pairs that open differently ("why" / "how") are rarely the
+# same question even when their words agree.
+_QUESTION_KINDS = ("what", "why", "how", "which", "who", "when", "where")
+_YES_NO = frozenset({"is", "are", "can", "do", "does", "should", "will", "would", "was", "did", "could", "has",
+                     "have"})
+_KIND_COUNT = len(_QUESTION_KINDS) + 2  # + yes/no question + none
+_RARE_IDF = 7.0  # a word in about 1 of 150 train-split texts, or rarer
+_IDF_SUM_CAP = 40.0
+_SUFFIXES = ("ing", "ed", "es", "s", "ly")
+LEXICAL_COUNT = 15 + 2 * _KIND_COUNT
+
+
+def _stem(word: str) -> str:
+    """Crude suffix stripping, so that "study" / "studying" do not count as a word one text lacks."""
+    for suffix in _SUFFIXES:
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+def _question_kind(t: _Text) -> int:
+    word = next((w for w in t.tokens[:4] if w in _QUESTION_KINDS or w in _YES_NO), "")
+    if word in _QUESTION_KINDS:
+        return _QUESTION_KINDS.index(word)
+    return len(_QUESTION_KINDS) if word else len(_QUESTION_KINDS) + 1
+
+
+def _common_run(a: Iterable[str], b: Iterable[str]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class Idf:
+    """Inverse document frequency of lower-cased tokens over the train split's texts; unseen words get `unknown`."""
+
+    weights: dict[str, float]
+    unknown: float
+
+    def __call__(self, word: str) -> float:
+        return self.weights.get(word, self.unknown)
+
+
+def lexical_features(q: _Text, c: _Text, idf: Idf) -> NDArray[np.float32]:
+    """Word-overlap features weighted by rarity: a shared rare word ("Gobi") says more than a shared common one
+    ("country"), and a rare word only one text has usually means a different question."""
+    shared, union = q.token_set & c.token_set, q.token_set | c.token_set
+    idf_jaccard = sum(idf(w) for w in shared) / max(sum(idf(w) for w in union), 1e-6)
+    q_stems = {_stem(w): w for w in q.content}
+    c_stems = {_stem(w): w for w in c.content}
+    only_q = [q_stems[k] for k in q_stems.keys() - c_stems.keys()]
+    only_c = [c_stems[k] for k in c_stems.keys() - q_stems.keys()]
+    both = [q_stems[k] for k in q_stems.keys() & c_stems.keys()]
+    sum_q, sum_c, sum_both = (sum(idf(w) for w in words) for words in (only_q, only_c, both))
+    idf_content_jaccard = sum_both / max(sum_both + sum_q + sum_c, 1e-6) if q_stems or c_stems else 1.0
+    max_q = max((idf(w) for w in only_q), default=0.0)
+    max_c = max((idf(w) for w in only_c), default=0.0)
+    stem_union = len(q_stems.keys() | c_stems.keys())
+    q_bigrams = set(zip(q.tokens, q.tokens[1:], strict=False))
+    c_bigrams = set(zip(c.tokens, c.tokens[1:], strict=False))
+    n_q, n_c = len(q.tokens), len(c.tokens)
+    longest = max(n_q, n_c, 1)
+    kinds = np.zeros(2 * _KIND_COUNT, dtype=np.float32)
+    kinds[_question_kind(q)] = 1.0
+    kinds[_KIND_COUNT + _question_kind(c)] = 1.0
+    head = np.array([
+        idf_jaccard, idf_content_jaccard, max(max_q, max_c), min(max_q, max_c), min(sum_q, _IDF_SUM_CAP),
+        min(sum_c, _IDF_SUM_CAP), len(only_q) + len(only_c), sum(1 for w in only_q + only_c if idf(w) > _RARE_IDF),
+        len(both) / max(stem_union, 1),
+        len(q_bigrams & c_bigrams) / max(len(q_bigrams | c_bigrams), 1),
+        _common_run(q.tokens, c.tokens) / longest, _common_run(reversed(q.tokens), reversed(c.tokens)) / longest,
+        n_q, n_c, abs(n_q - n_c),
+    ], dtype=np.float32)
+    return np.concatenate([head, kinds])
+
+
 def features(
-    query_vector: NDArray[np.float32], candidate_vector: NDArray[np.float32], similarity: float, s: Signals
+    query_vector: NDArray[np.float32], candidate_vector: NDArray[np.float32], similarity: float, s: Signals,
+    lexical: NDArray[np.float32], topic: NDArray[np.float32],
 ) -> NDArray[np.float32]:
     """The model's input, shared by serving and `bench/train_verifier.py`: cosine, summaries of |u-v| and u*v
-    (L1 distance, largest coordinate gap, largest and smallest product) and the text signals.
+    (L1 distance, largest coordinate gap, largest and smallest product), the text signals, the lexical features
+    and the pair's topic (its mean vector projected on the train split's top principal components).
 
-    The full 768 coordinates of |u-v| and u*v were tried and overfit: on out-of-fold QQP train predictions they
-    gave lower precision at the same recall than these summaries (see bench/RESULTS.md, "Hit verification").
+    The full 768 coordinates of |u-v| and u*v, and learned projections of the vectors, overfit on out-of-fold QQP
+    train predictions; the topic helps because how often near pairs are the same question varies by subject.
     """
     u = np.asarray(query_vector, dtype=np.float32).reshape(-1)
     v = np.asarray(candidate_vector, dtype=np.float32).reshape(-1)
     gap, product = np.abs(u - v), u * v
     head = np.array([similarity, gap.sum(), gap.max(), product.max(), product.min()], dtype=np.float32)
-    return np.concatenate([head, s.as_array()])
+    return np.concatenate([head, s.as_array(), lexical, topic])
 
 
 @dataclass(frozen=True)
-class MlpWeights:
-    """A one-hidden-layer MLP with input standardisation and a decision threshold on its probability."""
+class ModelWeights:
+    """Boosted trees over `features`, stored as complete binary trees of one depth so that all trees are walked
+    together with a few numpy gathers (a short leaf repeats its value down to the common depth).
 
-    mean: NDArray[np.float32]
-    scale: NDArray[np.float32]
-    w1: NDArray[np.float32]
-    b1: NDArray[np.float32]
-    w2: NDArray[np.float32]
-    b2: NDArray[np.float32]
+    Attributes:
+        feature, threshold: (trees, 2**depth - 1) split feature and threshold of each inner node, heap order;
+            `x[feature] <= threshold` goes left.
+        leaf: (trees, 2**depth) leaf values (log-odds, learning rate applied).
+        bias: the log-odds before any tree.
+        idf: the lexical features' word weights.
+        topic_mean, topic_axes: the topic projection, (dim,) and (k, dim).
+        accept_threshold: the probability a candidate needs to be served.
+        embedding_model: the name of the embedding model whose vectors the model was trained on (its manifest's
+            `name`); its features mean nothing for another model's vectors.
+        dimension: that model's vector dimension.
+    """
+
+    feature: NDArray[np.intp]
+    threshold: NDArray[np.float32]
+    leaf: NDArray[np.float32]
+    bias: float
+    idf: Idf
+    topic_mean: NDArray[np.float32]
+    topic_axes: NDArray[np.float32]
     accept_threshold: float
+    embedding_model: str
+    dimension: int
 
     @classmethod
-    def load(cls, path: Path = WEIGHTS_FILE) -> MlpWeights:
+    def load(cls, path: Path = WEIGHTS_FILE) -> ModelWeights:
         """Reads weights written by `bench/train_verifier.py`.
 
         Raises:
             OSError: the file cannot be read.
             KeyError: an array is missing.
+            ValueError: the arrays do not fit together.
         """
         with np.load(path, allow_pickle=False) as data:
-            arrays = {k: np.asarray(data[k], dtype=np.float32) for k in ("mean", "scale", "w1", "b1", "w2", "b2")}
-            threshold = float(data["accept_threshold"])
-        return cls(accept_threshold=threshold, **arrays)
+            words = bytes(np.asarray(data["idf_words"], dtype=np.uint8)).decode("utf-8").split("\n")
+            idf_values = np.asarray(data["idf_values"], dtype=np.float64).tolist()
+            if len(words) != len(idf_values):
+                raise ValueError("idf_words and idf_values differ in length")
+            weights = cls(
+                feature=np.asarray(data["feature"], dtype=np.intp),
+                threshold=np.asarray(data["threshold"], dtype=np.float32),
+                leaf=np.asarray(data["leaf"], dtype=np.float32),
+                bias=float(data["bias"]),
+                idf=Idf(dict(zip(words, idf_values, strict=True)), float(data["idf_unknown"])),
+                topic_mean=np.asarray(data["topic_mean"], dtype=np.float32),
+                topic_axes=np.asarray(data["topic_axes"], dtype=np.float32),
+                accept_threshold=float(data["accept_threshold"]),
+                embedding_model=str(data["embedding_model"]),
+                dimension=int(data["dimension"]),
+            )
+        if weights.leaf.shape[1] != weights.feature.shape[1] + 1 or weights.feature.shape != weights.threshold.shape:
+            raise ValueError("tree arrays do not fit together")
+        return weights
 
-    def probability(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
-        """P(right answer) for each row of `x` (or for one feature vector)."""
-        z = (x - self.mean) / self.scale
-        hidden = np.maximum(z @ self.w1 + self.b1, 0.0)
-        logit = hidden @ self.w2 + self.b2
-        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(logit, -30, 30))), dtype=np.float32).reshape(
-            x.shape[:-1])
+    @property
+    def depth(self) -> int:
+        return int(self.leaf.shape[1]).bit_length() - 1
+
+    def topic(self, query_vector: NDArray[np.float32], candidate_vector: NDArray[np.float32]) -> NDArray[np.float32]:
+        mean = (np.asarray(query_vector, dtype=np.float32) + np.asarray(candidate_vector, dtype=np.float32)) / 2
+        return np.asarray(self.topic_axes @ (mean.reshape(-1) - self.topic_mean), dtype=np.float32)
+
+    def probability(self, x: NDArray[np.float32]) -> float:
+        """P(right answer) for one feature vector."""
+        rows = np.arange(self.feature.shape[0])
+        node = np.zeros(self.feature.shape[0], dtype=np.intp)
+        for _ in range(self.depth):
+            go_right = x[self.feature[rows, node]] > self.threshold[rows, node]
+            node = 2 * node + 1 + go_right
+        logit = self.bias + float(self.leaf[rows, node - self.feature.shape[1]].sum())
+        return 1.0 / (1.0 + math.exp(-min(max(logit, -30.0), 30.0)))
 
 
 class ModelVerifier:
     """Accepts a candidate when the learned model's probability reaches its shipped threshold."""
 
-    def __init__(self, weights: MlpWeights, *, accept_threshold: float | None = None) -> None:
+    def __init__(self, weights: ModelWeights, *, accept_threshold: float | None = None) -> None:
         self._weights = weights
         self._threshold = weights.accept_threshold if accept_threshold is None else accept_threshold
 
@@ -501,13 +639,22 @@ class ModelVerifier:
     def threshold(self) -> float:
         return self._threshold
 
-    def score(self, item: VerifyInput, s: Signals | None = None) -> float:
-        s = signals(item.query, item.candidate) if s is None else s
-        x = features(item.query_vector, item.candidate_vector, item.similarity, s)
-        return float(self._weights.probability(x))
+    def features(self, item: VerifyInput) -> tuple[Signals, NDArray[np.float32]]:
+        """The rule signals and the model's input for one candidate."""
+        q, c = _analyse(item.query), _analyse(item.candidate)
+        s = _signals(item.query, item.candidate, q, c)
+        lexical = lexical_features(q, c, self._weights.idf)
+        topic = self._weights.topic(item.query_vector, item.candidate_vector)
+        return s, features(item.query_vector, item.candidate_vector, item.similarity, s, lexical, topic)
+
+    def probability(self, x: NDArray[np.float32]) -> float:
+        return self._weights.probability(x)
 
     def verify(self, item: VerifyInput) -> Verdict:
-        p = self.score(item)
+        _s, x = self.features(item)
+        return self.decide(self.probability(x))
+
+    def decide(self, p: float) -> Verdict:
         if p >= self._threshold:
             return Verdict(accepted=True, reason=None, score=p)
         return Verdict(accepted=False, reason=RejectReason.MODEL_SCORE, score=p)
@@ -520,26 +667,40 @@ class CombinedVerifier:
         self._model = model
 
     def verify(self, item: VerifyInput) -> Verdict:
-        s = signals(item.query, item.candidate)
+        s, x = self._model.features(item)
         reason = rule_reason(s)
         if reason is not None:
             return Verdict(accepted=False, reason=reason, score=0.0)
-        p = self._model.score(item, s)
-        if p >= self._model.threshold:
-            return Verdict(accepted=True, reason=None, score=p)
-        return Verdict(accepted=False, reason=RejectReason.MODEL_SCORE, score=p)
+        return self._model.decide(self._model.probability(x))
 
 
-def build_verifier(mode: VerifierMode, *, weights_path: Path = WEIGHTS_FILE) -> HitVerifier | None:
-    """The verifier for `mode` (None for OFF).
+def build_verifier(mode: VerifierMode, *, embedding_model: str | None = None, dimension: int | None = None,
+                   weights_path: Path = WEIGHTS_FILE) -> HitVerifier | None:
+    """The verifier for `mode` (None for OFF), for a server embedding with `embedding_model` (a manifest name; None
+    = the one the shipped weights were trained on).
+
+    The learned model only knows the vectors it was trained on: with another embedding model, `combined` runs its
+    rules alone (with a warning), and `model` is refused.
 
     Raises:
-        OSError, KeyError: the model's weights cannot be read (modes MODEL and COMBINED).
+        ModelError: `model` with an embedding model the weights were not trained on.
+        OSError, KeyError, ValueError: the model's weights cannot be read (modes MODEL and COMBINED).
     """
     mode = VerifierMode(mode)  # a plain string from a test or a caller that built Settings by hand
     if mode is VerifierMode.OFF:
         return None
     if mode is VerifierMode.RULES:
         return RuleVerifier()
-    model = ModelVerifier(MlpWeights.load(weights_path))
+    weights = ModelWeights.load(weights_path)
+    matches = (embedding_model is None or embedding_model == weights.embedding_model) and (
+        dimension is None or dimension == weights.dimension)
+    if not matches:
+        why = (f"the hit verifier's model was trained on {weights.embedding_model} ({weights.dimension}-d) vectors, "
+               f"and this server embeds with {embedding_model} ({dimension}-d)")
+        if mode is VerifierMode.MODEL:
+            raise ModelError(f"{why}: retrain it (bench/train_verifier.py) or choose --verifier rules or combined")
+        log.warning("%s: --verifier combined runs its rules only; retrain the model (bench/train_verifier.py) "
+                    "to add it", why)
+        return RuleVerifier()
+    model = ModelVerifier(weights)
     return model if mode is VerifierMode.MODEL else CombinedVerifier(model)

@@ -7,11 +7,13 @@ import pytest
 
 from cachesvc.core.normalize import normalize_prompt
 from cachesvc.core.verify import (
+    LEXICAL_COUNT,
+    SIGNAL_COUNT,
     WEIGHTS_FILE,
     CombinedVerifier,
     HitVerifier,
-    MlpWeights,
     ModelVerifier,
+    ModelWeights,
     RejectReason,
     RuleVerifier,
     Verdict,
@@ -83,7 +85,7 @@ def test_signals_are_symmetric_for_swaps() -> None:
 
 
 def test_shipped_weights_load_and_score_in_range() -> None:
-    weights = MlpWeights.load(WEIGHTS_FILE)
+    weights = ModelWeights.load(WEIGHTS_FILE)
     assert WEIGHTS_FILE.stat().st_size < 2_000_000
     assert 0.0 < weights.accept_threshold < 1.0
     rng = np.random.default_rng(0)
@@ -96,8 +98,36 @@ def test_shipped_weights_load_and_score_in_range() -> None:
     assert verdict.accepted == (verdict.reason is None)
 
 
+def test_model_input_matches_the_shipped_trees() -> None:
+    weights = ModelWeights.load()
+    rng = np.random.default_rng(1)
+    u = rng.standard_normal(384).astype(np.float32)
+    u /= np.linalg.norm(u)
+    item = VerifyInput(query="Why is the Gobi desert so cold?", candidate="Why is the Thar desert so hot?",
+                       query_vector=u, candidate_vector=u, similarity=0.9)
+    _signals, x = ModelVerifier(weights).features(item)
+    assert x.shape == (5 + SIGNAL_COUNT + LEXICAL_COUNT + weights.topic_axes.shape[0],)
+    assert np.isfinite(x).all()
+    assert int(weights.feature.max()) < x.shape[0]
+    assert weights.leaf.shape[1] == 2 ** weights.depth
+
+
+def test_rare_unshared_words_weigh_more_than_common_ones() -> None:
+    verifier = ModelVerifier(ModelWeights.load())
+    u = np.zeros(384, dtype=np.float32)
+    u[0] = 1.0
+
+    def lexical(query: str, candidate: str) -> np.ndarray:
+        item = VerifyInput(query=query, candidate=candidate, query_vector=u, candidate_vector=u, similarity=0.9)
+        return verifier.features(item)[1][5 + SIGNAL_COUNT:5 + SIGNAL_COUNT + LEXICAL_COUNT]
+
+    rare = lexical("What is the Gobi desert like?", "What is the Thar desert like?")
+    common = lexical("What is the big desert like?", "What is the large desert like?")
+    assert rare[2] > common[2]  # the rarest word only one text has
+
+
 def test_combined_vetoes_by_rule_before_the_model() -> None:
-    verdict = CombinedVerifier(ModelVerifier(MlpWeights.load())).verify(_input("What is 2 + 3?", "What is 2 + 2?"))
+    verdict = CombinedVerifier(ModelVerifier(ModelWeights.load())).verify(_input("What is 2 + 3?", "What is 2 + 2?"))
     assert verdict == Verdict(accepted=False, reason=RejectReason.NUMBER, score=0.0)
 
 
@@ -105,3 +135,17 @@ def test_combined_vetoes_by_rule_before_the_model() -> None:
 def test_build_verifier_per_mode(mode: VerifierMode) -> None:
     verifier: HitVerifier | None = build_verifier(mode)
     assert (verifier is None) == (mode is VerifierMode.OFF)
+
+
+def test_the_learned_model_runs_only_on_the_vectors_it_was_trained_on(caplog: pytest.LogCaptureFixture) -> None:
+    from cachesvc.errors import ModelError
+
+    trained_on = ModelWeights.load()
+    same = build_verifier(VerifierMode.COMBINED, embedding_model=trained_on.embedding_model,
+                          dimension=trained_on.dimension)
+    assert isinstance(same, CombinedVerifier)
+    with caplog.at_level("WARNING"):
+        other = build_verifier(VerifierMode.COMBINED, embedding_model="another/model", dimension=256)
+    assert isinstance(other, RuleVerifier) and "runs its rules only" in caplog.text
+    with pytest.raises(ModelError, match=r"trained on .* and this server embeds with another/model"):
+        build_verifier(VerifierMode.MODEL, embedding_model="another/model", dimension=256)
