@@ -63,7 +63,8 @@ class Settings:
     # 0.95: the lowest threshold whose precision reaches 0.85 by its 95% lower bound on the QQP development set
     # (precision 0.870, recall 0.213; 0.90 gives 0.793 / 0.433). See bench/RESULTS.md.
     min_similarity: float = field(default=0.95, metadata=_spec(
-        "default threshold: cosine similarity in [0, 1] a nearest entry needs to be served; higher is stricter"))
+        "default threshold without a hit verifier: cosine similarity in [0, 1] a nearest entry needs to be served; "
+        "higher is stricter"))
     verifier: VerifierMode = field(default=VerifierMode.COMBINED, metadata=_spec(
         "hit verifier: off, rules (text mismatch checks), model (learned pair model) or combined (rules, then model)"))
     verifier_weights: str = field(default="", metadata=_spec(
