@@ -7,9 +7,10 @@ An embedding blurs exactly the differences that make a cached answer wrong: "can
 - `RuleVerifier`: mismatch checks on the texts (negation, numbers and dates, units, named entities, opposites
   and comparatives, "X to Y" direction). Pure Python, tens of microseconds.
 - `ModelVerifier`: gradient-boosted trees over pair features (cosine, summaries of |u-v| and u*v, the rule
-  signals, IDF-weighted word overlap, question kinds, lengths and the pair's topic), stored as numpy arrays with
-  their IDF table and topic axes in `verifier_weights.npz` next to this module, trained by
-  `bench/train_verifier.py` on the train split of the development QQP pairs.
+  signals, IDF-weighted word overlap, question kinds and lengths; optionally the pair's topic), stored as numpy
+  arrays with their IDF table in `verifier_weights.npz` next to this module, trained by `bench/train_verifier.py`
+  on the train split of the development QQP pairs (or another file's, served with `--verifier-weights`). The
+  weights name the embedding model they were trained for; `build_verifier` checks it.
 - `CombinedVerifier`: rules first (a hard veto), then the model.
 
 No I/O at verification time; the weights are read once when the verifier is built.
@@ -538,10 +539,13 @@ def features(
 ) -> NDArray[np.float32]:
     """The model's input, shared by serving and `bench/train_verifier.py`: cosine, summaries of |u-v| and u*v
     (L1 distance, largest coordinate gap, largest and smallest product), the text signals, the lexical features
-    and the pair's topic (its mean vector projected on the train split's top principal components).
+    and the pair's topic (its mean vector projected on the train split's top principal components; none in the
+    shipped model).
 
     The full 768 coordinates of |u-v| and u*v, and learned projections of the vectors, overfit on out-of-fold QQP
-    train predictions; the topic helps because how often near pairs are the same question varies by subject.
+    train predictions. The topic raises QQP precision because how often near pairs are the same question varies by
+    subject, but that is a prior about one traffic and it costs recall elsewhere: only for verifiers trained on a
+    user's own pairs.
     """
     u = np.asarray(query_vector, dtype=np.float32).reshape(-1)
     v = np.asarray(candidate_vector, dtype=np.float32).reshape(-1)
