@@ -110,6 +110,12 @@ class App:
                 max_text_bytes=s.max_prompt_bytes,
             )
         self.embedder = embedder
+        # Before recovery, which can take a while: a verifier that does not fit the model fails the start at once.
+        manifest = manifest_of(embedder)
+        verifiers = {mode: build_verifier(mode, embedding_model=manifest.name if manifest else type(embedder).__name__,
+                                          dimension=embedder.dimension,
+                                          weights_path=Path(s.verifier_weights) if s.verifier_weights else WEIGHTS_FILE)
+                     for mode in {s.verifier, *s.namespace_verifiers.values()}}
         self.batcher = MicroBatcher(embedder=embedder, options=BatcherOptions(
             max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
             workers=s.embed_workers, max_text_bytes=s.max_prompt_bytes,
@@ -147,11 +153,6 @@ class App:
             sweep_interval_seconds=s.sweep_interval,
         )
         # The hit verifier's weights ship in the package; reading them is the only work here.
-        manifest = manifest_of(embedder)
-        verifiers = {mode: build_verifier(mode, embedding_model=manifest.name if manifest else type(embedder).__name__,
-                                          dimension=embedder.dimension,
-                                          weights_path=Path(s.verifier_weights) if s.verifier_weights else WEIGHTS_FILE)
-                     for mode in {s.verifier, *s.namespace_verifiers.values()}}
         self.service = CacheService(encoder=encoder, backend=self.backend, clock=self.clock, options=options,
                                     verifier=verifiers[s.verifier],
                                     namespace_verifiers={ns: verifiers[mode]

@@ -78,18 +78,26 @@ class _Tally:
 
 @dataclass
 class _Block:
-    """Vectors of one scope on their way to its index during recovery."""
+    """Vectors of one scope on their way to its index during recovery. It starts small and doubles up to the
+    loader's BLOCK, so that thousands of small scopes do not each hold a full block."""
 
-    scope: _Scope
-    dimension: int
-    size: int
-    count: int = 0
-    labels: NDArray[np.int64] = field(init=False)
-    vectors: NDArray[np.float32] = field(init=False)
+    def __init__(self, *, scope: _Scope, dimension: int, capacity: int) -> None:
+        self.scope = scope
+        self.count = 0
+        self.labels = np.empty(capacity, dtype=np.int64)
+        self.vectors = np.empty((capacity, dimension), dtype=np.float32)
 
-    def __post_init__(self) -> None:
-        self.labels = np.empty(self.size, dtype=np.int64)
-        self.vectors = np.empty((self.size, self.dimension), dtype=np.float32)
+    def room_for(self, rows: int, limit: int) -> int:
+        """Grows (up to `limit` rows) to take `rows` more if it can; returns how many fit now."""
+        capacity = len(self.labels)
+        if self.count + rows > capacity and capacity < limit:
+            capacity = min(limit, max(2 * capacity, self.count + rows))
+            labels = np.empty(capacity, dtype=np.int64)
+            vectors = np.empty((capacity, self.vectors.shape[1]), dtype=np.float32)
+            labels[:self.count] = self.labels[:self.count]
+            vectors[:self.count] = self.vectors[:self.count]
+            self.labels, self.vectors = labels, vectors
+        return min(rows, capacity - self.count)
 
 
 class _Loader:
@@ -131,8 +139,8 @@ class _Loader:
             block = self._blocks.get(scope.key.digest)
             if block is None:
                 block = self._blocks[scope.key.digest] = _Block(scope=scope, dimension=vectors.shape[1],
-                                                                size=self.BLOCK)
-            n = min(total - taken, self.BLOCK - block.count)
+                                                                capacity=min(self.BLOCK, max(total - taken, 64)))
+            n = block.room_for(total - taken, self.BLOCK)
             end = block.count + n
             if rows is None:
                 block.labels[block.count:end] = labels[taken:taken + n]

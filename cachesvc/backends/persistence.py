@@ -18,6 +18,7 @@ import json
 import logging
 import mmap
 import os
+import shutil
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ SNAPSHOT_PREFIX = "snapshot-"
 SNAPSHOT_SUFFIX = ".snap"
 SNAPSHOT_FORMAT = "cachesvc-snapshot/1"
 REEMBED_DIR = "reembed-pending"
+REEMBED_DONE_PREFIX = "reembed-done-"  # a finished REEMBED_DIR being deleted
 
 
 class ModelChange(StrEnum):
@@ -255,22 +257,44 @@ class DataDir:
                         "--on-model-change reembed to embed the cached prompts again with this model, or "
                         "--on-model-change empty to move the old data aside and start empty"
                     )
-                # A re-embedding that a crash interrupted is still pending: it keeps its place, and what had
-                # been re-embedded so far (with yet another model) is moved aside instead.
-                pending = self.path / REEMBED_DIR
-                reembed = policy is ModelChange.REEMBED and not pending.exists()
-                aside = pending if reembed else self.path / f"previous-model-{time.strftime('%Y%m%dT%H%M%S')}"
-                aside.mkdir()
-                for item in self.path.iterdir():
-                    keep = (LOCK_FILE, aside.name, REEMBED_DIR if policy is ModelChange.REEMBED else aside.name)
-                    if item.name not in keep and not item.name.startswith("previous-"):
-                        item.rename(aside / item.name)
-                log.warning("%s: model changed; old data moved to %s%s", self.path, aside,
-                            " to be embedded again" if reembed else "")
+                self._move_model_data(policy)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(self.model.to_json(), encoding="utf-8")
         tmp.replace(path)
         fsync_directory(self.path)
+
+    def _move_model_data(self, policy: ModelChange) -> None:
+        """Moves the old model's files out of the way: into REEMBED_DIR to be embedded again, or aside.
+
+        The model record moves last, after the rest is in place and synced: a crash part-way leaves the old record
+        here, so the next start sees the same change and finishes the move (into a REEMBED_DIR that has no record
+        yet). A REEMBED_DIR that has one is a complete earlier move whose re-embedding a crash interrupted: it keeps
+        its place, and what had been re-embedded so far (with yet another model) goes aside instead.
+        """
+        pending = self.path / REEMBED_DIR
+        reembed = policy is ModelChange.REEMBED and not (pending / MODEL_FILE).exists()
+        target = pending if reembed else self.path / f"previous-model-{time.strftime('%Y%m%dT%H%M%S')}"
+        target.mkdir(exist_ok=True)
+        items = [item for item in self.path.iterdir()
+                 if item.name not in (LOCK_FILE, REEMBED_DIR, target.name) and not item.name.startswith("previous-")
+                 and not item.name.startswith(REEMBED_DONE_PREFIX)]
+        for item in sorted(items, key=lambda i: i.name == MODEL_FILE):  # the model record last
+            if item.name == MODEL_FILE:
+                fsync_directory(target)
+            item.rename(target / item.name)
+        fsync_directory(target)
+        fsync_directory(self.path)
+        log.warning("%s: model changed; old data moved to %s%s", self.path, target,
+                    " to be embedded again" if reembed else "")
+
+    def finish_reembed(self) -> None:
+        """Deletes REEMBED_DIR once its entries are embedded again and covered by a snapshot. Renamed first, so a
+        crash part-way through the delete cannot leave a REEMBED_DIR that looks unfinished."""
+        pending = self.path / REEMBED_DIR
+        done = self.path / f"{REEMBED_DONE_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}"
+        pending.rename(done)
+        fsync_directory(self.path)
+        shutil.rmtree(done)
 
     def pending_reembed(self) -> DataDir | None:
         """The data left to embed again after a model change (`--on-model-change reembed`), read-only, if any."""

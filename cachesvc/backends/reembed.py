@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 
@@ -18,7 +17,6 @@ import numpy as np
 
 from cachesvc.backends.embedded import EmbeddedBackend
 from cachesvc.backends.persistence import DataDir, SnapshotChunk
-from cachesvc.backends.wal import fsync_directory
 from cachesvc.embedding.protocol import Embedder, Matrix, Vector
 from cachesvc.errors import InvalidRequest
 from cachesvc.records import Entry
@@ -106,8 +104,7 @@ async def reembed_pending(data_dir: DataDir, *, embedder: Embedder, backend: Emb
         if start // BATCH % 50 == 49:
             log.info("re-embedded %d of %d entries", stored, len(todo))
     await backend.snapshot()  # the new directory holds everything before the old copy goes
-    await asyncio.to_thread(shutil.rmtree, pending.path)
-    await asyncio.to_thread(fsync_directory, data_dir.path)
+    await asyncio.to_thread(data_dir.finish_reembed)
     log.warning("re-embedded %d entries in %.1f s; removed %s", stored, time.monotonic() - started, pending.path)
     return stored
 

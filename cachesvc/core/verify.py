@@ -18,7 +18,6 @@ No I/O at verification time; the weights are read once when the verifier is buil
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from collections.abc import Iterable
@@ -33,8 +32,6 @@ from numpy.typing import NDArray
 from cachesvc.errors import ModelError
 
 WEIGHTS_FILE = Path(__file__).with_name("verifier_weights.npz")
-log = logging.getLogger(__name__)
-log = logging.getLogger(__name__)
 
 
 class VerifierMode(StrEnum):
@@ -681,13 +678,12 @@ class CombinedVerifier:
 def build_verifier(mode: VerifierMode, *, embedding_model: str | None = None, dimension: int | None = None,
                    weights_path: Path = WEIGHTS_FILE) -> HitVerifier | None:
     """The verifier for `mode` (None for OFF), for a server embedding with `embedding_model` (a manifest name; None
-    = the one the shipped weights were trained on).
-
-    The learned model only knows the vectors it was trained on: with another embedding model, `combined` runs its
-    rules alone (with a warning), and `model` is refused.
+    = the one the weights were trained on).
 
     Raises:
-        ModelError: `model` with an embedding model the weights were not trained on.
+        ModelError: `model` or `combined` with an embedding model the weights were not trained on. Their features
+            mean nothing for another model's vectors, and falling back to the rules alone at the verifier's low
+            default threshold would quietly serve more wrong answers: the operator chooses.
         OSError, KeyError, ValueError: the model's weights cannot be read (modes MODEL and COMBINED).
     """
     mode = VerifierMode(mode)  # a plain string from a test or a caller that built Settings by hand
@@ -699,12 +695,9 @@ def build_verifier(mode: VerifierMode, *, embedding_model: str | None = None, di
     matches = (embedding_model is None or embedding_model == weights.embedding_model) and (
         dimension is None or dimension == weights.dimension)
     if not matches:
-        why = (f"the hit verifier's model was trained on {weights.embedding_model} ({weights.dimension}-d) vectors, "
-               f"and this server embeds with {embedding_model} ({dimension}-d)")
-        if mode is VerifierMode.MODEL:
-            raise ModelError(f"{why}: retrain it (bench/train_verifier.py) or choose --verifier rules or combined")
-        log.warning("%s: --verifier combined runs its rules only; retrain the model (bench/train_verifier.py) "
-                    "to add it", why)
-        return RuleVerifier()
+        raise ModelError(
+            f"the hit verifier's model ({weights_path.name}) was trained on {weights.embedding_model} "
+            f"({weights.dimension}-d) vectors, and this server embeds with {embedding_model} ({dimension}-d): train "
+            "one for this model (bench/train_verifier.py, then --verifier-weights), or choose --verifier rules or off")
     model = ModelVerifier(weights)
     return model if mode is VerifierMode.MODEL else CombinedVerifier(model)

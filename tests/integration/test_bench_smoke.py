@@ -23,7 +23,7 @@ from cachesvc.calibration_run import (
     load_stream,
     replay_stream,
 )
-from cachesvc_client import AsyncCacheClient
+from cachesvc_client import AsyncCacheClient, Scope
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 180.0  # a guard against hangs only
@@ -207,3 +207,23 @@ async def test_calibration_sees_what_a_server_with_a_verifier_serves(start_app: 
                                    for rs in (plain, verified))
     assert verified_point.precision.value is not None and plain_point.precision.value is not None
     assert verified_point.precision.value >= 0.98 > plain_point.precision.value
+
+
+async def test_calibration_records_the_similarity_of_the_candidate_a_verifier_serves(start_app: StartApp,
+                                                                                  tmp_path: Path) -> None:
+    # One shared scope: the nearest `a` to the query is a number swap the rules reject, the next one is served.
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"a": "What is 2 + 2?", "b": "What is 2 + 3?", "label": 0},
+            {"a": "Tell me the sum of 2 and 3.", "b": "Tell me the sum of 2 and 3, please.", "label": 1}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    app = await start_app(verifier="rules")
+    async with AsyncCacheClient(f"127.0.0.1:{app.port}") as client:
+        records = await asyncio.wait_for(
+            collect_pairs(client, load_pairs(path), mode=ScopeMode.SHARED, namespace="next", concurrency=1), TIMEOUT)
+        explained = await client.lookup("What is 2 + 3?", scope=Scope(namespace="next"), min_similarity=0.0,
+                                        explain=True)
+    best, served = explained.candidates[0], explained.candidates[1]
+    assert best.outcome.name == "REJECTED" and served.outcome.name == "SERVED" and served.similarity < best.similarity
+    first = records[0]
+    assert first.nearest_prompt == "Tell me the sum of 2 and 3."
+    assert first.similarity == pytest.approx(served.similarity, abs=1e-6)  # the served one's, not the nearest's

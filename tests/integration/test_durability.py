@@ -231,7 +231,9 @@ async def test_a_model_change_with_reembed_keeps_every_live_entry(start_app: Sta
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import cachesvc.backends.reembed as reembed_module
     from cachesvc.app import App, Overrides
+    from cachesvc.backends.embedded import EmbeddedBackend
     from cachesvc.config import OnModelChange, Settings
+    from cachesvc.core.verify import VerifierMode
 
     monkeypatch.setattr(reembed_module, "BATCH", 4)  # several batches, so a failure can land part-way
     clock = ManualClock()
@@ -247,7 +249,13 @@ async def test_a_model_change_with_reembed_keeps_every_live_entry(start_app: Sta
     clock.advance(20)  # the prime expires before the restart
 
     other = ProjectedModel(real_embedder)
-    settings = Settings(host="127.0.0.1", port=0, metrics_port=-1, data_dir=data, grace_seconds=1.0)
+    # The shipped verifier's model was trained on the real model's vectors: with another model, the operator
+    # chooses a verifier (here the rules).
+    with pytest.raises(CacheError, match="train one for this model"):
+        await App(Settings(host="127.0.0.1", port=0, metrics_port=-1, data_dir=tmp_path / "fresh"),
+                  overrides=Overrides(clock=clock, embedder=other)).start()
+    settings = Settings(host="127.0.0.1", port=0, metrics_port=-1, data_dir=data, grace_seconds=1.0,
+                        verifier=VerifierMode.RULES)
     refused = App(settings, overrides=Overrides(clock=clock, embedder=other))
     with pytest.raises(CacheError, match="--on-model-change reembed"):
         await refused.start()
@@ -255,8 +263,14 @@ async def test_a_model_change_with_reembed_keeps_every_live_entry(start_app: Sta
     other.fail_after = 5  # a crash part-way through: the old data must still be pending afterwards
     reembed = dataclasses.replace(settings, on_model_change=OnModelChange.REEMBED)
     crashed = App(reembed, overrides=Overrides(clock=clock, embedder=other))
-    with pytest.raises(RuntimeError, match="injected"):
-        await crashed.start()
+
+    async def no_snapshot(_self: Any) -> None:
+        raise OSError("injected: no snapshot, as after a crash")
+
+    with monkeypatch.context() as patch:  # what was re-embedded before the crash must come back from the log
+        patch.setattr(EmbeddedBackend, "snapshot", no_snapshot)
+        with pytest.raises(RuntimeError, match="injected"):
+            await crashed.start()
     assert (data / "reembed-pending" / "model.json").exists()
 
     other.fail_after = None

@@ -109,6 +109,10 @@ async def test_a_namespace_can_run_its_own_verifier(start_app: StartApp) -> None
         checked = await client.lookup(swap, scope=Scope(namespace="checked"), min_similarity=0.85, explain=True)
         assert plain.hit and plain.candidates[0].verifier_score is None
         assert not checked.hit and checked.rejected_reason is RejectReason.NEGATION
+        paraphrase = await client.lookup("How can I cancel my subscription?", scope=Scope(namespace="checked"),
+                                         explain=True)
+        score = paraphrase.candidates[0].verifier_score
+        assert paraphrase.hit and score is not None and 0.0 < score < 1.0  # the learned model ran (rules give 0 or 1)
         # Each namespace's default threshold goes with its verifier.
         assert (await client.lookup("Unrelated: what is the boiling point of water?",
                                     scope=Scope(namespace="plain"))).min_similarity == pytest.approx(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +110,11 @@ def test_replay_restores_entries_byte_for_byte(tmp_path: Path) -> None:
     assert (restored.hit_count, restored.last_used_at, restored.size_bytes) == (5, 2000.0, 103)
     np.testing.assert_array_equal(restored_vector, vector(3))
     assert state.last_lsn == 5
+
+
+def _completed(e: Entry, completion: str) -> Entry:
+    e.completion = completion
+    return e
 
 
 def _hit(e: Entry, hits: int, at: float) -> Entry:
@@ -263,7 +269,7 @@ async def test_the_backend_reads_a_directory_with_the_meaning_of_the_original_ca
     write_segment(tmp_path, [
         encode_delete(["id2"], 9),  # covered by the snapshot: not replayed
         encode_put(entry(4), vector(4), 11),
-        encode_put(entry(2), vector(2), 12),  # already held: skipped
+        encode_put(_completed(entry(2), "replayed over the snapshot"), vector(2), 12),  # already held: skipped
         encode_hits([_hit(entry(2), 7, 3000.0)], 13),
         encode_put(again, vector(9), 14),  # same prompt and scope as id1: replaces it
         encode_put(entry(5, expires_at=50.0), vector(5), 15),  # expired by the time of the restart
@@ -275,6 +281,7 @@ async def test_the_backend_reads_a_directory_with_the_meaning_of_the_original_ca
         assert [e.id for e in await backend.least_recently_used(10)] == ["id4", "id2", "id1-new"]
         held = await backend.get("id2")
         assert held is not None and (held.hit_count, held.last_used_at) == (7, 3000.0)
+        assert held.completion == "completion 2 ✓"  # the snapshot's entry, not the skipped put's
         assert await backend.get("id3") is None and await backend.get("id5") is None
         matches = await backend.search(entry(1).scope, vector(9), 3)
         assert matches[0].entry_id == "id1-new" and {m.entry_id for m in matches} == {
@@ -284,14 +291,16 @@ async def test_the_backend_reads_a_directory_with_the_meaning_of_the_original_ca
         await backend.aclose()
 
 
-async def test_every_recovered_vector_reaches_its_scopes_index(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_Loader, "BLOCK", 3)  # blocks fill and flush inside chunks and across them
+@pytest.mark.parametrize("block,count", [(3, 11), (100, 300)])
+async def test_every_recovered_vector_reaches_its_scopes_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               block: int, count: int) -> None:
+    # Blocks fill and flush inside chunks and across them (3), and grow before they fill (100).
+    monkeypatch.setattr(_Loader, "BLOCK", block)
     directory = data_dir(tmp_path)
     directory.lock()
-    entries = [entry(n, namespace=f"ns{n % 2}") for n in range(11)]
+    entries = [entry(n, namespace=f"ns{n % 2}") for n in range(count)]
     chunks = [(len(part), encode_chunk(part, np.vstack([vector(int(e.id[2:])) for e in part])))
-              for part in (entries[:4], entries[4:5], entries[5:])]
+              for part in (entries[:4], entries[4:5], entries[5:count // 2 + 3], entries[count // 2 + 3:])]
     directory.write_snapshot(20, iter(chunks))
     directory.unlock()
     backend = EmbeddedBackend(dimension=DIM, data_dir=data_dir(tmp_path))
@@ -304,3 +313,30 @@ async def test_every_recovered_vector_reaches_its_scopes_index(tmp_path: Path,
             ns: u.entries for ns, u in (await backend.usage_by_namespace("t")).items()}
     finally:
         await backend.aclose()
+
+
+def test_a_move_to_reembed_that_a_crash_cut_short_is_finished_on_the_next_start(tmp_path: Path) -> None:
+    old = data_dir(tmp_path)
+    old.lock()
+    old.check_model()
+    old.write_snapshot(2, iter([(2, encode_chunk([entry(1), entry(2)], np.vstack([vector(1), vector(2)])))]))
+    old.unlock()
+    write_segment(tmp_path, [encode_put(entry(3), vector(3), 3)], number=2)
+    # The crash: the snapshot had moved, the log and the model record (which moves last) had not.
+    pending = tmp_path / "reembed-pending"
+    pending.mkdir()
+    snapshot = next(tmp_path.glob("snapshot-*.snap"))
+    snapshot.rename(pending / snapshot.name)
+
+    other = ModelIdentity(name="other-model", dimension=DIM, checksum="def")
+    new = data_dir(tmp_path, model=other, on_model_change=ModelChange.REEMBED)
+    new.check_model()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LOCK", "model.json", "reembed-pending"]
+    assert json.loads((tmp_path / "model.json").read_text())["name"] == "other-model"
+    waiting = new.pending_reembed()
+    assert waiting is not None and waiting.model == MODEL
+    state, _ = recover(waiting)
+    assert sorted(state.entries) == ["id1", "id2", "id3"]
+
+    new.finish_reembed()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LOCK", "model.json"] and new.pending_reembed() is None
