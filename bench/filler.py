@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from cachesvc.backends.embedded import SNAPSHOT_CHUNK
 from cachesvc.backends.persistence import (
     MODEL_FILE,
     DataDir,
@@ -36,7 +37,7 @@ from cachesvc.core.service import ENTRY_OVERHEAD_BYTES
 from cachesvc.embedding.protocol import Vector
 from cachesvc.records import Entry
 
-CHUNK = 1024
+CHUNK = SNAPSHOT_CHUNK  # as the server writes them
 
 
 class _Collect:
