@@ -19,6 +19,7 @@ import functools
 import heapq
 import itertools
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Coroutine, Iterator
@@ -100,6 +101,10 @@ class _Block:
         return min(rows, capacity - self.count)
 
 
+class _Stopped(Exception):
+    """Recovery was told to stop (the start was cancelled)."""
+
+
 class _Loader:
     """Reads a data directory into a backend that is starting (the backend's `RecoverySink`).
 
@@ -116,8 +121,18 @@ class _Loader:
         self._backend = backend
         self._blocks: dict[str, _Block] = {}
         self._loaded: dict[str, _Scope] = {}
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Makes the reading thread give up at its next chunk or record (it raises `_Stopped`)."""
+        self._stopping.set()
+
+    def _check(self) -> None:
+        if self._stopping.is_set():
+            raise _Stopped
 
     def load_chunk(self, chunk: SnapshotChunk) -> None:
+        self._check()
         backend = self._backend
         scopes = [backend._scope_for(key) for key in chunk.scopes]
         labels = np.asarray(backend._insert_many(chunk.entries, [scopes[s] for s in chunk.scope_of.tolist()]),
@@ -173,14 +188,17 @@ class _Loader:
         self._loaded.clear()
 
     def replay_put(self, entry: Entry, vector: Vector) -> None:
+        self._check()
         if entry.id not in self._backend._entries:  # else the snapshot already holds it
             self._backend._apply_put(entry, vector)
 
     def replay_delete(self, entry_ids: list[str]) -> None:
+        self._check()
         for entry_id in entry_ids:
             self._backend._forget(entry_id)
 
     def replay_hits(self, entry_ids: list[str], hit_counts: list[int], last_used_at: list[float]) -> None:
+        self._check()
         backend = self._backend
         for entry_id, hit_count, used_at in zip(entry_ids, hit_counts, last_used_at, strict=True):
             entry = backend._entries.get(entry_id)
@@ -243,7 +261,17 @@ class EmbeddedBackend:
         await asyncio.to_thread(data_dir.check_model)
         # Read straight into the maps and indexes on a worker thread: nothing else touches the backend before
         # start() returns, and index additions run on the index thread (in order) while reading goes on.
-        recovery = await asyncio.to_thread(data_dir.replay, _Loader(self))
+        loader = _Loader(self)
+        reading = asyncio.ensure_future(asyncio.to_thread(data_dir.replay, loader))
+        try:
+            recovery = await asyncio.shield(reading)
+        except asyncio.CancelledError:
+            # Stopped during a long start (a signal): the reader must be done with the maps and the directory
+            # before the caller goes on to close the backend and release the lock.
+            loader.stop()
+            with contextlib.suppress(_Stopped):
+                await reading
+            raise
         expired = [e.id for e in self._entries.values() if e.is_expired(self._clock_now())]
         for entry_id in expired:
             self._forget(entry_id)
@@ -319,7 +347,7 @@ class EmbeddedBackend:
         return await _uncancellable(self._put(entry, vector))
 
     async def _put(self, entry: Entry, vector: Vector) -> Entry | None:
-        entry.last_used_at = entry.created_at
+        entry.last_used_at = entry.last_used_at or entry.created_at  # kept when given (re-embedded entries)
         lsn = await self._log(lambda lsn: encode_put(entry, vector, lsn)) if self._wal is not None else 0
         try:
             return self._apply_put(entry, vector)

@@ -95,11 +95,8 @@ async def reembed_pending(data_dir: DataDir, *, embedder: Embedder, backend: Emb
         for entry in kept:
             # The budget charges the vector's bytes, and the new model's may differ in size.
             entry.size_bytes += (data_dir.model.dimension - pending.model.dimension) * 4
-        last_used = [e.last_used_at for e in kept]
         # Concurrent puts share log writes and fsyncs (group commit).
         await asyncio.gather(*(backend.put(entry, vectors[i]) for i, entry in enumerate(kept)))
-        for entry, used_at in zip(kept, last_used, strict=True):
-            entry.last_used_at = used_at  # a put starts an entry's use at its creation; these were used since
         stored += len(kept)
         if start // BATCH % 50 == 49:
             log.info("re-embedded %d of %d entries", stored, len(todo))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from cachesvc.backends import persistence
 from cachesvc.backends.embedded import EmbeddedBackend, _Loader
 from cachesvc.backends.framing import frame
 from cachesvc.backends.persistence import (
@@ -340,3 +343,38 @@ def test_a_move_to_reembed_that_a_crash_cut_short_is_finished_on_the_next_start(
 
     new.finish_reembed()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["LOCK", "model.json"] and new.pending_reembed() is None
+
+
+async def test_a_start_cancelled_during_recovery_waits_for_the_reader(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = data_dir(tmp_path)
+    directory.lock()
+    directory.write_snapshot(3, iter([(3, encode_chunk([entry(1), entry(2), entry(3)],
+                                                       np.vstack([vector(1), vector(2), vector(3)])))]))
+    directory.unlock()
+    reading, release, finished = threading.Event(), threading.Event(), threading.Event()
+    real_decode = persistence._decode_chunk
+
+    def slow_decode(*args: Any) -> Any:
+        reading.set()
+        release.wait(10)  # the reader is busy until the test lets it go
+        try:
+            return real_decode(*args)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(persistence, "_decode_chunk", slow_decode)
+    backend = EmbeddedBackend(dimension=DIM, data_dir=data_dir(tmp_path))
+    start = asyncio.create_task(backend.start())
+    await asyncio.to_thread(reading.wait, 10)
+    start.cancel()
+    done, _ = await asyncio.wait({start}, timeout=0.3)
+    assert not done  # the cancelled start waits for the reader instead of leaving it running
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    assert finished.is_set()
+    await backend.aclose()
+    other = data_dir(tmp_path)
+    other.lock()  # released only after the reader was done
+    other.unlock()
