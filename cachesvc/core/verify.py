@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -229,6 +231,19 @@ class _Text:
     entities: frozenset[str]
     content: frozenset[str]
     spans: tuple[tuple[frozenset[str], frozenset[str]], ...]  # "X to Y": (X words, Y words)
+
+    # What the model's lexical features need of one text, computed once per text (analyses are cached).
+    @cached_property
+    def stems(self) -> dict[str, str]:
+        return {_stem(w): w for w in self.content}
+
+    @cached_property
+    def bigrams(self) -> frozenset[tuple[str, str]]:
+        return frozenset(zip(self.tokens, self.tokens[1:], strict=False))
+
+    @cached_property
+    def question_kind(self) -> int:
+        return _question_kind(self)
 
 
 def _number(token: str) -> float | None:
@@ -502,8 +517,7 @@ def lexical_features(q: _Text, c: _Text, idf: Idf) -> NDArray[np.float32]:
     ("country"), and a rare word only one text has usually means a different question."""
     shared, union = q.token_set & c.token_set, q.token_set | c.token_set
     idf_jaccard = sum(idf(w) for w in shared) / max(sum(idf(w) for w in union), 1e-6)
-    q_stems = {_stem(w): w for w in q.content}
-    c_stems = {_stem(w): w for w in c.content}
+    q_stems, c_stems = q.stems, c.stems
     only_q = [q_stems[k] for k in q_stems.keys() - c_stems.keys()]
     only_c = [c_stems[k] for k in c_stems.keys() - q_stems.keys()]
     both = [q_stems[k] for k in q_stems.keys() & c_stems.keys()]
@@ -512,13 +526,12 @@ def lexical_features(q: _Text, c: _Text, idf: Idf) -> NDArray[np.float32]:
     max_q = max((idf(w) for w in only_q), default=0.0)
     max_c = max((idf(w) for w in only_c), default=0.0)
     stem_union = len(q_stems.keys() | c_stems.keys())
-    q_bigrams = set(zip(q.tokens, q.tokens[1:], strict=False))
-    c_bigrams = set(zip(c.tokens, c.tokens[1:], strict=False))
+    q_bigrams, c_bigrams = q.bigrams, c.bigrams
     n_q, n_c = len(q.tokens), len(c.tokens)
     longest = max(n_q, n_c, 1)
     kinds = np.zeros(2 * _KIND_COUNT, dtype=np.float32)
-    kinds[_question_kind(q)] = 1.0
-    kinds[_KIND_COUNT + _question_kind(c)] = 1.0
+    kinds[q.question_kind] = 1.0
+    kinds[_KIND_COUNT + c.question_kind] = 1.0
     head = np.array([
         idf_jaccard, idf_content_jaccard, max(max_q, max_c), min(max_q, max_c), min(sum_q, _IDF_SUM_CAP),
         min(sum_c, _IDF_SUM_CAP), len(only_q) + len(only_c), sum(1 for w in only_q + only_c if idf(w) > _RARE_IDF),
@@ -618,15 +631,44 @@ class ModelWeights:
         mean = (np.asarray(query_vector, dtype=np.float32) + np.asarray(candidate_vector, dtype=np.float32)) / 2
         return np.asarray(self.topic_axes @ (mean.reshape(-1) - self.topic_mean), dtype=np.float32)
 
+    @cached_property
+    def _flat(self) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float32], NDArray[np.intp],
+                             NDArray[np.float32]]:
+        """The trees as flat arrays with each tree's offset: `take` on them is faster than 2-D fancy indexing."""
+        trees, inner = self.feature.shape
+        return (np.arange(trees, dtype=np.intp) * inner, np.ascontiguousarray(self.feature).ravel(),
+                np.ascontiguousarray(self.threshold).ravel(), np.arange(trees, dtype=np.intp) * (inner + 1) - inner,
+                np.ascontiguousarray(self.leaf).ravel())
+
     def probability(self, x: NDArray[np.float32]) -> float:
-        """P(right answer) for one feature vector."""
-        rows = np.arange(self.feature.shape[0])
-        node = np.zeros(self.feature.shape[0], dtype=np.intp)
+        """P(right answer) for one feature vector: every tree walked at once, one level per step."""
+        inner_base, feature, threshold, leaf_base, leaf = self._flat
+        node = np.zeros(len(inner_base), dtype=np.intp)
         for _ in range(self.depth):
-            go_right = x[self.feature[rows, node]] > self.threshold[rows, node]
-            node = 2 * node + 1 + go_right
-        logit = self.bias + float(self.leaf[rows, node - self.feature.shape[1]].sum())
+            at = inner_base + node
+            node = 2 * node + 1 + (x.take(feature.take(at)) > threshold.take(at))
+        logit = self.bias + float(leaf.take(leaf_base + node).sum())
         return 1.0 / (1.0 + math.exp(-min(max(logit, -30.0), 30.0)))
+
+
+class _Analyses:
+    """Recent texts' analyses, least recently used dropped first: a lookup's query is analysed once for all its
+    candidates, and a stored prompt that comes up again is not analysed again. One per verifier; not thread-safe
+    (verification runs on the event loop)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._held: OrderedDict[str, _Text] = OrderedDict()
+
+    def __call__(self, text: str) -> _Text:
+        held = self._held.get(text)
+        if held is not None:
+            self._held.move_to_end(text)
+            return held
+        analysed = self._held[text] = _analyse(text)
+        if len(self._held) > self._size:
+            self._held.popitem(last=False)
+        return analysed
 
 
 class ModelVerifier:
@@ -635,15 +677,21 @@ class ModelVerifier:
     def __init__(self, weights: ModelWeights, *, accept_threshold: float | None = None) -> None:
         self._weights = weights
         self._threshold = weights.accept_threshold if accept_threshold is None else accept_threshold
+        self._analyses = _Analyses()
 
     @property
     def threshold(self) -> float:
         return self._threshold
 
-    def features(self, item: VerifyInput) -> tuple[Signals, NDArray[np.float32]]:
-        """The rule signals and the model's input for one candidate."""
-        q, c = _analyse(item.query), _analyse(item.candidate)
-        s = _signals(item.query, item.candidate, q, c)
+    def signals(self, item: VerifyInput) -> tuple[_Text, _Text, Signals]:
+        """The two texts' analyses and the rule signals between them."""
+        q, c = self._analyses(item.query), self._analyses(item.candidate)
+        return q, c, _signals(item.query, item.candidate, q, c)
+
+    def features(self, item: VerifyInput, analysed: tuple[_Text, _Text, Signals] | None = None,
+                 ) -> tuple[Signals, NDArray[np.float32]]:
+        """The rule signals and the model's input for one candidate (`analysed`: `signals(item)`, if known)."""
+        q, c, s = self.signals(item) if analysed is None else analysed
         lexical = lexical_features(q, c, self._weights.idf)
         topic = self._weights.topic(item.query_vector, item.candidate_vector)
         return s, features(item.query_vector, item.candidate_vector, item.similarity, s, lexical, topic)
@@ -668,10 +716,11 @@ class CombinedVerifier:
         self._model = model
 
     def verify(self, item: VerifyInput) -> Verdict:
-        s, x = self._model.features(item)
-        reason = rule_reason(s)
-        if reason is not None:
+        analysed = self._model.signals(item)
+        reason = rule_reason(analysed[2])
+        if reason is not None:  # vetoed before the model's features are computed
             return Verdict(accepted=False, reason=reason, score=0.0)
+        _s, x = self._model.features(item, analysed)
         return self._model.decide(self._model.probability(x))
 
 
