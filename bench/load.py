@@ -19,7 +19,8 @@ the scheduled start (no coordinated omission). Every run is bounded by --duratio
 Subcommands: `run` (one run), `saturate` (open loop at rising rates; the highest rate whose p99 stays under
 --p99-budget-ms), `peak` (a ramp to 3x --peak-rate against a server with a small --max-queue: is latency bounded,
 and does the server shed with RESOURCE_EXHAUSTED?), `figures` (exact-hit p50, semantic lookup p50 at --entries
-entries next to the embedder's own single-prompt time, memory per entry). Writes JSON to --out.
+entries next to the embedder's own single-prompt time, memory per entry; with --real N only N entries go
+through gRPC and the data directory is grown to --entries with filler, see bench/filler.py). Writes JSON to --out.
 """
 
 from __future__ import annotations
