@@ -77,7 +77,6 @@ class _Tally:
     bytes: int = 0
 
 
-@dataclass
 class _Block:
     """Vectors of one scope on their way to its index during recovery. It starts small and doubles up to the
     loader's BLOCK, so that thousands of small scopes do not each hold a full block."""
