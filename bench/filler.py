@@ -33,7 +33,7 @@ from cachesvc.backends.persistence import (
 from cachesvc.backends.wal import list_segments, segment_number
 from cachesvc.core.normalize import normalize_prompt
 from cachesvc.core.policy import utf8_size
-from cachesvc.core.service import ENTRY_OVERHEAD_BYTES
+from cachesvc.core.service import entry_size_bytes
 from cachesvc.embedding.protocol import Vector
 from cachesvc.records import Entry
 
@@ -95,9 +95,8 @@ def extend(data_dir: Path, *, total: int, prompt: Callable[[int], str], completi
                 for i in range(n):
                     text = prompt(len(real.entries) + start + i)
                     normalized = normalize_prompt(text)
-                    size = (model.dimension * 4 + utf8_size(text) + (utf8_size(normalized) if normalized != text
-                                                                     else 0)
-                            + utf8_size(completion) + ENTRY_OVERHEAD_BYTES)
+                    size = entry_size_bytes(dimension=model.dimension, prompt=text, normalized_prompt=normalized,
+                                            completion_bytes=utf8_size(completion), metadata_bytes=0)
                     entries.append(Entry(id=uuid.uuid4().hex, scope=scope, prompt=text, normalized_prompt=normalized,
                                          completion=completion, metadata={}, created_at=created,
                                          expires_at=None, size_bytes=size, last_used_at=created))

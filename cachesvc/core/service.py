@@ -43,6 +43,13 @@ log = logging.getLogger(__name__)
 ENTRY_OVERHEAD_BYTES = 1800
 
 
+def entry_size_bytes(*, dimension: int, prompt: str, normalized_prompt: str, completion_bytes: int,
+                     metadata_bytes: int) -> int:
+    """What an entry is charged against the byte budget: its vector, texts, metadata and fixed overhead."""
+    return (dimension * 4 + utf8_size(prompt) + (utf8_size(normalized_prompt) if normalized_prompt != prompt else 0)
+            + completion_bytes + metadata_bytes + ENTRY_OVERHEAD_BYTES)
+
+
 @dataclass(frozen=True, kw_only=True)
 class CacheOptions:
     """Cache policy.
@@ -275,14 +282,8 @@ class CacheService:
         if metadata_bytes > limits.max_metadata_bytes:
             raise InvalidRequest(f"is {metadata_bytes} bytes; the limit is {limits.max_metadata_bytes}",
                                  field="metadata")
-        size = (
-            self._encoder.dimension * 4
-            + utf8_size(write.prompt)
-            + (utf8_size(prompt) if prompt != write.prompt else 0)
-            + completion_bytes
-            + metadata_bytes
-            + ENTRY_OVERHEAD_BYTES
-        )
+        size = entry_size_bytes(dimension=self._encoder.dimension, prompt=write.prompt, normalized_prompt=prompt,
+                                completion_bytes=completion_bytes, metadata_bytes=metadata_bytes)
         if self._options.max_bytes is not None and size > self._options.max_bytes:
             raise InvalidRequest(f"the entry needs {size} bytes, more than the cache's whole budget "
                                  f"({self._options.max_bytes})", field="completion")
