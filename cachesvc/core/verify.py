@@ -235,7 +235,9 @@ class _Text:
     # What the model's lexical features need of one text, computed once per text (analyses are cached).
     @cached_property
     def stems(self) -> dict[str, str]:
-        return {_stem(w): w for w in self.content}
+        # Sorted: when two words share a stem, which one stands for it (and so its IDF) must not depend on the
+        # process's string hash seed, or the same pair could be judged differently after a restart.
+        return {_stem(w): w for w in sorted(self.content)}
 
     @cached_property
     def bigrams(self) -> frozenset[tuple[str, str]]:
@@ -516,12 +518,13 @@ def lexical_features(q: _Text, c: _Text, idf: Idf) -> NDArray[np.float32]:
     """Word-overlap features weighted by rarity: a shared rare word ("Gobi") says more than a shared common one
     ("country"), and a rare word only one text has usually means a different question."""
     shared, union = q.token_set & c.token_set, q.token_set | c.token_set
-    idf_jaccard = sum(idf(w) for w in shared) / max(sum(idf(w) for w in union), 1e-6)
+    # fsum: exact, so the result does not depend on the sets' iteration order (the string hash seed).
+    idf_jaccard = math.fsum(idf(w) for w in shared) / max(math.fsum(idf(w) for w in union), 1e-6)
     q_stems, c_stems = q.stems, c.stems
     only_q = [q_stems[k] for k in q_stems.keys() - c_stems.keys()]
     only_c = [c_stems[k] for k in c_stems.keys() - q_stems.keys()]
     both = [q_stems[k] for k in q_stems.keys() & c_stems.keys()]
-    sum_q, sum_c, sum_both = (sum(idf(w) for w in words) for words in (only_q, only_c, both))
+    sum_q, sum_c, sum_both = (math.fsum(idf(w) for w in words) for words in (only_q, only_c, both))
     idf_content_jaccard = sum_both / max(sum_both + sum_q + sum_c, 1e-6) if q_stems or c_stems else 1.0
     max_q = max((idf(w) for w in only_q), default=0.0)
     max_c = max((idf(w) for w in only_c), default=0.0)

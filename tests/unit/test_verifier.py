@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -149,3 +153,20 @@ def test_the_learned_model_runs_only_on_the_vectors_it_was_trained_on() -> None:
             build_verifier(mode, embedding_model="another/model", dimension=256)
     assert isinstance(build_verifier(VerifierMode.RULES, embedding_model="another/model", dimension=256),
                       RuleVerifier)
+
+
+def test_features_do_not_depend_on_the_string_hash_seed() -> None:
+    # "walked" and "walks" share the stem "walk"; which of them stands for it decides the IDF the features use.
+    # Each process gets its own hash seed, and so its own set iteration order: all must compute the same input.
+    script = (
+        "import json; from cachesvc.core.verify import Idf, _analyse, lexical_features; "
+        "idf = Idf({'walked': 1.0, 'walks': 6.0, 'park': 2.0}, 3.0); "
+        "q = _analyse('How far have you walked or walks to the park'); c = _analyse('How far is the park'); "
+        "print(json.dumps(lexical_features(q, c, idf).tolist()))"
+    )
+    outputs = {
+        subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": str(seed)},
+                       capture_output=True, text=True, check=True).stdout
+        for seed in range(8)
+    }
+    assert len(outputs) == 1
