@@ -11,12 +11,12 @@ least what a static cosine threshold of 0.90 gives on the same pairs.
     nice -n 10 .venv/bin/python bench/train_verifier.py            # the shipped, general model
     nice -n 10 .venv/bin/python bench/train_verifier.py --pairs MY_PAIRS.jsonl --topics 64 --out my.npz
 
-About 2-4 minutes on 2 cores. Training needs scikit-learn (a dev dependency, not a runtime one): the model is
-gradient-boosted trees (HistGradientBoostingClassifier) over `cachesvc.core.verify.features` (cosine, |u-v| and
-u*v summaries, the rule signals, IDF-weighted word overlap, question kinds and lengths), exported to plain numpy
-arrays (complete binary trees of one depth) that `cachesvc.core.verify.ModelWeights` walks at serving time.
-Fitted on pairs whose cosine is at least the candidate floor minus a margin (the verifier never sees pairs below
-the floor).
+About 2-4 minutes on 2 cores; the same pairs and arguments write the same file, byte for byte. Training needs
+scikit-learn (a dev dependency, not a runtime one): the model is gradient-boosted trees
+(HistGradientBoostingClassifier) over `cachesvc.core.verify.features` (cosine, |u-v| and u*v summaries, the rule
+signals, IDF-weighted word overlap, question kinds and lengths), exported to plain numpy arrays (complete binary
+trees of one depth) that `cachesvc.core.verify.ModelWeights` walks at serving time. Fitted on pairs whose cosine
+is at least the candidate floor minus a margin (the verifier never sees pairs below the floor).
 
 `--topics K` adds the pair's position in embedding space (its mean vector on the train texts' top K principal
 axes): a prior on which subjects near pairs tend to be the same question. It is a prior about one traffic: on

@@ -88,16 +88,21 @@ def accepts(cfg: Config, query: str, candidate: str, qv: np.ndarray, cv: np.ndar
                                            similarity=sim)).accepted
 
 
+def served_pairs(pairs: list[dict[str, Any]], ua: np.ndarray, vb: np.ndarray, cfg: Config) -> list[bool]:
+    """Per pair (store `a`, look up `b` in a scope of its own): is `a`'s answer served?"""
+    sims = np.clip(np.sum(ua * vb, axis=1), 0.0, 1.0)
+    return [
+        normalize_prompt(p["a"]) == normalize_prompt(p["b"])  # the exact path
+        or accepts(cfg, normalize_prompt(p["b"]), normalize_prompt(p["a"]), v, u, float(s))
+        for p, u, v, s in zip(pairs, ua, vb, sims, strict=True)
+    ]
+
+
 def eval_pairs(pairs: list[dict[str, Any]], ua: np.ndarray, vb: np.ndarray, cfgs: list[Config]) -> list[dict[str, Any]]:
     labels = [int(p["label"]) for p in pairs]
-    sims = np.clip(np.sum(ua * vb, axis=1), 0.0, 1.0)
     rows = []
     for cfg in cfgs:
-        served = [
-            normalize_prompt(p["a"]) == normalize_prompt(p["b"])  # the exact path
-            or accepts(cfg, normalize_prompt(p["b"]), normalize_prompt(p["a"]), v, u, float(s))
-            for p, u, v, s in zip(pairs, ua, vb, sims, strict=True)
-        ]
+        served = served_pairs(pairs, ua, vb, cfg)
         tp = sum(1 for s, y in zip(served, labels, strict=True) if s and y)
         fp = sum(1 for s, y in zip(served, labels, strict=True) if s and not y)
         pos, neg = sum(labels), len(labels) - sum(labels)
