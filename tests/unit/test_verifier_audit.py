@@ -1,0 +1,49 @@
+"""The estimators behind bench/verifier_audit.py (precision of served hits from stratified reader judgments)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def audit() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("verifier_audit", ROOT / "bench" / "verifier_audit.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stratified_precision_is_the_weighted_mean_of_stratum_shares(audit: ModuleType) -> None:
+    # A quarter of the served hits in a stratum where 1 of 4 sampled pairs is right, three quarters in one where
+    # 3 of 4 are: 0.25 * 0.25 + 0.75 * 0.75.
+    estimate = audit.stratified([(0.25, [True, False, False, False]), (0.75, [True, True, True, False])])
+    assert estimate.value == pytest.approx(0.625)
+    assert estimate.low < estimate.value < estimate.high
+    assert estimate.value - estimate.low == pytest.approx(estimate.high - estimate.value)
+
+
+def test_stratified_interval_closes_when_every_stratum_agrees(audit: ModuleType) -> None:
+    estimate = audit.stratified([(0.5, [True] * 10), (0.5, [False] * 10)])
+    assert (estimate.low, estimate.value, estimate.high) == pytest.approx((0.5, 0.5, 0.5))
+
+
+def test_a_difference_uses_negative_weights(audit: ModuleType) -> None:
+    estimate = audit.stratified([(1.0, [True, True]), (-1.0, [True, False])])
+    assert estimate.value == pytest.approx(0.5)
+
+
+def test_kappa(audit: ModuleType) -> None:
+    x = [True, True, False, False]
+    assert audit.kappa(x, x) == pytest.approx(1.0)
+    assert audit.kappa(x, [not v for v in x]) == pytest.approx(-1.0)
+    # Agreement on half the items is what two independent fair coins give.
+    assert audit.kappa(x, [True, False, True, False]) == pytest.approx(0.0)
