@@ -37,6 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sklearn.metrics import cohen_kappa_score
+
 from bench.common import OUT_DIR, markdown_table, write_json
 from bench.verifier_data import EmbeddingCache, pair_vectors, qqp_split, read_jsonl
 from bench.verifier_eval import Config, configs, served_pairs
@@ -124,15 +126,6 @@ def stratified(parts: list[tuple[float, list[bool]]]) -> Estimate:
     return Estimate(value, value - half, value + half)
 
 
-def kappa(x: list[bool], y: list[bool]) -> float:
-    """Cohen's kappa of two yes/no judgments of the same items."""
-    n = len(x)
-    observed = sum(a == b for a, b in zip(x, y, strict=True)) / n
-    px, py = sum(x) / n, sum(y) / n
-    expected = px * py + (1 - px) * (1 - py)
-    return (observed - expected) / (1 - expected) if expected < 1 else 1.0
-
-
 def score(paths: list[Path], per_stratum: int, out: Path) -> int:
     audit = draw_strata(per_stratum)
     readers = {p.stem.removeprefix("judgments-"): {r["id"]: bool(r["same"]) for r in read_jsonl(p)} for p in paths}
@@ -180,11 +173,13 @@ def score(paths: list[Path], per_stratum: int, out: Path) -> int:
                                               "same_by_stratum": exact}
     rows.append(["QQP labels, every served hit (no sampling)", *(f"{exact[s.name]:.3f}" for s in strata),
                  f"{exact_static:.3f}", f"{exact_verifier:.3f}", f"{exact_verifier - exact_static:.3f}"])
-    agreement = {f"{n} vs QQP labels": kappa([readers[n][i] for i in sampled], [verdicts["QQP labels"][i] for i in
-                                                                              sampled]) for n in names}
+    def judgments(judge: str) -> list[bool]:
+        return [verdicts[judge][i] for i in sampled]
+
+    agreement = {f"{n} vs QQP labels": float(cohen_kappa_score(judgments(n), judgments("QQP labels"))) for n in names}
     for k, a in enumerate(names):
         for b in names[k + 1:]:
-            agreement[f"{a} vs {b}"] = kappa([readers[a][i] for i in sampled], [readers[b][i] for i in sampled])
+            agreement[f"{a} vs {b}"] = float(cohen_kappa_score(judgments(a), judgments(b)))
     result["kappa"] = agreement
     static_cfg, verifier_cfg = audited_configs()
     text = "\n".join([

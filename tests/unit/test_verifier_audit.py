@@ -40,10 +40,3 @@ def test_a_difference_uses_negative_weights(audit: ModuleType) -> None:
     estimate = audit.stratified([(1.0, [True, True]), (-1.0, [True, False])])
     assert estimate.value == pytest.approx(0.5)
 
-
-def test_kappa(audit: ModuleType) -> None:
-    x = [True, True, False, False]
-    assert audit.kappa(x, x) == pytest.approx(1.0)
-    assert audit.kappa(x, [not v for v in x]) == pytest.approx(-1.0)
-    # Agreement on half the items is what two independent fair coins give.
-    assert audit.kappa(x, [True, False, True, False]) == pytest.approx(0.0)
