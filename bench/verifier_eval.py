@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import DATA_DIR, OUT_DIR, machine, markdown_table, percentile, utc_now, write_json
+from bench.common import DATA_DIR, DEFAULT_MODEL_DIR, OUT_DIR, machine, markdown_table, percentile, utc_now, write_json
 from bench.verifier_data import HELDOUT_LIMIT, EmbeddingCache, pair_vectors, qqp_split, read_jsonl
 from cachesvc.calibrate import Rate, wilson
 from cachesvc.config import Fsync, Settings
@@ -152,7 +152,7 @@ def sample_stream(path: Path, limit: int, max_chars: int) -> list[dict[str, Any]
     return [{**it, "text": it["text"][:max_chars]} for it in items]
 
 
-async def latency(lookups: int, entries: int, weights: Path) -> dict[str, Any]:
+async def latency(lookups: int, entries: int, weights: Path, model_dir: Path) -> dict[str, Any]:
     """p50 of a semantic lookup through two real servers (verifier off / shipped), interleaved, same prompts."""
     import tempfile
 
@@ -169,8 +169,8 @@ async def latency(lookups: int, entries: int, weights: Path) -> dict[str, Any]:
         # The plain server at the static baseline the verifier's recall is matched to; the verifier's at its floor.
         for name, mode in (("off", VerifierMode.OFF), ("combined", VerifierMode.COMBINED)):
             app = App(Settings(host="127.0.0.1", port=0, metrics_port=-1, data_dir=Path(tmp) / name,
-                               fsync=Fsync.NO, verifier=mode, embed_workers=1, min_similarity=STATIC_BASELINE,
-                               verifier_weights=str(weights)))
+                               model_dir=model_dir, fsync=Fsync.NO, verifier=mode, embed_workers=1,
+                               min_similarity=STATIC_BASELINE, verifier_weights=str(weights)))
             await app.start()
             apps[name] = app
         try:
@@ -234,12 +234,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "verifier-eval.json")
     parser.add_argument("--weights", type=Path, default=WEIGHTS_FILE, help="the learned model to evaluate")
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR,
+                        help="the embedding model whose vectors the verifier sees (e.g. the int8 export)")
     args = parser.parse_args(argv)
 
-    cache = EmbeddingCache()
+    # The default model's vectors are the ones training cached; another model's get a cache of their own.
+    cache = (EmbeddingCache() if args.model_dir.resolve() == DEFAULT_MODEL_DIR.resolve() else
+             EmbeddingCache(OUT_DIR / f"verifier-embeddings-{args.model_dir.name}.npz", args.model_dir))
     cfgs = configs(args.weights)
-    out: dict[str, Any] = {"date": utc_now(), "machine": machine(), "weights": str(args.weights), "defaults": {
-        "min_similarity": DEFAULTS.min_similarity, "recall_similarity": DEFAULTS.recall_similarity}}
+    out: dict[str, Any] = {"date": utc_now(), "machine": machine(), "weights": str(args.weights),
+                           "model_dir": str(args.model_dir), "defaults": {
+                               "min_similarity": DEFAULTS.min_similarity,
+                               "recall_similarity": DEFAULTS.recall_similarity}}
     md: list[str] = []
 
     _train, held_full = qqp_split(None, None)
@@ -302,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
            f"({out['verify_cost']['us_per_verify_candidates']:.0f} us over the candidates with cosine >= "
            f"{DEFAULTS.recall_similarity:.2f}; median of 5 passes over the QQP held-back sample).", ""]
     if not args.skip_latency:
-        lat = asyncio.run(latency(args.latency_lookups, args.latency_entries, args.weights))
+        lat = asyncio.run(latency(args.latency_lookups, args.latency_entries, args.weights, args.model_dir))
         out["latency"] = lat
         md += [f"Semantic lookup latency, two in-process servers in one run ({lat['entries']} entries, "
                f"{lat['lookups']} lookups each, interleaved):", "",
