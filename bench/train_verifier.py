@@ -78,8 +78,7 @@ class Pairs:
         self.candidates = [normalize_prompt(p["a"]) for p in pairs]
         self.q_texts = [_analyse(t) for t in self.queries]
         self.c_texts = [_analyse(t) for t in self.candidates]
-        self.signals = [_signals(q, c, qt, ct) for q, c, qt, ct in
-                        zip(self.queries, self.candidates, self.q_texts, self.c_texts, strict=True)]
+        self.signals = [_signals(qt, ct) for qt, ct in zip(self.q_texts, self.c_texts, strict=True)]
         self.vetoed = np.array([rule_reason(s) is not None for s in self.signals])
 
 

@@ -221,6 +221,7 @@ _DIRECTION_WINDOW = 3
 
 @dataclass(frozen=True)
 class _Text:
+    text: str
     raw_tokens: tuple[str, ...]
     tokens: tuple[str, ...]  # lower-cased, apostrophes dropped ("don't" -> "dont")
     token_set: frozenset[str]
@@ -232,7 +233,12 @@ class _Text:
     content: frozenset[str]
     spans: tuple[tuple[frozenset[str], frozenset[str]], ...]  # "X to Y": (X words, Y words)
 
-    # What the model's lexical features need of one text, computed once per text (analyses are cached).
+    # What the signals and the model's lexical features need of one text, computed once per text (analyses are
+    # cached, so a lookup's query is done once for all its candidates).
+    @cached_property
+    def trigrams(self) -> frozenset[str]:
+        return _trigrams(self.text)
+
     @cached_property
     def stems(self) -> dict[str, str]:
         # Sorted: when two words share a stem, which one stands for it (and so its IDF) must not depend on the
@@ -281,7 +287,7 @@ def _analyse(text: str) -> _Text:
                 and t not in _CALENDAR and t not in _UNIT_OF) or (len(r) > 1 and r.isupper() and r.isalpha()):
             entities.add(_ALIASES.get(t, t))
     content = frozenset(_ALIASES.get(t, t) for t in tokens if t not in _STOPWORDS and t not in _NEGATIONS)
-    return _Text(raw_tokens=raw, tokens=tokens, token_set=frozenset(tokens), negations=negations,
+    return _Text(text=text, raw_tokens=raw, tokens=tokens, token_set=frozenset(tokens), negations=negations,
                  numbers=frozenset(numbers), calendar=frozenset(calendar), units=frozenset(units),
                  entities=frozenset(entities), content=content, spans=_spans(tokens))
 
@@ -378,10 +384,10 @@ def _substituted(a: frozenset[str], b: frozenset[str], a_text: _Text, b_text: _T
 
 def signals(query: str, candidate: str) -> Signals:
     """The mismatch signals between two normalised prompts (see `RuleVerifier` for what each means)."""
-    return _signals(query, candidate, _analyse(query), _analyse(candidate))
+    return _signals(_analyse(query), _analyse(candidate))
 
 
-def _signals(query: str, candidate: str, q: _Text, c: _Text) -> Signals:
+def _signals(q: _Text, c: _Text) -> Signals:
     only_q, only_c = q.content - c.content, c.content - q.content
     # Negation is judged only between texts that otherwise say nearly the same thing: across rewordings a cue
     # ("not eating", "refuse") comes and goes without changing the question.
@@ -409,7 +415,7 @@ def _signals(query: str, candidate: str, q: _Text, c: _Text) -> Signals:
         only_query=len(only_q) / max(len(q.content), 1), only_candidate=len(only_c) / max(len(c.content), 1),
         length_ratio=min(n_q, n_c) / max(n_q, n_c),
         only_query_words=float(min(len(only_q), 5)), only_candidate_words=float(min(len(only_c), 5)),
-        char_jaccard=_jaccard(_trigrams(query), _trigrams(candidate)),
+        char_jaccard=_jaccard(q.trigrams, c.trigrams),
         question_word=float(_question_word(q) != _question_word(c)),
         same_start=float(q.tokens[:3] == c.tokens[:3]), same_end=float(_last_content(q) == _last_content(c)),
         close=all(len(only) <= _TIGHT_WORDS or len(only) <= _TIGHT_SHARE * len(t.content)
@@ -689,7 +695,7 @@ class ModelVerifier:
     def signals(self, item: VerifyInput) -> tuple[_Text, _Text, Signals]:
         """The two texts' analyses and the rule signals between them."""
         q, c = self._analyses(item.query), self._analyses(item.candidate)
-        return q, c, _signals(item.query, item.candidate, q, c)
+        return q, c, _signals(q, c)
 
     def features(self, item: VerifyInput, analysed: tuple[_Text, _Text, Signals] | None = None,
                  ) -> tuple[Signals, NDArray[np.float32]]:
