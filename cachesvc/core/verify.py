@@ -187,13 +187,13 @@ _OPPOSITES = [
     ("easy", "hard"), ("easiest", "hardest"), ("easier", "harder"), ("deposit", "withdraw"),
     ("encrypt", "decrypt"), ("encode", "decode"), ("install", "uninstall"), ("lock", "unlock"),
     ("subscribe", "unsubscribe"), ("login", "logout"), ("push", "pull"), ("send", "receive"),
-    ("sent", "received"), ("borrow", "lend"), ("import", "export"), ("true", "false"), ("pass", "fail"),
+    ("sent", "received"), ("borrow", "lend"), ("true", "false"), ("pass", "fail"),
     ("accept", "reject"), ("allow", "deny"), ("allow", "block"), ("join", "leave"), ("hire", "fire"),
     ("rich", "poor"), ("strong", "weak"), ("stronger", "weaker"), ("happy", "sad"), ("love", "hate"),
     ("good", "bad"), ("like", "dislike"), ("healthy", "unhealthy"), ("possible", "impossible"),
-    ("always", "never"), ("all", "none"), ("maximum", "minimum"), ("morning", "evening"), ("day", "night"),
+    ("always", "never"), ("all", "none"), ("morning", "evening"), ("day", "night"),
     ("summer", "winter"), ("spring", "autumn"), ("input", "output"), ("client", "server"),
-    ("import", "export"), ("ascending", "descending"), ("uppercase", "lowercase"), ("upper", "lower"),
+    ("ascending", "descending"), ("uppercase", "lowercase"), ("upper", "lower"),
 ]
 _OPPOSITE_OF: dict[str, frozenset[str]] = {}
 for _a, _b in _OPPOSITES:
