@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -22,6 +25,16 @@ def model_dir() -> Path:
     if not (path / "manifest.json").is_file():
         pytest.fail(f"no model directory at {path}: run `make test` (it exports the model first)")
     return path
+
+
+def bench_script(name: str) -> ModuleType:
+    """Imports bench/<name>.py (the bench scripts are not a package) for tests of their estimators."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")
