@@ -23,14 +23,13 @@ transformer layers), and reports on the HELD-BACK split's pairs:
     nice -n 5 .venv/bin/python bench/cross_encoder_probe.py --layers 2 # ~6 min
 
 Needs torch and transformers (the `export` extra; `make test` installs them). Writes
-bench/out/cross-encoder-probe-L{layers}.json.
+bench/out/cross-encoder-probe-L{layers}.json (or `--out`).
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import math
 import random
 import statistics
@@ -46,7 +45,7 @@ from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import DATA_DIR, DEFAULT_MODEL_DIR, OUT_DIR, command_line, machine, utc_now
+from bench.common import DATA_DIR, DEFAULT_MODEL_DIR, OUT_DIR, command_line, machine, progress_bar, utc_now, write_json
 from bench.verifier_data import EmbeddingCache, pair_vectors, qqp_split, read_jsonl
 from cachesvc.config import Settings
 from cachesvc.core.normalize import normalize_prompt
@@ -97,6 +96,7 @@ def train(rows: list[dict[str, Any]], layers: int, epochs: float, batch: int, lr
     loss_fn = torch.nn.BCEWithLogitsLoss()
     model.train()
     started = time.perf_counter()
+    bar = progress_bar(steps, "training")
     for step in range(steps):
         chunk = [examples[(step * batch + i) % len(examples)] for i in range(batch)]
         encoded = tokenizer([e[0] for e in chunk], [e[1] for e in chunk], padding=True, truncation=True,
@@ -107,9 +107,8 @@ def train(rows: list[dict[str, Any]], layers: int, epochs: float, batch: int, lr
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-        if step % 100 == 0:
-            print(f"  step {step}/{steps} loss {loss.item():.3f} {time.perf_counter() - started:.0f} s",
-                  file=sys.stderr, flush=True)
+        bar.update()
+    bar.close()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return time.perf_counter() - started
@@ -231,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--out", type=Path, help="raw JSON (default: bench/out/cross-encoder-probe-L{layers}.json)")
     args = parser.parse_args(argv)
 
     import torch
@@ -258,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         elsewhere = transfer(model_dir, verifier, cache, floor, weights.accept_threshold, mean_point["threshold"])
         cost = timings(model_dir, held_rows)
     needs_cross = passes_rules & (tree >= 2 * mean_point["threshold"] - 1)
+    out = args.out or OUT_DIR / f"cross-encoder-probe-L{args.layers}.json"
     result = {
-        "date": utc_now(), "command": command_line(), "machine": machine(), "args": vars(args),
+        "date": utc_now(), "command": command_line(), "machine": machine(), "args": {**vars(args), "out": str(out)},
         "train_candidates": len(train_rows), "held_candidates": len(held_rows), "held_pairs": len(held_pairs),
         "held_positives": positives, "train_seconds": round(train_seconds),
         "static_0.90": {"precision": float(labels[static].mean()), "recall": recall, "served": int(static.sum())},
@@ -273,9 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         **elsewhere,
         **cost,
     }
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    out = OUT_DIR / f"cross-encoder-probe-L{args.layers}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(out, result)
     print(f"held-back QQP, {len(held_pairs)} pairs; at the recall of static 0.90 ({recall:.3f}):")
     for name in ("static_0.90", "shipped_combined", "trees_at_recall", "cross_at_recall", "mean_at_recall"):
         r = result[name]
