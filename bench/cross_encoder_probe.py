@@ -46,13 +46,18 @@ from numpy.typing import NDArray
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import DATA_DIR, DEFAULT_MODEL_DIR, OUT_DIR, command_line, machine, progress_bar, utc_now, write_json
-from bench.verifier_data import EmbeddingCache, pair_vectors, qqp_split, read_jsonl
+from bench.verifier_data import (
+    ADVERSARIAL,
+    STATIC_BASELINE,
+    EmbeddingCache,
+    pair_vectors,
+    qqp_split,
+    read_jsonl,
+)
 from cachesvc.config import Settings
 from cachesvc.core.normalize import normalize_prompt
-from cachesvc.core.verify import ModelVerifier, ModelWeights, VerifyInput, rule_reason, signals
+from cachesvc.core.verify import ModelVerifier, ModelWeights, VerifyInput, rule_reason
 
-STATIC_BASELINE = 0.90
-ADVERSARIAL = Path(__file__).resolve().parents[1] / "tests" / "data" / "adversarial_pairs.jsonl"
 GPTCACHE = DATA_DIR / "gptcache_mock_positive_only.jsonl"
 MAX_TOKENS = 96  # both questions together; QQP questions are ~12 word pieces each
 SEED = 0
@@ -146,12 +151,13 @@ def at_recall(score: NDArray[np.float64], allowed: NDArray[np.bool_], labels: ND
 
 def tree_scores(verifier: ModelVerifier, rows: list[dict[str, Any]]) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
     """The shipped model's probability and whether the rules let the candidate through, per row."""
-    tree = np.array([
-        verifier.probability(verifier.features(VerifyInput(
-            query=r["query"], candidate=r["candidate"], query_vector=r["query_vector"],
-            candidate_vector=r["candidate_vector"], similarity=r["similarity"]))[1])
-        for r in rows], dtype=np.float64)
-    passes_rules = np.array([rule_reason(signals(r["query"], r["candidate"])) is None for r in rows], dtype=bool)
+    tree, passes_rules = np.zeros(len(rows), dtype=np.float64), np.zeros(len(rows), dtype=bool)
+    for i, r in enumerate(rows):
+        item = VerifyInput(query=r["query"], candidate=r["candidate"], query_vector=r["query_vector"],
+                           candidate_vector=r["candidate_vector"], similarity=r["similarity"])
+        analysed = verifier.signals(item)  # the texts analysed once for both the rules and the model
+        passes_rules[i] = rule_reason(analysed[2]) is None
+        tree[i] = verifier.probability(verifier.features(item, analysed))
     return tree, passes_rules
 
 

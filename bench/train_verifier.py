@@ -43,7 +43,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import DEFAULT_MODEL_DIR, OUT_DIR
-from bench.verifier_data import QQP, EmbeddingCache, pair_vectors, split_pairs
+from bench.verifier_data import QQP, STATIC_BASELINE, EmbeddingCache, pair_vectors, split_pairs
 from cachesvc.core.normalize import normalize_prompt
 from cachesvc.core.verify import (
     WEIGHTS_FILE,
@@ -58,7 +58,6 @@ from cachesvc.core.verify import (
 )
 from cachesvc.embedding.manifest import read_manifest
 
-STATIC_BASELINE = 0.90
 TRAIN_MARGIN = 0.05
 FOLDS = 5
 EMBEDDING_MODEL = read_manifest(DEFAULT_MODEL_DIR)  # the model whose vectors bench/verifier_data.py caches

@@ -27,6 +27,9 @@ from bench.common import DATA_DIR, DEFAULT_MODEL_DIR, OUT_DIR
 from cachesvc.core.normalize import normalize_prompt
 
 QQP = DATA_DIR / "qqp_gptcache_dev.jsonl"
+ADVERSARIAL = Path(__file__).resolve().parents[1] / "tests" / "data" / "adversarial_pairs.jsonl"
+# The plain threshold the verifier is compared with: its decision threshold is tuned to this one's recall.
+STATIC_BASELINE = 0.90
 CACHE_FILE = OUT_DIR / "verifier-embeddings.npz"
 TRAIN_LIMIT = 30000
 HELDOUT_LIMIT = 3000

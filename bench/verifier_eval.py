@@ -32,7 +32,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import DATA_DIR, DEFAULT_MODEL_DIR, OUT_DIR, machine, markdown_table, percentile, utc_now, write_json
-from bench.verifier_data import HELDOUT_LIMIT, EmbeddingCache, pair_vectors, qqp_split, read_jsonl
+from bench.verifier_data import (
+    ADVERSARIAL,
+    HELDOUT_LIMIT,
+    STATIC_BASELINE,
+    EmbeddingCache,
+    pair_vectors,
+    qqp_split,
+    read_jsonl,
+)
 from cachesvc.calibrate import Rate, wilson
 from cachesvc.config import Fsync, Settings
 from cachesvc.core.normalize import normalize_prompt
@@ -47,9 +55,7 @@ from cachesvc.core.verify import (
     VerifyInput,
 )
 
-ADVERSARIAL = Path(__file__).resolve().parents[1] / "tests" / "data" / "adversarial_pairs.jsonl"
 DEFAULTS = Settings()
-STATIC_BASELINE = 0.90
 
 
 def fmt(rate: Rate) -> str:

@@ -152,7 +152,6 @@ class App:
                               max_metadata_bytes=s.max_metadata_bytes),
             sweep_interval_seconds=s.sweep_interval,
         )
-        # The hit verifier's weights ship in the package; reading them is the only work here.
         self.service = CacheService(encoder=encoder, backend=self.backend, clock=self.clock, options=options,
                                     verifier=verifiers[s.verifier],
                                     namespace_verifiers={ns: verifiers[mode]

@@ -698,19 +698,18 @@ class ModelVerifier:
         return q, c, _signals(q, c)
 
     def features(self, item: VerifyInput, analysed: tuple[_Text, _Text, Signals] | None = None,
-                 ) -> tuple[Signals, NDArray[np.float32]]:
-        """The rule signals and the model's input for one candidate (`analysed`: `signals(item)`, if known)."""
+                 ) -> NDArray[np.float32]:
+        """The model's input for one candidate (`analysed`: `signals(item)`, if known)."""
         q, c, s = self.signals(item) if analysed is None else analysed
         lexical = lexical_features(q, c, self._weights.idf)
         topic = self._weights.topic(item.query_vector, item.candidate_vector)
-        return s, features(item.query_vector, item.candidate_vector, item.similarity, s, lexical, topic)
+        return features(item.query_vector, item.candidate_vector, item.similarity, s, lexical, topic)
 
     def probability(self, x: NDArray[np.float32]) -> float:
         return self._weights.probability(x)
 
     def verify(self, item: VerifyInput) -> Verdict:
-        _s, x = self.features(item)
-        return self.decide(self.probability(x))
+        return self.decide(self.probability(self.features(item)))
 
     def decide(self, p: float) -> Verdict:
         if p >= self._threshold:
@@ -729,8 +728,7 @@ class CombinedVerifier:
         reason = rule_reason(analysed[2])
         if reason is not None:  # vetoed before the model's features are computed
             return Verdict(accepted=False, reason=reason, score=0.0)
-        _s, x = self._model.features(item, analysed)
-        return self._model.decide(self._model.probability(x))
+        return self._model.decide(self._model.probability(self._model.features(item, analysed)))
 
 
 def build_verifier(mode: VerifierMode, *, embedding_model: str | None = None, dimension: int | None = None,

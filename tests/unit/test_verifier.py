@@ -109,7 +109,7 @@ def test_model_input_matches_the_shipped_trees() -> None:
     u /= np.linalg.norm(u)
     item = VerifyInput(query="Why is the Gobi desert so cold?", candidate="Why is the Thar desert so hot?",
                        query_vector=u, candidate_vector=u, similarity=0.9)
-    _signals, x = ModelVerifier(weights).features(item)
+    x = ModelVerifier(weights).features(item)
     assert x.shape == (5 + SIGNAL_COUNT + LEXICAL_COUNT + weights.topic_axes.shape[0],)
     assert np.isfinite(x).all()
     assert int(weights.feature.max()) < x.shape[0]
@@ -123,7 +123,7 @@ def test_rare_unshared_words_weigh_more_than_common_ones() -> None:
 
     def lexical(query: str, candidate: str) -> np.ndarray:
         item = VerifyInput(query=query, candidate=candidate, query_vector=u, candidate_vector=u, similarity=0.9)
-        return verifier.features(item)[1][5 + SIGNAL_COUNT:5 + SIGNAL_COUNT + LEXICAL_COUNT]
+        return verifier.features(item)[5 + SIGNAL_COUNT:5 + SIGNAL_COUNT + LEXICAL_COUNT]
 
     rare = lexical("What is the Gobi desert like?", "What is the Thar desert like?")
     common = lexical("What is the big desert like?", "What is the large desert like?")
