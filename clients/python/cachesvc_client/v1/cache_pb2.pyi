@@ -55,7 +55,7 @@ class Scope(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., context: _Optional[str] = ...) -> None: ...
 
 class Entry(_message.Message):
-    __slots__ = ("id", "prompt", "completion", "metadata", "created_at", "expires_at", "hit_count")
+    __slots__ = ("id", "prompt", "completion", "metadata", "created_at", "expires_at", "hit_count", "usage")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class Entry(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     HIT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     prompt: str
     completion: str
@@ -77,7 +78,18 @@ class Entry(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     expires_at: _timestamp_pb2.Timestamp
     hit_count: int
-    def __init__(self, id: _Optional[str] = ..., prompt: _Optional[str] = ..., completion: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hit_count: _Optional[int] = ...) -> None: ...
+    usage: Usage
+    def __init__(self, id: _Optional[str] = ..., prompt: _Optional[str] = ..., completion: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hit_count: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("prompt_tokens", "completion_tokens", "cost_usd")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
     __slots__ = ("scope", "prompt", "min_similarity", "explain")
@@ -140,7 +152,7 @@ class LookupResponse(_message.Message):
     def __init__(self, hit: _Optional[bool] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., similarity: _Optional[float] = ..., exact: _Optional[bool] = ..., min_similarity: _Optional[float] = ..., nearest_id: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., rejected_reason: _Optional[_Union[RejectReason, str]] = ...) -> None: ...
 
 class StoreRequest(_message.Message):
-    __slots__ = ("scope", "prompt", "completion", "metadata", "ttl_seconds")
+    __slots__ = ("scope", "prompt", "completion", "metadata", "ttl_seconds", "usage")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,12 +165,14 @@ class StoreRequest(_message.Message):
     COMPLETION_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     scope: Scope
     prompt: str
     completion: str
     metadata: _containers.ScalarMap[str, str]
     ttl_seconds: int
-    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., prompt: _Optional[str] = ..., completion: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    usage: Usage
+    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., prompt: _Optional[str] = ..., completion: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., ttl_seconds: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
 class StoreResponse(_message.Message):
     __slots__ = ("id", "replaced", "expires_at")
@@ -201,7 +215,7 @@ class StatsRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ...) -> None: ...
 
 class NamespaceStats(_message.Message):
-    __slots__ = ("namespace", "entries", "bytes", "lookups", "hits", "exact_hits", "semantic_hits", "stores", "ttl_evictions", "capacity_evictions")
+    __slots__ = ("namespace", "entries", "bytes", "lookups", "hits", "exact_hits", "semantic_hits", "stores", "ttl_evictions", "capacity_evictions", "tokens_saved", "cost_saved_usd")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +226,8 @@ class NamespaceStats(_message.Message):
     STORES_FIELD_NUMBER: _ClassVar[int]
     TTL_EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_SAVED_FIELD_NUMBER: _ClassVar[int]
+    COST_SAVED_USD_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     entries: int
     bytes: int
@@ -222,7 +238,9 @@ class NamespaceStats(_message.Message):
     stores: int
     ttl_evictions: int
     capacity_evictions: int
-    def __init__(self, namespace: _Optional[str] = ..., entries: _Optional[int] = ..., bytes: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., stores: _Optional[int] = ..., ttl_evictions: _Optional[int] = ..., capacity_evictions: _Optional[int] = ...) -> None: ...
+    tokens_saved: int
+    cost_saved_usd: float
+    def __init__(self, namespace: _Optional[str] = ..., entries: _Optional[int] = ..., bytes: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., stores: _Optional[int] = ..., ttl_evictions: _Optional[int] = ..., capacity_evictions: _Optional[int] = ..., tokens_saved: _Optional[int] = ..., cost_saved_usd: _Optional[float] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
     __slots__ = ("namespaces", "total")
@@ -231,3 +249,19 @@ class StatsResponse(_message.Message):
     namespaces: _containers.RepeatedCompositeFieldContainer[NamespaceStats]
     total: NamespaceStats
     def __init__(self, namespaces: _Optional[_Iterable[_Union[NamespaceStats, _Mapping]]] = ..., total: _Optional[_Union[NamespaceStats, _Mapping]] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("scope", "prompt", "entry_id", "correct")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    scope: Scope
+    prompt: str
+    entry_id: str
+    correct: bool
+    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., correct: _Optional[bool] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

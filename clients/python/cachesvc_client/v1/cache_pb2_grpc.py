@@ -54,6 +54,11 @@ class SemanticCacheStub:
                 request_serializer=cachesvc__client_dot_v1_dot_cache__pb2.StatsRequest.SerializeToString,
                 response_deserializer=cachesvc__client_dot_v1_dot_cache__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/cachesvc.v1.SemanticCache/Feedback',
+                request_serializer=cachesvc__client_dot_v1_dot_cache__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=cachesvc__client_dot_v1_dot_cache__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class SemanticCacheServicer:
@@ -87,6 +92,14 @@ class SemanticCacheServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Tells the cache whether a served hit was a right answer for the prompt it was served to; the cache learns
+        from it (a pair reported wrong is not served again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SemanticCacheServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +122,11 @@ def add_SemanticCacheServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=cachesvc__client_dot_v1_dot_cache__pb2.StatsRequest.FromString,
                     response_serializer=cachesvc__client_dot_v1_dot_cache__pb2.StatsResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=cachesvc__client_dot_v1_dot_cache__pb2.FeedbackRequest.FromString,
+                    response_serializer=cachesvc__client_dot_v1_dot_cache__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +237,33 @@ class SemanticCache:
             '/cachesvc.v1.SemanticCache/Stats',
             cachesvc__client_dot_v1_dot_cache__pb2.StatsRequest.SerializeToString,
             cachesvc__client_dot_v1_dot_cache__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cachesvc.v1.SemanticCache/Feedback',
+            cachesvc__client_dot_v1_dot_cache__pb2.FeedbackRequest.SerializeToString,
+            cachesvc__client_dot_v1_dot_cache__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
