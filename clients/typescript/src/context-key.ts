@@ -28,10 +28,13 @@ export type ContextValue =
 export interface ContextKeyInput {
   /** The system prompt, if any. */
   readonly systemPrompt?: string | null;
-  /** Sampling and other request parameters that change the answer (temperature, max_tokens, tools, ...). */
-  readonly params?: { readonly [key: string]: ContextValue | undefined } | null;
-  /** A conversation prefix, e.g. `[{ role: "user", content: "..." }]`; order matters. */
-  readonly messages?: readonly { readonly [key: string]: ContextValue | undefined }[] | null;
+  /**
+   * Sampling and other request parameters that change the answer (temperature, max_tokens, tools, ...): a plain
+   * object whose values are `ContextValue`s (checked at run time, so SDK parameter types can be passed as they are).
+   */
+  readonly params?: object | null;
+  /** A conversation prefix, e.g. `[{ role: "user", content: "..." }]` (plain objects); order matters. */
+  readonly messages?: readonly object[] | null;
 }
 
 // Bump together with the Python client's _CANONICAL_VERSION.

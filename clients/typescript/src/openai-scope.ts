@@ -5,7 +5,7 @@
  * language is served through the other (README, "What is cached").
  */
 
-import { contextKey, type ContextValue } from "./context-key.js";
+import { contextKey } from "./context-key.js";
 import type { Scope } from "./types.js";
 
 /** Body parameters that do not change the answer (or are the prompt itself) and so stay out of the scope. */
@@ -28,8 +28,6 @@ export interface CacheableRequest {
   readonly prompt: string;
   readonly scope: Scope;
 }
-
-type Json = { readonly [key: string]: ContextValue | undefined };
 
 function textOf(content: unknown): string | null {
   if (typeof content === "string") {
@@ -92,7 +90,7 @@ export function cacheableRequest(body: Readonly<Record<string, unknown>>, namesp
   }
   let context: string;
   try {
-    context = contextKey({ params: params as Json, messages: messages.slice(0, -1) as Json[] });
+    context = contextKey({ params, messages: messages.slice(0, -1) as object[] });
   } catch {
     // A parameter without a stable text form: a miss would be safe, a wrong hit would not; skip the cache.
     return null;

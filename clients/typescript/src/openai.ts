@@ -245,8 +245,8 @@ class Wrapper {
     this.counters.misses += 1;
     const info: CacheInfo = { outcome: "miss", entryId: null, similarity: found.similarity, exact: false };
     const reply = await this.callLlm(body, requestOptions);
-    if (reply instanceof Stream) {
-      return tagged(this.recordingStream(reply, request), info);
+    if (body.stream === true) {
+      return tagged(this.recordingStream(reply as Stream<ChatCompletionChunk>, request), info);
     }
     this.maybeStore(request, answerOf(reply as ChatCompletion));
     return tagged(reply, info);
