@@ -157,6 +157,28 @@ print(json.dumps({"id": stored.id, "key": key}))
     assert.equal(found.entry?.id, fromPython.id);
     assert.equal(found.completion, "100 °C at sea level.");
   });
+
+  it("stores an entry the Python client then serves, under the same context key", async () => {
+    const params = { temperature: 0, tools: [{ type: "function", function: { name: "f", parameters: {} } }] };
+    const key = contextKey({ params });
+    const stored = await cache.store("Who wrote Les Misérables?", "Victor Hugo.", {
+      scope: { namespace: "ts", model: "gpt-x", context: key },
+    });
+    const script = `
+import json, sys
+from cachesvc_client import CacheClient, Scope, context_key
+args = json.loads(sys.argv[1])
+with CacheClient(args["target"]) as cache:
+    found = cache.lookup("Who wrote Les Misérables?",
+                         scope=Scope(namespace="ts", model="gpt-x", context=context_key(params=args["params"])))
+print(json.dumps({"hit": found.hit, "id": found.entry.id if found.entry else None}))
+`;
+    const output = execFileSync(PYTHON, ["-c", script, JSON.stringify({ target: server.target, params })], {
+      cwd: REPO_ROOT,
+      encoding: "utf8",
+    });
+    assert.deepEqual(JSON.parse(output), { hit: true, id: stored.id });
+  });
 });
 
 describe("CacheClient with API keys", () => {
