@@ -169,25 +169,25 @@ interface Answer {
  */
 export function cachedOpenAI<T extends OpenAI>(openai: T, options: CachedOpenAIOptions): CachedOpenAI<T> {
   const wrapper = new Wrapper(openai, options);
-  const completions = new Proxy(openai.chat.completions, {
-    get: (target, property, receiver) =>
-      property === "create" ? wrapper.create : Reflect.get(target, property, receiver) as unknown,
-  });
-  const chat = new Proxy(openai.chat, {
-    get: (target, property, receiver) =>
-      property === "completions" ? completions : Reflect.get(target, property, receiver) as unknown,
-  });
-  return new Proxy(openai, {
-    get: (target, property, receiver) => {
-      if (property === "chat") {
-        return chat;
+  const completions = overlay(openai.chat.completions, { create: wrapper.create });
+  const chat = overlay(openai.chat, { completions });
+  return overlay(openai, { chat, cachesvc: wrapper.controls }) as unknown as CachedOpenAI<T>;
+}
+
+/**
+ * `target` with some properties replaced. Everything else is read from the target itself, with methods bound to
+ * it, since the SDK's classes use private (#) members that a proxy as `this` could not reach.
+ */
+function overlay<T extends object>(target: T, replaced: Readonly<Record<string, unknown>>): T {
+  return new Proxy(target, {
+    get: (object, property) => {
+      if (typeof property === "string" && Object.hasOwn(replaced, property)) {
+        return replaced[property];
       }
-      if (property === "cachesvc") {
-        return wrapper.controls;
-      }
-      return Reflect.get(target, property, receiver) as unknown;
+      const value: unknown = Reflect.get(object, property, object);
+      return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(object) : value;
     },
-  }) as unknown as CachedOpenAI<T>;
+  });
 }
 
 class Wrapper {

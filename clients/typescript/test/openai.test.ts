@@ -103,6 +103,15 @@ describe("cachedOpenAI", () => {
     assert.equal(stub.requests.length, before + 3);
   });
 
+  it("leaves every other part of the client as it was", async () => {
+    const client = wrapped();
+    // buildURL reads the client's private (#) members: it must run on the client, not on the wrapper.
+    assert.equal(client.buildURL("/chat/completions", {}), `${stub.baseURL}/chat/completions`);
+    assert.equal(client.baseURL, stub.baseURL);
+    assert.equal(typeof client.embeddings.create, "function");
+    await assert.rejects(client.models.list(), OpenAI.NotFoundError);
+  });
+
   it("maps a request to the scope of the shared scheme", () => {
     const body = {
       model: "gpt-test",
