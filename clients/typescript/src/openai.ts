@@ -311,7 +311,7 @@ class Wrapper {
     const toolCalls = answer.toolCalls.length > 0;
     const complete = toolCalls
       ? this.options.cacheToolCalls === true && (answer.finishReason === "tool_calls" || answer.finishReason === "stop")
-      : answer.finishReason === "stop" && answer.content.trim() !== "";
+      : answer.finishReason === "stop" && answer.content !== "";
     if (!complete || (answer.refusal !== null && answer.refusal !== "")) {
       this.counters.skippedStores += 1;
       return;
