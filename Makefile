@@ -18,6 +18,7 @@ test: $(VENV)/.dev $(MODEL_DIR)/manifest.json
 	$(PY) -m ruff check .
 	$(PY) -m mypy cachesvc clients/python/cachesvc_client
 	CACHESVC_TEST_MODEL_DIR=$(MODEL_DIR) $(PY) -m pytest -q $(ARGS)
+	$(MAKE) ts-test
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .
@@ -30,6 +31,7 @@ model: $(MODEL_DIR)/manifest.json
 # Regenerates the committed gRPC stubs from proto/ (a test fails when they drift).
 proto: $(VENV)/.dev
 	$(PY) scripts/gen_proto.py
+	$(MAKE) ts-proto
 
 $(VENV)/.serve: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -76,3 +78,18 @@ image: container-setup wheelhouse $(MODEL_DIR)/manifest.json
 # Black-box test of the image (not part of `make test`): start, health, store/lookup, restart, clean stop.
 container-test: image
 	$(PY) scripts/container_test.py --engine $(ENGINE) --image $(IMAGE)
+
+# ---- TypeScript client (clients/typescript, README "TypeScript") ---------------------------------------------------
+# `npm ci` installs exactly the committed lockfile; its tests start the repository's Python server themselves.
+TS_DIR := clients/typescript
+NPM_CI := npm ci --no-audit --no-fund --prefer-offline
+
+.PHONY: ts-test ts-proto
+
+ts-test: $(VENV)/.dev $(MODEL_DIR)/manifest.json
+	cd $(TS_DIR) && $(NPM_CI)
+	cd $(TS_DIR) && CACHESVC_TEST_PYTHON=$(abspath $(PY)) CACHESVC_TEST_MODEL_DIR=$(abspath $(MODEL_DIR)) npm test
+
+# Regenerates the committed TypeScript code from proto/ (a test fails when it drifts); part of `make proto`.
+ts-proto:
+	cd $(TS_DIR) && $(NPM_CI) && npm run generate
