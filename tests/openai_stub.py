@@ -96,7 +96,8 @@ class StubLLM:
                 messages = body.get("messages") or [{}]
                 prompt = messages[-1].get("content")
                 prompt_text = prompt if isinstance(prompt, str) else json.dumps(prompt)
-                answer = f"Answer ({model}) to: {prompt_text}" + "".join(
+                # The question's first words make answers tell apart; the filler gives them a length.
+                answer = f"Answer ({model}) to: {' '.join(prompt_text.split()[:12])}" + "".join(
                     f" word{i}" for i in range(behaviour.answer_words))
                 prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
                 completion_tokens = len(answer.split())
