@@ -434,3 +434,23 @@ async def test_a_dead_cache_is_bypassed_then_skipped_by_the_breaker(make_driver:
     assert stub.calls[MODEL] == 4
     assert driver.llm.guard.errors == 2 and driver.llm.guard.skipped == 2
     assert [r.outcome for r in driver.records] == [Outcome.BYPASS] * 4
+
+
+async def test_no_fill_lease_outlives_a_call_that_stored_nothing(app: App, driver: Driver, stub: StubLLM) -> None:
+    """A failed LLM call, a truncated answer and an abandoned stream each give their lease back at once, so
+    callers waiting for the fill don't wait out its bound."""
+    assert app.service is not None and isinstance(app.service._leases, InMemoryFillLeases)
+    leases = app.service._leases
+    stub.behaviour("down").fail = True
+    with pytest.raises(Exception, match="the model is down"):
+        await driver.create(model="down", messages=messages())
+    assert stub.calls["down"] == 3 and len(leases) == 0  # the SDK's 2 retries, then the lease is released
+
+    stub.behaviour("short").finish_reason = "length"
+    await driver.create(model="short", messages=messages())
+    assert len(leases) == 0
+
+    _chunks, _stream = await driver.stream(take=2, model=MODEL, messages=messages())
+    assert len(leases) == 0
+    assert [r.stored for r in driver.records] == [False, False, False]
+    assert driver.records[0].error == "InternalServerError"
