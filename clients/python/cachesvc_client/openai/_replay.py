@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
+import httpx2 as http  # the openai SDK's HTTP client
 from openai import AsyncStream, Stream
 from openai.lib.streaming.chat import ChatCompletionStreamState, ParsedChatCompletionSnapshot
 from openai.types import CompletionUsage
@@ -21,11 +22,6 @@ from openai.types.chat import chat_completion as cc
 from openai.types.chat import chat_completion_chunk as ccc
 
 from cachesvc_client.openai._types import CacheInfo, attach
-
-try:
-    import httpx2 as http
-except ImportError:  # openai releases before its move to httpx2
-    import httpx as http  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 # Words with their trailing space, a few per chunk: the pieces a replayed answer is streamed in.
 _WORDS = re.compile(r"\S+\s*|\s+")

@@ -277,12 +277,12 @@ class _Completions(_Delegating):
 
     def stream(self, **params: Any) -> ChatCompletionStreamManager[Any]:
         """`OpenAI().chat.completions.stream(...)`: the SDK's event stream over the cached `create`."""
-        response_format = params.get("response_format", openai.omit)
+        response_format = params.get("response_format", openai.NOT_GIVEN)
         if isinstance(response_format, type):  # structured outputs parsed into a class: not cached
             return self._inner.stream(**params)  # type: ignore[no-any-return]
         return ChatCompletionStreamManager(lambda: self.create(**{**params, "stream": True}),
                                            response_format=response_format,
-                                           input_tools=params.get("tools", openai.omit))
+                                           input_tools=params.get("tools", openai.NOT_GIVEN))
 
 
 class _Chat(_Delegating):
@@ -485,12 +485,12 @@ class _AsyncCompletions(_Delegating):
 
     def stream(self, **params: Any) -> AsyncChatCompletionStreamManager[Any]:
         """`AsyncOpenAI().chat.completions.stream(...)` over the cached `create`."""
-        response_format = params.get("response_format", openai.omit)
+        response_format = params.get("response_format", openai.NOT_GIVEN)
         if isinstance(response_format, type):
             return self._inner.stream(**params)  # type: ignore[no-any-return]
         return AsyncChatCompletionStreamManager(self.create(**{**params, "stream": True}),
                                                 response_format=response_format,
-                                                input_tools=params.get("tools", openai.omit))
+                                                input_tools=params.get("tools", openai.NOT_GIVEN))
 
 
 class _AsyncChat(_Delegating):
