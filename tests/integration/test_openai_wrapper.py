@@ -454,3 +454,18 @@ async def test_no_fill_lease_outlives_a_call_that_stored_nothing(app: App, drive
     assert len(leases) == 0
     assert [r.stored for r in driver.records] == [False, False, False]
     assert driver.records[0].error == "InternalServerError"
+
+
+async def test_a_rejected_request_bypasses_without_tripping_the_breaker(start_app: Callable[..., Any],
+                                                                        make_driver: Callable[..., Driver],
+                                                                        stub: StubLLM) -> None:
+    strict = await start_app(max_prompt_bytes=64)
+    driver = make_driver(cache_target=f"127.0.0.1:{strict.port}",
+                         breaker=CircuitBreaker(failure_threshold=1, cooldown_seconds=600))
+    long_question = "Please explain, in as much detail as you can manage, " * 4
+    reply = await driver.create(model=MODEL, messages=messages(long_question))
+    assert text_of(reply) is not None and driver.records[-1].outcome is Outcome.BYPASS
+    assert driver.llm.guard.errors == 1 and not driver.llm.guard.breaker.is_open
+    await driver.create(model=MODEL, messages=messages())  # a short prompt still uses the cache
+    again = await driver.create(model=MODEL, messages=messages())
+    assert cached(again) and stub.calls[MODEL] == 2

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from cachesvc_client.errors import CacheClientError
+from cachesvc_client.errors import CacheClientError, DeadlineExceeded
 from cachesvc_client.llm import OnCacheError, should_bypass
 
 logger = logging.getLogger("cachesvc_client.openai")
@@ -93,12 +93,20 @@ class CacheGuard:
         self.breaker.success()
 
     def failed(self, error: CacheClientError, step: str) -> bool:
-        """A cache call failed. Returns True to carry on without the cache, False to re-raise (policy "raise")."""
+        """A cache call failed. Returns True to carry on without the cache, False to re-raise (policy "raise").
+
+        Only trouble with the cache itself (down, overloaded, too slow) counts toward the breaker: a request the
+        server rejects (a prompt over its size limit, say) says nothing about the next one.
+        """
         with self._lock:
             self.errors += 1
             self._streak += 1
             first = self._streak == 1
-        opened = self.breaker.failure()
+        if error.retryable or isinstance(error, DeadlineExceeded):
+            opened = self.breaker.failure()
+        else:
+            opened = False
+            self.breaker.success()  # the server answered: it is up
         if self.policy is OnCacheError.RAISE:
             return False
         if first:  # log once per failure streak, not once per call

@@ -18,6 +18,7 @@ from openai import AsyncOpenAI, AsyncStream, OpenAI, Stream
 from openai.lib.streaming.chat import AsyncChatCompletionStreamManager, ChatCompletionStreamManager
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from cachesvc_client._validate import check_min_similarity, check_ttl_seconds
 from cachesvc_client.errors import CacheClientError
 from cachesvc_client.llm import OnCacheError
 from cachesvc_client.openai._guard import CacheGuard, CircuitBreaker
@@ -96,11 +97,11 @@ class _WrapperCore:
         on_cache_error: OnCacheError | Literal["bypass", "raise"],
         breaker: CircuitBreaker | None,
     ) -> None:
-        if lookup_timeout <= 0 or store_timeout <= 0 or fill_lease <= 0 or fill_wait < 0:
+        if not (lookup_timeout > 0 and store_timeout > 0 and fill_lease > 0 and fill_wait >= 0):
             raise ValueError("timeouts and fill_lease must be > 0, fill_wait >= 0")
         self.namespace = namespace
-        self.min_similarity = min_similarity
-        self.ttl_seconds = ttl_seconds
+        self.min_similarity = None if min_similarity is None else check_min_similarity(min_similarity)
+        self.ttl_seconds = None if ttl_seconds is None else check_ttl_seconds(ttl_seconds)
         self.lookup_timeout = lookup_timeout
         self.store_timeout = store_timeout
         self.single_flight = single_flight
@@ -341,7 +342,8 @@ class CachedOpenAI(_Delegating):
             breaker: The circuit breaker (default: 5 failures in a row skip the cache for 30 s).
 
         Raises:
-            ValueError: A non-positive timeout or fill_lease, or a negative fill_wait.
+            ValueError: A non-positive timeout or fill_lease, a negative fill_wait, min_similarity outside [0, 1],
+                or a negative ttl_seconds.
         """
         self.wrapped = client
         self._inner = client
