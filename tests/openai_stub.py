@@ -28,6 +28,7 @@ class ModelBehaviour:
         rate_limited: Answer this many calls with 429 (Retry-After 10 ms) before answering normally.
         fail: Answer every call with 500.
         answer_words: Words of filler appended to the answer.
+        tool_call: When the request offers tools, answer with a call of the first one (finish "tool_calls").
     """
 
     latency_seconds: float = 0.0
@@ -36,6 +37,7 @@ class ModelBehaviour:
     rate_limited: int = 0
     fail: bool = False
     answer_words: int = 0
+    tool_call: bool = False
 
 
 @dataclass
@@ -105,6 +107,10 @@ class StubLLM:
                          "total_tokens": prompt_tokens + completion_tokens}
                 created = int(time.time())
                 response_id = f"chatcmpl-stub-{stub.calls[model]}"
+                tools = body.get("tools") or []
+                if behaviour.tool_call and tools:
+                    self._tool_call(body, response_id, created, model, tools[0]["function"]["name"], usage)
+                    return
                 if not body.get("stream"):
                     time.sleep(behaviour.per_token_seconds * completion_tokens)
                     self._json(200, {
@@ -114,6 +120,35 @@ class StubLLM:
                         "usage": usage})
                     return
                 self._stream(body, response_id, created, model, answer, usage, behaviour)
+
+            def _tool_call(self, body: dict[str, Any], response_id: str, created: int, model: str, name: str,
+                           usage: dict[str, int]) -> None:
+                call = {"id": f"call_{response_id}", "type": "function",
+                        "function": {"name": name, "arguments": json.dumps({"question": "stub"})}}
+                if not body.get("stream"):
+                    self._json(200, {
+                        "id": response_id, "object": "chat.completion", "created": created, "model": model,
+                        "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None,
+                                     "message": {"role": "assistant", "content": None, "tool_calls": [call]}}],
+                        "usage": usage})
+                    return
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("connection", "close")
+                self.end_headers()
+                deltas = [({"role": "assistant", "content": None,
+                            "tool_calls": [{"index": 0, **call}]}, None), ({}, "tool_calls")]
+                for delta, finish in deltas:
+                    data = {"id": response_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                    self.wfile.write(f"data: {json.dumps(data)}\n\n".encode())
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    data = {"id": response_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                            "choices": [], "usage": usage}
+                    self.wfile.write(f"data: {json.dumps(data)}\n\n".encode())
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                self.close_connection = True
 
             def _stream(self, body: dict[str, Any], response_id: str, created: int, model: str, answer: str,
                         usage: dict[str, int], behaviour: ModelBehaviour) -> None:

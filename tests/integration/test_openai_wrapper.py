@@ -469,3 +469,32 @@ async def test_a_rejected_request_bypasses_without_tripping_the_breaker(start_ap
     await driver.create(model=MODEL, messages=messages())  # a short prompt still uses the cache
     again = await driver.create(model=MODEL, messages=messages())
     assert cached(again) and stub.calls[MODEL] == 2
+
+
+TOOLS = [{"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object"}}}]
+
+
+async def test_tool_call_answers_are_cached_only_when_enabled(make_driver: Callable[..., Driver],
+                                                              stub: StubLLM) -> None:
+    stub.behaviour(MODEL).tool_call = True
+    plain = make_driver()
+    for _ in range(2):
+        reply = await plain.create(model=MODEL, messages=messages(), tools=TOOLS)
+        assert reply.choices[0].finish_reason == "tool_calls"
+    assert stub.calls[MODEL] == 2 and not any(r.stored for r in plain.records)
+
+    enabled = make_driver(cache_tool_calls=True)
+    first = await enabled.create(model=MODEL, messages=messages(), tools=TOOLS)
+    assert enabled.records[-1].stored and stub.calls[MODEL] == 3
+    again = await enabled.create(model=MODEL, messages=messages(), tools=TOOLS)
+    assert cached(again) and stub.calls[MODEL] == 3
+    assert again.choices[0].finish_reason == "tool_calls"
+    assert again.choices[0].message.tool_calls == first.choices[0].message.tool_calls
+    chunks, _stream = await enabled.stream(model=MODEL, messages=messages(), tools=TOOLS)
+    state: ChatCompletionStreamState[None] = ChatCompletionStreamState()
+    for chunk in chunks:
+        state.handle_chunk(chunk)
+    assembled = state.current_completion_snapshot.choices[0]
+    assert assembled.finish_reason == "tool_calls" and stub.calls[MODEL] == 3
+    assert assembled.message.tool_calls is not None
+    assert [c.function.name for c in assembled.message.tool_calls] == ["lookup_order"]

@@ -8,10 +8,12 @@ passed through chunk by chunk while the same accumulator assembles the answer to
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import httpx2 as http  # the openai SDK's HTTP client
 from openai import AsyncStream, Stream
@@ -32,27 +34,29 @@ def _zero_usage() -> CompletionUsage:
     return CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
 
 
-def completion_of(*, entry_id: str, text: str, model: str, info: CacheInfo) -> ChatCompletion:
-    """A cached answer as the SDK's ChatCompletion (no tokens used)."""
+def completion_of(*, entry_id: str, text: str, model: str, info: CacheInfo,
+                  tool_calls: list[dict[str, Any]] | None = None) -> ChatCompletion:
+    """A cached answer as the SDK's ChatCompletion (no tokens used); `tool_calls` as stored (JSON objects)."""
+    message = ChatCompletionMessage.model_validate(
+        {"role": "assistant", "content": text or None if tool_calls else text, "tool_calls": tool_calls or None})
     reply = ChatCompletion(
         id=f"chatcmpl-cache-{entry_id}", object="chat.completion", created=int(time.time()), model=model,
-        choices=[cc.Choice(index=0, finish_reason="stop",
-                           message=ChatCompletionMessage(role="assistant", content=text))],
+        choices=[cc.Choice(index=0, finish_reason="tool_calls" if tool_calls else "stop", message=message)],
         usage=_zero_usage(),
     )
     attach(reply, info)
     return reply
 
 
-def chunks_of(*, entry_id: str, text: str, model: str, include_usage: bool, info: CacheInfo
-              ) -> list[ChatCompletionChunk]:
-    """A cached answer as the chunks of a stream."""
+def chunks_of(*, entry_id: str, text: str, model: str, include_usage: bool, info: CacheInfo,
+              tool_calls: list[dict[str, Any]] | None = None) -> list[ChatCompletionChunk]:
+    """A cached answer as the chunks of a stream (a cached tool call comes whole, in one chunk)."""
     created = int(time.time())
 
     def chunk(delta: ccc.ChoiceDelta | None, finish: bool = False, usage: CompletionUsage | None = None
               ) -> ChatCompletionChunk:
-        choices = [] if delta is None else [
-            ccc.Choice(index=0, delta=delta, finish_reason="stop" if finish else None)]
+        reason: Literal["stop", "tool_calls"] | None = ("tool_calls" if tool_calls else "stop") if finish else None
+        choices = [] if delta is None else [ccc.Choice(index=0, delta=delta, finish_reason=reason)]
         result = ChatCompletionChunk(id=f"chatcmpl-cache-{entry_id}", object="chat.completion.chunk",
                                      created=created, model=model, choices=choices, usage=usage)
         attach(result, info)
@@ -62,6 +66,9 @@ def chunks_of(*, entry_id: str, text: str, model: str, include_usage: bool, info
     pieces = ["".join(words[i:i + WORDS_PER_CHUNK]) for i in range(0, len(words), WORDS_PER_CHUNK)]
     chunks = [chunk(ccc.ChoiceDelta(role="assistant", content=""))]
     chunks += [chunk(ccc.ChoiceDelta(content=piece)) for piece in pieces]
+    if tool_calls:
+        chunks.append(chunk(ccc.ChoiceDelta.model_validate(
+            {"tool_calls": [{"index": i, **call} for i, call in enumerate(tool_calls)]})))
     chunks.append(chunk(ccc.ChoiceDelta(), finish=True))
     if include_usage:
         chunks.append(chunk(None, usage=_zero_usage()))
@@ -118,6 +125,7 @@ class Assembled:
     refusal: bool
     tool_calls: bool
     complete: bool
+    tool_calls_json: str | None = None  # the tool calls as a JSON list, when there are any
 
 
 def assembled_from_completion(reply: ChatCompletion | ParsedChatCompletionSnapshot) -> Assembled:
@@ -133,6 +141,8 @@ def assembled_from_completion(reply: ChatCompletion | ParsedChatCompletionSnapsh
         refusal=bool(message is not None and message.refusal),
         tool_calls=bool(message is not None and message.tool_calls),
         complete=True,
+        tool_calls_json=json.dumps([call.model_dump(exclude_none=True) for call in message.tool_calls],
+                                   separators=(",", ":")) if message is not None and message.tool_calls else None,
     )
 
 
@@ -169,6 +179,7 @@ class StreamTap:
             prompt_tokens=usage.prompt_tokens if usage is not None else None,
             completion_tokens=usage.completion_tokens if usage is not None else None,
             refusal=final.refusal, tool_calls=final.tool_calls, complete=complete,
+            tool_calls_json=final.tool_calls_json,
         )
 
 

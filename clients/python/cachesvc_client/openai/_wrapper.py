@@ -7,6 +7,7 @@ Every decision (cacheability, scope, what is stored, how a hit is replayed, what
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -96,6 +97,7 @@ class _WrapperCore:
         on_record: Callable[[CallRecord], None] | None,
         on_cache_error: OnCacheError | Literal["bypass", "raise"],
         breaker: CircuitBreaker | None,
+        cache_tool_calls: bool,
     ) -> None:
         if not (lookup_timeout > 0 and store_timeout > 0 and fill_lease > 0 and fill_wait >= 0):
             raise ValueError("timeouts and fill_lease must be > 0, fill_wait >= 0")
@@ -110,6 +112,7 @@ class _WrapperCore:
         self.prices = dict(prices or {})
         self.fallbacks = tuple(fallbacks)
         self.on_record = on_record
+        self.cache_tool_calls = cache_tool_calls
         self.guard = CacheGuard(breaker or CircuitBreaker(), OnCacheError(on_cache_error))
 
     # Before the LLM
@@ -145,17 +148,21 @@ class _WrapperCore:
         model = entry.metadata.get("openai.model", plan.model)
         info = CacheInfo(cached=True, outcome=Outcome.HIT, similarity=found.similarity, entry_id=entry.id,
                          waited_for_fill=found.waited_for_fill)
+        stored_calls = entry.metadata.get("openai.tool_calls")
+        tool_calls = json.loads(stored_calls) if stored_calls else None
         reply: ChatCompletion | list[ChatCompletionChunk]
         if plan.stream:
             reply = chunks_of(entry_id=entry.id, text=entry.completion, model=model,
-                              include_usage=plan.include_usage, info=info)
+                              include_usage=plan.include_usage, info=info, tool_calls=tool_calls)
         else:
-            reply = completion_of(entry_id=entry.id, text=entry.completion, model=model, info=info)
+            reply = completion_of(entry_id=entry.id, text=entry.completion, model=model, info=info,
+                                  tool_calls=tool_calls)
         usage = entry.usage
         record = CallRecord(model=plan.model, answered_by=model, outcome=Outcome.HIT, stream=plan.stream,
                             similarity=found.similarity, entry_id=entry.id, lookup_ms=looked.lookup_ms,
                             prompt_tokens=usage.prompt_tokens if usage else None,
-                            completion_tokens=usage.completion_tokens if usage else None, finish_reason="stop",
+                            completion_tokens=usage.completion_tokens if usage else None,
+                            finish_reason="tool_calls" if tool_calls else "stop",
                             waited_for_fill=found.waited_for_fill)
         return reply, record
 
@@ -184,11 +191,14 @@ class _WrapperCore:
 
     # After the LLM
 
-    @staticmethod
-    def storable(answer: Assembled) -> bool:
-        """Only a complete answer is stored: ran to its end, stopped by itself, has text, no refusal, no tools."""
-        return (answer.complete and answer.finish_reason == "stop" and bool(answer.text) and not answer.refusal
-                and not answer.tool_calls)
+    def storable(self, answer: Assembled) -> bool:
+        """Only a complete answer is stored: ran to its end, stopped by itself, no refusal, and has text and no
+        tool calls, or (with `cache_tool_calls`) has tool calls."""
+        if not answer.complete or answer.refusal:
+            return False
+        if answer.tool_calls:
+            return self.cache_tool_calls and answer.finish_reason in ("stop", "tool_calls")
+        return answer.finish_reason == "stop" and bool(answer.text)
 
     def usage_of(self, answer: Assembled, requested_model: str) -> Usage | None:
         if answer.prompt_tokens is None or answer.completion_tokens is None:
@@ -199,8 +209,11 @@ class _WrapperCore:
 
     @staticmethod
     def metadata_of(answer: Assembled, requested_model: str) -> dict[str, str]:
-        return {"openai.model": answer.model or requested_model, "openai.finish_reason": answer.finish_reason or "",
-                "openai.id": answer.response_id or ""}
+        metadata = {"openai.model": answer.model or requested_model,
+                    "openai.finish_reason": answer.finish_reason or "", "openai.id": answer.response_id or ""}
+        if answer.tool_calls_json is not None:
+            metadata["openai.tool_calls"] = answer.tool_calls_json
+        return metadata
 
     @staticmethod
     def miss_info(looked: _Looked, entry_id: str | None = None) -> CacheInfo:
@@ -320,6 +333,7 @@ class CachedOpenAI(_Delegating):
         on_record: Callable[[CallRecord], None] | None = None,
         on_cache_error: OnCacheError | Literal["bypass", "raise"] = OnCacheError.BYPASS,
         breaker: CircuitBreaker | None = None,
+        cache_tool_calls: bool = False,
     ) -> None:
         """Wraps `client` with `cache`.
 
@@ -340,6 +354,8 @@ class CachedOpenAI(_Delegating):
             on_record: Called with one CallRecord per call (also logged at INFO on "cachesvc_client.openai").
             on_cache_error: "bypass" (default: a failed cache call never fails the application) or "raise".
             breaker: The circuit breaker (default: 5 failures in a row skip the cache for 30 s).
+            cache_tool_calls: Also store answers that call tools (the calls go to the entry's metadata as
+                `openai.tool_calls`, and come back as the hit's `tool_calls`).
 
         Raises:
             ValueError: A non-positive timeout or fill_lease, a negative fill_wait, min_similarity outside [0, 1],
@@ -352,7 +368,7 @@ class CachedOpenAI(_Delegating):
             namespace=namespace, min_similarity=min_similarity, ttl_seconds=ttl_seconds,
             lookup_timeout=lookup_timeout, store_timeout=store_timeout, single_flight=single_flight,
             fill_lease=fill_lease, fill_wait=fill_wait, prices=prices, fallbacks=fallbacks, on_record=on_record,
-            on_cache_error=on_cache_error, breaker=breaker)
+            on_cache_error=on_cache_error, breaker=breaker, cache_tool_calls=cache_tool_calls)
         self.chat = _Chat(self)
 
     @property
@@ -522,6 +538,7 @@ class AsyncCachedOpenAI(_Delegating):
         on_record: Callable[[CallRecord], None] | None = None,
         on_cache_error: OnCacheError | Literal["bypass", "raise"] = OnCacheError.BYPASS,
         breaker: CircuitBreaker | None = None,
+        cache_tool_calls: bool = False,
     ) -> None:
         """Wraps `client` with `cache`; the arguments are `CachedOpenAI`'s."""
         self.wrapped = client
@@ -531,7 +548,7 @@ class AsyncCachedOpenAI(_Delegating):
             namespace=namespace, min_similarity=min_similarity, ttl_seconds=ttl_seconds,
             lookup_timeout=lookup_timeout, store_timeout=store_timeout, single_flight=single_flight,
             fill_lease=fill_lease, fill_wait=fill_wait, prices=prices, fallbacks=fallbacks, on_record=on_record,
-            on_cache_error=on_cache_error, breaker=breaker)
+            on_cache_error=on_cache_error, breaker=breaker, cache_tool_calls=cache_tool_calls)
         self.chat = _AsyncChat(self)
 
     @property
