@@ -24,6 +24,7 @@ from prometheus_client import start_http_server
 
 from cachesvc.backends.embedded import EmbeddedBackend
 from cachesvc.backends.faiss_index import IndexOptions
+from cachesvc.backends.leases import InMemoryFillLeases
 from cachesvc.backends.persistence import DataDir, ModelChange, ModelIdentity, PersistenceOptions
 from cachesvc.backends.reembed import reembed_pending
 from cachesvc.backends.wal import FsyncPolicy
@@ -151,11 +152,14 @@ class App:
             limits=SizeLimits(max_prompt_bytes=s.max_prompt_bytes, max_completion_bytes=s.max_completion_bytes,
                               max_metadata_bytes=s.max_metadata_bytes),
             sweep_interval_seconds=s.sweep_interval,
+            max_fill_lease_seconds=s.max_fill_lease,
+            max_fill_wait_seconds=s.max_fill_wait,
         )
         self.service = CacheService(encoder=encoder, backend=self.backend, clock=self.clock, options=options,
                                     verifier=verifiers[s.verifier],
                                     namespace_verifiers={ns: verifiers[mode]
-                                                         for ns, mode in s.namespace_verifiers.items()})
+                                                         for ns, mode in s.namespace_verifiers.items()},
+                                    leases=InMemoryFillLeases())
         await self.service.start()
         servicer = SemanticCacheServicer(service=self.service, authenticator=Authenticator(api_keys=s.api_keys),
                                          metrics=self.metrics)

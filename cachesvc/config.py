@@ -98,6 +98,10 @@ class Settings:
     log_format: LogFormat = field(default=LogFormat.TEXT, metadata=_spec("text or json (one line per request)"))
     log_level: str = field(default="INFO", metadata=_spec("DEBUG, INFO, WARNING or ERROR"))
     grace_seconds: float = field(default=10.0, metadata=_spec("how long shutdown waits for in-flight calls"))
+    max_fill_lease: float = field(default=120.0, metadata=_spec(
+        "single-flight: longest fill lease a lookup may take on a missed prompt, seconds"))
+    max_fill_wait: float = field(default=60.0, metadata=_spec(
+        "single-flight: longest a lookup may wait for another caller's fill of the same prompt, seconds"))
 
     def __post_init__(self) -> None:
         problems = []
@@ -112,7 +116,7 @@ class Settings:
         elif self.recall_similarity > self.min_similarity:
             problems.append(f"recall_similarity {self.recall_similarity} must be <= min_similarity "
                             f"{self.min_similarity}")
-        for name in ("default_ttl", "max_entries", "max_wait_ms"):
+        for name in ("default_ttl", "max_entries", "max_wait_ms", "max_fill_lease", "max_fill_wait"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
         for name in ("snapshot_interval", "max_bytes", "top_k", "max_prompt_bytes", "max_completion_bytes",

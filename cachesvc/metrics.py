@@ -35,10 +35,19 @@ class _CoreCollector(Collector):
                 ("capacity_evictions", "Entries evicted to stay within the memory budget or entry cap"),
             )
         }
+        saved = {
+            "tokens_saved": CounterMetricFamily("cachesvc_tokens_saved",
+                                                "LLM prompt + completion tokens of the entries served as hits",
+                                                labels=["tenant", "namespace"]),
+            "cost_saved_usd": CounterMetricFamily("cachesvc_cost_saved_usd",
+                                                  "LLM cost of the entries served as hits, US dollars",
+                                                  labels=["tenant", "namespace"]),
+        }
         for (tenant, namespace), c in self._counters.all().items():
-            for name, family in families.items():
+            for name, family in (families | saved).items():
                 family.add_metric([tenant, namespace], getattr(c, name))
         yield from families.values()
+        yield from saved.values()
         rejections = CounterMetricFamily("cachesvc_verifier_rejections",
                                          "Candidates above the threshold that the hit verifier rejected, by reason",
                                          labels=["tenant", "namespace", "reason"])

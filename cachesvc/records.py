@@ -49,6 +49,23 @@ class ScopeSelector:
         )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenUsage:
+    """What producing a completion with the LLM cost; every hit on its entry saves it again.
+
+    Attributes:
+        cost_usd: in US dollars, when the storing caller knew its prices; None otherwise.
+    """
+
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
 @dataclass(slots=True, kw_only=True)
 class Entry:
     """One cached completion. Content fields never change; `hit_count` and `last_used_at` are bumped by the
@@ -65,6 +82,7 @@ class Entry:
     size_bytes: int
     hit_count: int = 0
     last_used_at: float = field(default=0.0)
+    usage: TokenUsage | None = None  # None: stored without usage (or before usage was recorded)
 
     def is_expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at

@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 from cachesvc.backends.framing import Damage, FrameReader, ReadResult, frame, read_frames
 from cachesvc.backends.wal import FsyncPolicy, StorageError, fsync_directory, list_segments, segment_number
 from cachesvc.embedding.protocol import Vector
-from cachesvc.records import Entry, ScopeKey
+from cachesvc.records import Entry, ScopeKey, TokenUsage
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,17 @@ class PersistenceOptions:
 # Records. Lists, not maps: msgpack packs and unpacks them faster. A snapshot holds CHUNK records, each many
 # entries as columns with their vectors as one float32 block, so that writing and reading a million entries is
 # a few thousand C-level msgpack calls rather than a million Python-level ones.
+# Fields added later are appended at the end of a record and may be missing when it is read (files written
+# before them): a put's and a chunk's usage.
 PUT, DELETE, HIT, CHUNK = "p", "d", "h", "c"
+
+
+def _usage_row(usage: TokenUsage | None) -> list[Any] | None:
+    return None if usage is None else [usage.prompt_tokens, usage.completion_tokens, usage.cost_usd]
+
+
+def _usage(row: list[Any] | None) -> TokenUsage | None:
+    return None if row is None else TokenUsage(prompt_tokens=row[0], completion_tokens=row[1], cost_usd=row[2])
 
 
 def encode_chunk(entries: list[Entry], vectors: np.ndarray) -> bytes:
@@ -96,6 +106,8 @@ def encode_chunk(entries: list[Entry], vectors: np.ndarray) -> bytes:
         [e.hit_count for e in entries],
         [e.last_used_at for e in entries],
         np.ascontiguousarray(vectors, dtype=np.float32).tobytes(),
+        # None rather than a column of Nones when no entry of the chunk has usage.
+        [_usage_row(e.usage) for e in entries] if any(e.usage is not None for e in entries) else None,
     ]))
 
 
@@ -104,7 +116,7 @@ def encode_put(entry: Entry, vector: Vector, lsn: int) -> bytes:
     return cast(bytes, msgpack.packb([
         PUT, lsn, entry.id, s.tenant, s.namespace, s.model, s.context, entry.prompt, entry.normalized_prompt,
         entry.completion, entry.metadata, entry.created_at, entry.expires_at, entry.size_bytes, entry.hit_count,
-        entry.last_used_at, vector.astype(np.float32, copy=False).tobytes(),
+        entry.last_used_at, vector.astype(np.float32, copy=False).tobytes(), _usage_row(entry.usage),
     ]))
 
 
@@ -121,7 +133,7 @@ def encode_hits(entries: Iterable[Entry], lsn: int) -> bytes:
 def _decode_put(r: list[Any], scopes: dict[tuple[str, str, str, str], ScopeKey]) -> tuple[Entry, Vector]:
     entry = Entry(id=r[2], scope=_scope(scopes, r[3], r[4], r[5], r[6]), prompt=r[7], normalized_prompt=r[8],
                   completion=r[9], metadata=r[10], created_at=r[11], expires_at=r[12], size_bytes=r[13],
-                  hit_count=r[14], last_used_at=r[15])
+                  hit_count=r[14], last_used_at=r[15], usage=_usage(r[17]) if len(r) > 17 else None)
     return entry, np.frombuffer(r[16], dtype=np.float32)
 
 
@@ -154,12 +166,13 @@ class SnapshotChunk:
 def _decode_chunk(record: list[Any], dimension: int,
                   scopes: dict[tuple[str, str, str, str], ScopeKey]) -> SnapshotChunk:
     _kind, scope_rows, scope_of, ids, prompts, norms, completions, metadata, created, expires, sizes, hits, \
-        last_used, blob = record
+        last_used, blob = record[:14]
+    usages = record[14] if len(record) > 14 and record[14] is not None else [None] * len(ids)
     chunk_scopes = [_scope(scopes, *row) for row in scope_rows]
     entries = [
         Entry(id=ids[i], scope=chunk_scopes[scope_of[i]], prompt=prompts[i], normalized_prompt=norms[i],
               completion=completions[i], metadata=metadata[i], created_at=created[i], expires_at=expires[i],
-              size_bytes=sizes[i], hit_count=hits[i], last_used_at=last_used[i])
+              size_bytes=sizes[i], hit_count=hits[i], last_used_at=last_used[i], usage=_usage(usages[i]))
         for i in range(len(ids))
     ]
     return SnapshotChunk(entries=entries, scopes=chunk_scopes, scope_of=np.asarray(scope_of, dtype=np.intp),

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
+from cachesvc.backends.leases import FillLeases, LeaseKey
 from cachesvc.backends.protocol import Backend
 from cachesvc.clock import Clock
 from cachesvc.core.normalize import normalize_prompt
@@ -22,6 +23,8 @@ from cachesvc.core.types import (
     CandidateReport,
     DeleteById,
     DeleteTarget,
+    FillOutcome,
+    FillRequest,
     HitKind,
     Lookup,
     LookupResult,
@@ -71,6 +74,9 @@ class CacheOptions:
     limits: SizeLimits = SizeLimits()
     sweep_interval_seconds: float = 1.0
     sweep_batch: int = 1000
+    # Single-flight bounds: a request's fill lease and wait are capped at these.
+    max_fill_lease_seconds: float = 120.0
+    max_fill_wait_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         checked_similarity(self.min_similarity, field="min_similarity")
@@ -86,6 +92,8 @@ class CacheOptions:
             raise ValueError("max_entries must be >= 1 (or unset)")
         if self.top_k < 1 or self.sweep_interval_seconds <= 0 or self.sweep_batch < 1:
             raise ValueError("top_k, sweep_interval_seconds and sweep_batch must be positive")
+        if self.max_fill_lease_seconds < 0 or self.max_fill_wait_seconds < 0:
+            raise ValueError("max_fill_lease_seconds and max_fill_wait_seconds must be >= 0")
 
 
 class CacheService:
@@ -93,8 +101,10 @@ class CacheService:
 
     def __init__(self, *, encoder: TextEncoder, backend: Backend, clock: Clock, options: CacheOptions,
                  verifier: HitVerifier | None = None,
-                 namespace_verifiers: Mapping[str, HitVerifier | None] | None = None) -> None:
+                 namespace_verifiers: Mapping[str, HitVerifier | None] | None = None,
+                 leases: FillLeases | None = None) -> None:
         """Args:
+            leases: fill leases for single-flight lookups; None ignores the requests' fill fields.
             verifier: checks each candidate that clears the threshold before it is served; None serves the
                 best candidate that clears it (and uses `min_similarity` as the default threshold).
             namespace_verifiers: a namespace's own verifier (None = off) in place of `verifier`, in every tenant.
@@ -105,6 +115,7 @@ class CacheService:
         self._options = options
         self._verifier = verifier
         self._namespace_verifiers = dict(namespace_verifiers or {})
+        self._leases = leases
         self._counters = CounterBook()
         self._sweeper: asyncio.Task[None] | None = None
         self._state = State.NEW
@@ -150,6 +161,9 @@ class CacheService:
     async def lookup(self, request: Lookup) -> LookupResult:
         """Answers from the exact path, else from the scope's nearest live entries.
 
+        With `request.fill` (single-flight), a miss takes the fill lease on (scope, normalised prompt), or, when
+        another caller holds it, waits a bounded time for that caller's store and looks up again.
+
         Raises:
             InvalidRequest: bad prompt, scope or threshold.
             Overloaded: the embedder's queue is full.
@@ -157,6 +171,40 @@ class CacheService:
         started = time.perf_counter()
         scope = self._checked_scope(request.scope)
         prompt = self._checked_prompt(request.prompt)
+        result = await self._search(request, scope, prompt, started)
+        if not result.hit and request.fill is not None and request.fill.lease_seconds > 0 and self._leases is not None:
+            result = await self._single_flight(request, request.fill, self._leases, scope, prompt, result, started)
+        saved = result.entry.usage if result.entry is not None else None
+        self._counters.lookup(scope.tenant, scope.namespace, result.hit_kind, saved)
+        return result
+
+    async def _single_flight(self, request: Lookup, fill: FillRequest, leases: FillLeases, scope: ScopeKey,
+                             prompt: str, result: LookupResult, started: float) -> LookupResult:
+        """A miss under single-flight: take the lease, or wait for its holder's store and look up again."""
+        options = self._options
+        key = LeaseKey.of(scope, prompt)
+        lease_seconds = max(min(fill.lease_seconds, options.max_fill_lease_seconds), 0.001)
+        wait_seconds = min(fill.wait_seconds, options.max_fill_wait_seconds)
+        if fill.deadline_seconds is not None:
+            # Leave time to answer before the caller's deadline: a reply after it is lost.
+            wait_seconds = min(wait_seconds, fill.deadline_seconds * 0.9 - (time.perf_counter() - started))
+        give_up_at = time.perf_counter() + max(wait_seconds, 0.0)
+        waited = False
+        while True:
+            token = await leases.acquire(key, lease_seconds)
+            if token is not None:
+                return dataclasses.replace(result, fill=FillOutcome(token=token, waited=waited))
+            left = give_up_at - time.perf_counter()
+            if left <= 0:
+                return dataclasses.replace(result, fill=FillOutcome(pending=True, waited=waited))
+            waited = True
+            await leases.wait(key, left)
+            result = await self._search(request, scope, prompt, started)
+            if result.hit:
+                return dataclasses.replace(result, fill=FillOutcome(waited=True))
+
+    async def _search(self, request: Lookup, scope: ScopeKey, prompt: str, started: float) -> LookupResult:
+        """The exact path, then the semantic one; nothing is counted here (a single-flight lookup searches twice)."""
         verifier, default_threshold = self._verifier_for(scope)
         threshold = (
             default_threshold
@@ -250,7 +298,6 @@ class CacheService:
         nearest_id: str | None,
         rejected_reason: RejectReason | None = None,
     ) -> LookupResult:
-        self._counters.lookup(scope.tenant, scope.namespace, kind)
         total = StageTimings(embed_ms=timings.embed_ms, search_ms=timings.search_ms,
                              total_ms=(time.perf_counter() - started) * 1000)
         return LookupResult(hit_kind=kind, entry=entry, similarity=similarity, nearest_id=nearest_id,
@@ -300,8 +347,11 @@ class CacheService:
             created_at=now,
             expires_at=expires_at,
             size_bytes=size,
+            usage=write.usage,
         )
         replaced = await self._backend.put(entry, vector)
+        if self._leases is not None:
+            await self._leases.filled(LeaseKey.of(scope, prompt))
         self._counters.store(scope.tenant, scope.namespace)
         await self._enforce_capacity()
         return StoreResult(entry=entry, replaced=replaced is not None)
@@ -331,6 +381,17 @@ class CacheService:
             limit *= 2
         for entry in await self._backend.delete(victims):
             self._counters.evicted(entry.scope.tenant, entry.scope.namespace, ttl=False)
+
+    async def release_fill(self, scope: ScopeKey, prompt: str, token: str) -> bool:
+        """Ends a fill lease without a store (the holder's LLM call failed); returns whether it was still held.
+
+        Raises:
+            InvalidRequest: bad prompt or scope, or an empty token.
+        """
+        if not token:
+            raise InvalidRequest("must not be empty", field="fill_token")
+        key = LeaseKey.of(self._checked_scope(scope), self._checked_prompt(prompt))
+        return self._leases is not None and await self._leases.release(key, token)
 
     # Delete
 

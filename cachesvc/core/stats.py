@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from cachesvc.core.types import HitKind
 from cachesvc.core.verify import RejectReason
+from cachesvc.records import TokenUsage
 
 
 @dataclass
@@ -18,6 +19,8 @@ class Counters:
     stores: int = 0
     ttl_evictions: int = 0
     capacity_evictions: int = 0
+    tokens_saved: int = 0  # prompt + completion tokens of the entries served
+    cost_saved_usd: float = 0.0  # the cost of the entries served (those stored with one)
 
 
 class CounterBook:
@@ -27,9 +30,14 @@ class CounterBook:
         self._book: defaultdict[tuple[str, str], Counters] = defaultdict(Counters)
         self._rejections: defaultdict[tuple[str, str, RejectReason], int] = defaultdict(int)
 
-    def lookup(self, tenant: str, namespace: str, kind: HitKind) -> None:
+    def lookup(self, tenant: str, namespace: str, kind: HitKind, saved: TokenUsage | None = None) -> None:
+        """Counts a lookup; `saved` is the usage of the entry a hit served (what the LLM call would have cost)."""
         c = self._book[(tenant, namespace)]
         c.lookups += 1
+        if saved is not None and kind is not HitKind.MISS:
+            c.tokens_saved += saved.tokens
+            if saved.cost_usd is not None:
+                c.cost_saved_usd += saved.cost_usd
         if kind is HitKind.EXACT:
             c.hits += 1
             c.exact_hits += 1

@@ -8,7 +8,7 @@ from enum import Enum
 
 from cachesvc.core.policy import TTLPolicy
 from cachesvc.core.verify import RejectReason
-from cachesvc.records import Entry, ScopeKey, ScopeSelector
+from cachesvc.records import Entry, ScopeKey, ScopeSelector, TokenUsage
 
 
 class HitKind(Enum):
@@ -31,6 +31,39 @@ class Lookup:
     prompt: str
     min_similarity: float | None = None  # None: the server's threshold
     explain: bool = False
+    fill: FillRequest | None = None  # None: no single-flight (no lease, no wait)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FillRequest:
+    """A lookup's single-flight part.
+
+    Attributes:
+        lease_seconds: on a miss, take the fill lease for this long (capped by the service); 0 = no
+            single-flight for this lookup (no lease, no wait).
+        wait_seconds: when another caller holds the lease, wait this long at most for its store (capped by the
+            service and by `deadline_seconds`); 0 = don't.
+        deadline_seconds: what is left of the caller's deadline; None = none.
+    """
+
+    lease_seconds: float = 0.0
+    wait_seconds: float = 0.0
+    deadline_seconds: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FillOutcome:
+    """What single-flight did for a lookup.
+
+    Attributes:
+        token: this caller took the fill lease (a miss): it should store the answer or release the lease.
+        pending: a miss while another caller holds the lease.
+        waited: the lookup waited for another caller's fill.
+    """
+
+    token: str | None = None
+    pending: bool = False
+    waited: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +73,7 @@ class Write:
     completion: str
     metadata: Mapping[str, str] = field(default_factory=dict)
     ttl: TTLPolicy = field(default_factory=TTLPolicy.default)
+    usage: TokenUsage | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +104,7 @@ class LookupResult:
     candidates: tuple[CandidateReport, ...] = ()
     # Why the best candidate was not served although it cleared the threshold (None: served, or no verifier).
     rejected_reason: RejectReason | None = None
+    fill: FillOutcome = FillOutcome()
 
     @property
     def hit(self) -> bool:
@@ -103,3 +138,5 @@ class NamespaceStats:
     stores: int = 0
     ttl_evictions: int = 0
     capacity_evictions: int = 0
+    tokens_saved: int = 0
+    cost_saved_usd: float = 0.0

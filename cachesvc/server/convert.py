@@ -12,6 +12,7 @@ from cachesvc.core.types import (
     CandidateReport,
     DeleteById,
     DeleteTarget,
+    FillRequest,
     Lookup,
     LookupResult,
     NamespaceStats,
@@ -20,7 +21,7 @@ from cachesvc.core.types import (
 )
 from cachesvc.core.verify import RejectReason
 from cachesvc.errors import InvalidRequest
-from cachesvc.records import Entry, ScopeKey, ScopeSelector
+from cachesvc.records import Entry, ScopeKey, ScopeSelector, TokenUsage
 from cachesvc_client.v1 import cache_pb2 as pb
 
 _OUTCOMES = {
@@ -60,13 +61,33 @@ def scope_key(tenant: str, scope: pb.Scope) -> ScopeKey:
     return ScopeKey(tenant=tenant, namespace=scope.namespace, model=scope.model, context=scope.context)
 
 
-def lookup_from_proto(tenant: str, request: pb.LookupRequest) -> Lookup:
+def lookup_from_proto(tenant: str, request: pb.LookupRequest, *, deadline_seconds: float | None = None) -> Lookup:
+    """Args:
+        deadline_seconds: what is left of the call's deadline (bounds a single-flight wait); None = none.
+    """
+    fill = None
+    if request.fill_lease_ms:
+        fill = FillRequest(lease_seconds=request.fill_lease_ms / 1000, wait_seconds=request.fill_wait_ms / 1000,
+                           deadline_seconds=deadline_seconds)
     return Lookup(
         scope=scope_key(tenant, request.scope),
         prompt=request.prompt,
         min_similarity=request.min_similarity if request.HasField("min_similarity") else None,
         explain=request.explain,
+        fill=fill,
     )
+
+
+def usage_from_proto(message: pb.Usage) -> TokenUsage:
+    return TokenUsage(prompt_tokens=message.prompt_tokens, completion_tokens=message.completion_tokens,
+                      cost_usd=message.cost_usd if message.HasField("cost_usd") else None)
+
+
+def usage_to_proto(usage: TokenUsage) -> pb.Usage:
+    message = pb.Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+    if usage.cost_usd is not None:
+        message.cost_usd = usage.cost_usd
+    return message
 
 
 def write_from_proto(tenant: str, request: pb.StoreRequest) -> Write:
@@ -77,6 +98,7 @@ def write_from_proto(tenant: str, request: pb.StoreRequest) -> Write:
         completion=request.completion,
         metadata=dict(request.metadata),
         ttl=ttl,
+        usage=usage_from_proto(request.usage) if request.HasField("usage") else None,
     )
 
 
@@ -108,6 +130,8 @@ def entry_to_proto(entry: Entry) -> pb.Entry:
     )
     if entry.expires_at is not None:
         message.expires_at.CopyFrom(_timestamp(entry.expires_at))
+    if entry.usage is not None:
+        message.usage.CopyFrom(usage_to_proto(entry.usage))
     return message
 
 
@@ -124,6 +148,9 @@ def lookup_to_proto(result: LookupResult) -> pb.LookupResponse:
         candidates=[_candidate(c) for c in result.candidates],
         rejected_reason=(_REASONS[result.rejected_reason] if result.rejected_reason is not None
                          else pb.REJECT_REASON_UNSPECIFIED),
+        fill_token=result.fill.token or "",
+        fill_pending=result.fill.pending,
+        waited_for_fill=result.fill.waited,
     )
     if result.entry is not None:
         response.entry.CopyFrom(entry_to_proto(result.entry))

@@ -34,11 +34,14 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
 
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.LookupResponse:
         async def handle(tenant: str, fields: dict[str, object]) -> pb.LookupResponse:
-            lookup = convert.lookup_from_proto(tenant, request)
+            lookup = convert.lookup_from_proto(tenant, request, deadline_seconds=context.time_remaining())
             result = await self._service.lookup(lookup)
             fields.update(scope=lookup.scope.digest, outcome=result.hit_kind.value,
                           similarity=round(result.similarity, 4), embed_ms=round(result.timings.embed_ms, 3),
                           search_ms=round(result.timings.search_ms, 3))
+            if lookup.fill is not None:
+                fields.update(fill=("lease" if result.fill.token else "pending" if result.fill.pending else "-"),
+                              waited=result.fill.waited)
             if result.hit_kind is not HitKind.EXACT:
                 self._metrics.embed_seconds.observe(result.timings.embed_ms / 1000)
                 if result.nearest_id is not None:
@@ -55,6 +58,17 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
             return convert.store_to_proto(result)
 
         return await self._call("Store", context, handle)
+
+    async def ReleaseFill(
+        self, request: pb.ReleaseFillRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ReleaseFillResponse:
+        async def handle(tenant: str, fields: dict[str, object]) -> pb.ReleaseFillResponse:
+            scope = convert.scope_key(tenant, request.scope)
+            released = await self._service.release_fill(scope, request.prompt, request.fill_token)
+            fields.update(scope=scope.digest, released=released)
+            return pb.ReleaseFillResponse(released=released)
+
+        return await self._call("ReleaseFill", context, handle)
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.DeleteResponse:
         async def handle(tenant: str, fields: dict[str, object]) -> pb.DeleteResponse:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -27,7 +28,7 @@ from cachesvc.backends.persistence import (
     encode_put,
 )
 from cachesvc.backends.wal import FsyncPolicy, StorageError, WalWriter, list_segments, segment_path
-from cachesvc.records import Entry, ScopeKey
+from cachesvc.records import Entry, ScopeKey, TokenUsage
 
 DIM = 8
 MODEL = ModelIdentity(name="test-model", dimension=DIM, checksum="abc")
@@ -378,3 +379,37 @@ async def test_a_start_cancelled_during_recovery_waits_for_the_reader(tmp_path: 
     other = data_dir(tmp_path)
     other.lock()  # released only after the reader was done
     other.unlock()
+
+
+def _with_usage(e: Entry, prompt_tokens: int, completion_tokens: int, cost: float | None) -> Entry:
+    e.usage = TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost)
+    return e
+
+
+def test_usage_survives_the_log_and_snapshots(tmp_path: Path) -> None:
+    directory = data_dir(tmp_path)
+    directory.lock()
+    chunk = encode_chunk([_with_usage(entry(1), 10, 20, 0.5), entry(2)], np.vstack([vector(1), vector(2)]))
+    directory.write_snapshot(10, iter([(2, chunk), (1, encode_chunk([entry(3)], vector(3)))]))
+    write_segment(tmp_path, [encode_put(_with_usage(entry(4), 7, 8, None), vector(4), 11),
+                             encode_put(entry(5), vector(5), 12)], number=2)
+    state, _ = recover(directory)
+    directory.unlock()
+    usage = {i: e.usage for i, (e, _v) in state.entries.items()}
+    assert usage == {"id1": TokenUsage(prompt_tokens=10, completion_tokens=20, cost_usd=0.5), "id2": None,
+                     "id3": None, "id4": TokenUsage(prompt_tokens=7, completion_tokens=8), "id5": None}
+
+
+def test_records_written_before_usage_existed_still_load(tmp_path: Path) -> None:
+    # The put and chunk layouts of files written before entries carried usage: no trailing usage field.
+    old_put = msgpack.unpackb(encode_put(entry(4), vector(4), 11))[:-1]
+    old_chunk = msgpack.unpackb(encode_chunk([entry(1)], vector(1)))[:-1]
+    directory = data_dir(tmp_path)
+    directory.lock()
+    directory.write_snapshot(10, iter([(1, msgpack.packb(old_chunk))]))
+    write_segment(tmp_path, [msgpack.packb(old_put)], number=2)
+    state, _ = recover(directory)
+    directory.unlock()
+    assert sorted(state.entries) == ["id1", "id4"]
+    assert all(e.usage is None for e, _v in state.entries.values())
+    assert state.entries["id4"][0].completion == "completion 4 ✓"

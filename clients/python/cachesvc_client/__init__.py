@@ -51,6 +51,7 @@ from cachesvc_client.types import (
     StatsResult,
     StoreResult,
     Timings,
+    Usage,
 )
 
 __version__ = "0.1.0"
@@ -88,6 +89,7 @@ __all__ = [
     "Timings",
     "Unauthenticated",
     "Unavailable",
+    "Usage",
     "__version__",
     "context_key",
 ]

@@ -17,6 +17,7 @@ from cachesvc_client.types import (
     StatsResult,
     StoreResult,
     Timings,
+    Usage,
 )
 from cachesvc_client.v1 import cache_pb2 as pb
 
@@ -59,6 +60,18 @@ def _datetime(message: pb.Entry | pb.StoreResponse, name: str) -> datetime | Non
     return result
 
 
+def usage_to_proto(usage: Usage) -> pb.Usage:
+    message = pb.Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+    if usage.cost_usd is not None:
+        message.cost_usd = usage.cost_usd
+    return message
+
+
+def usage_from_proto(message: pb.Usage) -> Usage:
+    return Usage(prompt_tokens=message.prompt_tokens, completion_tokens=message.completion_tokens,
+                 cost_usd=message.cost_usd if message.HasField("cost_usd") else None)
+
+
 def entry_from_proto(message: pb.Entry) -> Entry:
     """Converts a wire entry; an unset `created_at` becomes the Unix epoch (the proto3 default)."""
     created_at = _datetime(message, "created_at")
@@ -70,6 +83,7 @@ def entry_from_proto(message: pb.Entry) -> Entry:
         created_at=created_at if created_at is not None else datetime.fromtimestamp(0, UTC),
         expires_at=_datetime(message, "expires_at"),
         hit_count=message.hit_count,
+        usage=usage_from_proto(message.usage) if message.HasField("usage") else None,
     )
 
 
@@ -98,6 +112,9 @@ def lookup_result_from_proto(message: pb.LookupResponse) -> LookupResult:
         timings=Timings(embed_ms=timings.embed_ms, search_ms=timings.search_ms, total_ms=timings.total_ms),
         candidates=tuple(candidate_from_proto(candidate) for candidate in message.candidates),
         rejected_reason=_reason(int(message.rejected_reason)),
+        fill_token=message.fill_token or None,
+        fill_pending=message.fill_pending,
+        waited_for_fill=message.waited_for_fill,
     )
 
 
@@ -119,6 +136,8 @@ def namespace_stats_from_proto(message: pb.NamespaceStats) -> NamespaceStats:
         stores=message.stores,
         ttl_evictions=message.ttl_evictions,
         capacity_evictions=message.capacity_evictions,
+        tokens_saved=message.tokens_saved,
+        cost_saved_usd=message.cost_saved_usd,
     )
 
 

@@ -24,10 +24,11 @@ from cachesvc_client._convert import (
     scope_to_proto,
     stats_result_from_proto,
     store_result_from_proto,
+    usage_to_proto,
 )
 from cachesvc_client._validate import check_min_similarity, check_timeout, check_ttl_seconds
 from cachesvc_client.errors import map_grpc_errors
-from cachesvc_client.types import LookupResult, Scope, StatsResult, StoreResult
+from cachesvc_client.types import LookupResult, Scope, StatsResult, StoreResult, Usage
 from cachesvc_client.v1 import cache_pb2 as pb
 from cachesvc_client.v1 import cache_pb2_grpc as pb_grpc
 
@@ -117,12 +118,30 @@ class BaseClient:
 
     @staticmethod
     def _lookup_request(
-        prompt: str, *, scope: Scope | None, min_similarity: float | None, explain: bool
+        prompt: str,
+        *,
+        scope: Scope | None,
+        min_similarity: float | None,
+        explain: bool,
+        fill_lease: float | None = None,
+        fill_wait: float | None = None,
     ) -> pb.LookupRequest:
         request = pb.LookupRequest(scope=scope_to_proto(scope), prompt=prompt, explain=explain)
         if min_similarity is not None:
             request.min_similarity = check_min_similarity(min_similarity)
+        if fill_lease is not None:
+            request.fill_lease_ms = _milliseconds(fill_lease, "fill_lease")
+        if fill_wait is not None:
+            if fill_lease is None:
+                raise ValueError("fill_wait needs fill_lease: only single-flight lookups wait for a fill")
+            request.fill_wait_ms = _milliseconds(fill_wait, "fill_wait")
         return request
+
+    @staticmethod
+    def _release_fill_request(prompt: str, *, scope: Scope | None, fill_token: str) -> pb.ReleaseFillRequest:
+        if not fill_token:
+            raise ValueError("fill_token must be non-empty")
+        return pb.ReleaseFillRequest(scope=scope_to_proto(scope), prompt=prompt, fill_token=fill_token)
 
     @staticmethod
     def _store_request(
@@ -132,8 +151,11 @@ class BaseClient:
         scope: Scope | None,
         metadata: Mapping[str, str] | None,
         ttl_seconds: int | None,
+        usage: Usage | None = None,
     ) -> pb.StoreRequest:
         request = pb.StoreRequest(scope=scope_to_proto(scope), prompt=prompt, completion=completion)
+        if usage is not None:
+            request.usage.CopyFrom(usage_to_proto(usage))
         if metadata is not None:
             request.metadata.update(metadata)
         if ttl_seconds is not None:
@@ -158,6 +180,12 @@ class BaseClient:
     @staticmethod
     def _stats_request(namespace: str | None) -> pb.StatsRequest:
         return pb.StatsRequest() if namespace is None else pb.StatsRequest(namespace=namespace)
+
+
+def _milliseconds(seconds: float, name: str) -> int:
+    if not 0 < seconds <= 3600:
+        raise ValueError(f"{name} must be in (0, 3600] seconds")
+    return max(1, round(seconds * 1000))
 
 
 class CacheClient(BaseClient):
@@ -211,6 +239,8 @@ class CacheClient(BaseClient):
         scope: Scope | None = None,
         min_similarity: float | None = None,
         explain: bool = False,
+        fill_lease: float | None = None,
+        fill_wait: float | None = None,
         timeout: Timeout = USE_DEFAULT,
     ) -> LookupResult:
         """Looks for a cached completion of `prompt`, or of a prompt that means the same, in `scope`.
@@ -220,6 +250,10 @@ class CacheClient(BaseClient):
             scope: Where to look; None is the default scope.
             min_similarity: Threshold override in [0, 1] for this call; None uses the server's.
             explain: Also return the nearest candidates and why each was or was not served.
+            fill_lease: Single-flight: on a miss, take the fill lease on this prompt for this many seconds
+                (`LookupResult.fill_token`), unless another caller holds it (`LookupResult.fill_pending`).
+            fill_wait: With `fill_lease`: when another caller holds the lease, wait up to this many seconds
+                (within `timeout`) for its store and answer from it.
             timeout: Deadline in seconds for this call; None for none; USE_DEFAULT for the client's.
 
         Returns:
@@ -230,7 +264,8 @@ class CacheClient(BaseClient):
             RuntimeError: The client is closed.
             CacheClientError: The call failed; see `cachesvc_client.errors` for the subclasses.
         """
-        request = self._lookup_request(prompt, scope=scope, min_similarity=min_similarity, explain=explain)
+        request = self._lookup_request(prompt, scope=scope, min_similarity=min_similarity, explain=explain,
+                                       fill_lease=fill_lease, fill_wait=fill_wait)
         return lookup_result_from_proto(self._call(self._stub.Lookup, request, timeout))
 
     def store(
@@ -241,9 +276,12 @@ class CacheClient(BaseClient):
         scope: Scope | None = None,
         metadata: Mapping[str, str] | None = None,
         ttl_seconds: int | None = None,
+        usage: Usage | None = None,
         timeout: Timeout = USE_DEFAULT,
     ) -> StoreResult:
         """Caches `completion` for `prompt`, replacing an entry with the same scope and normalised prompt.
+
+        A store also ends any fill lease on the prompt (single-flight), and wakes the callers waiting for it.
 
         Args:
             prompt: The prompt the completion answers.
@@ -251,6 +289,7 @@ class CacheClient(BaseClient):
             scope: Where to store; None is the default scope.
             metadata: Free-form string metadata kept with the entry.
             ttl_seconds: Seconds until the entry expires, 0 for never; None uses the server's default TTL.
+            usage: What producing the completion cost; the server counts it as saved on every hit.
             timeout: Deadline in seconds for this call; None for none; USE_DEFAULT for the client's.
 
         Returns:
@@ -262,8 +301,32 @@ class CacheClient(BaseClient):
             RuntimeError: The client is closed.
             CacheClientError: The call failed.
         """
-        request = self._store_request(prompt, completion, scope=scope, metadata=metadata, ttl_seconds=ttl_seconds)
+        request = self._store_request(prompt, completion, scope=scope, metadata=metadata, ttl_seconds=ttl_seconds,
+                                      usage=usage)
         return store_result_from_proto(self._call(self._stub.Store, request, timeout))
+
+    def release_fill(
+        self, prompt: str, *, scope: Scope | None = None, fill_token: str, timeout: Timeout = USE_DEFAULT
+    ) -> bool:
+        """Ends a fill lease taken by a single-flight lookup without storing (e.g. the LLM call failed), so
+        callers waiting for it stop waiting at once.
+
+        Args:
+            prompt: The prompt of the lookup that took the lease.
+            scope: Its scope.
+            fill_token: `LookupResult.fill_token`.
+            timeout: Deadline in seconds for this call; None for none; USE_DEFAULT for the client's.
+
+        Returns:
+            False when the lease had already ended or passed to another caller.
+
+        Raises:
+            ValueError: An empty fill_token or a bad timeout.
+            RuntimeError: The client is closed.
+            CacheClientError: The call failed.
+        """
+        request = self._release_fill_request(prompt, scope=scope, fill_token=fill_token)
+        return bool(self._call(self._stub.ReleaseFill, request, timeout).released)
 
     def delete(self, entry_id: str, *, timeout: Timeout = USE_DEFAULT) -> int:
         """Deletes one entry by id.
@@ -390,6 +453,8 @@ class AsyncCacheClient(BaseClient):
         scope: Scope | None = None,
         min_similarity: float | None = None,
         explain: bool = False,
+        fill_lease: float | None = None,
+        fill_wait: float | None = None,
         timeout: Timeout = USE_DEFAULT,
     ) -> LookupResult:
         """Looks for a cached completion of `prompt`, or of a prompt that means the same, in `scope`.
@@ -399,6 +464,10 @@ class AsyncCacheClient(BaseClient):
             scope: Where to look; None is the default scope.
             min_similarity: Threshold override in [0, 1] for this call; None uses the server's.
             explain: Also return the nearest candidates and why each was or was not served.
+            fill_lease: Single-flight: on a miss, take the fill lease on this prompt for this many seconds
+                (`LookupResult.fill_token`), unless another caller holds it (`LookupResult.fill_pending`).
+            fill_wait: With `fill_lease`: when another caller holds the lease, wait up to this many seconds
+                (within `timeout`) for its store and answer from it.
             timeout: Deadline in seconds for this call; None for none; USE_DEFAULT for the client's.
 
         Returns:
@@ -409,7 +478,8 @@ class AsyncCacheClient(BaseClient):
             RuntimeError: The client is closed.
             CacheClientError: The call failed; see `cachesvc_client.errors` for the subclasses.
         """
-        request = self._lookup_request(prompt, scope=scope, min_similarity=min_similarity, explain=explain)
+        request = self._lookup_request(prompt, scope=scope, min_similarity=min_similarity, explain=explain,
+                                       fill_lease=fill_lease, fill_wait=fill_wait)
         return lookup_result_from_proto(await self._call(self._stub.Lookup, request, timeout))
 
     async def store(
@@ -420,9 +490,12 @@ class AsyncCacheClient(BaseClient):
         scope: Scope | None = None,
         metadata: Mapping[str, str] | None = None,
         ttl_seconds: int | None = None,
+        usage: Usage | None = None,
         timeout: Timeout = USE_DEFAULT,
     ) -> StoreResult:
         """Caches `completion` for `prompt`, replacing an entry with the same scope and normalised prompt.
+
+        A store also ends any fill lease on the prompt (single-flight), and wakes the callers waiting for it.
 
         Args:
             prompt: The prompt the completion answers.
@@ -430,6 +503,7 @@ class AsyncCacheClient(BaseClient):
             scope: Where to store; None is the default scope.
             metadata: Free-form string metadata kept with the entry.
             ttl_seconds: Seconds until the entry expires, 0 for never; None uses the server's default TTL.
+            usage: What producing the completion cost; the server counts it as saved on every hit.
             timeout: Deadline in seconds for this call; None for none; USE_DEFAULT for the client's.
 
         Returns:
@@ -441,8 +515,32 @@ class AsyncCacheClient(BaseClient):
             RuntimeError: The client is closed.
             CacheClientError: The call failed.
         """
-        request = self._store_request(prompt, completion, scope=scope, metadata=metadata, ttl_seconds=ttl_seconds)
+        request = self._store_request(prompt, completion, scope=scope, metadata=metadata, ttl_seconds=ttl_seconds,
+                                      usage=usage)
         return store_result_from_proto(await self._call(self._stub.Store, request, timeout))
+
+    async def release_fill(
+        self, prompt: str, *, scope: Scope | None = None, fill_token: str, timeout: Timeout = USE_DEFAULT
+    ) -> bool:
+        """Ends a fill lease taken by a single-flight lookup without storing (e.g. the LLM call failed), so
+        callers waiting for it stop waiting at once.
+
+        Args:
+            prompt: The prompt of the lookup that took the lease.
+            scope: Its scope.
+            fill_token: `LookupResult.fill_token`.
+            timeout: Deadline in seconds for this call; None for none; USE_DEFAULT for the client's.
+
+        Returns:
+            False when the lease had already ended or passed to another caller.
+
+        Raises:
+            ValueError: An empty fill_token or a bad timeout.
+            RuntimeError: The client is closed.
+            CacheClientError: The call failed.
+        """
+        request = self._release_fill_request(prompt, scope=scope, fill_token=fill_token)
+        return bool((await self._call(self._stub.ReleaseFill, request, timeout)).released)
 
     async def delete(self, entry_id: str, *, timeout: Timeout = USE_DEFAULT) -> int:
         """Deletes one entry by id.

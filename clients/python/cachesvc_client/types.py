@@ -54,6 +54,27 @@ class RejectReason(enum.Enum):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Usage:
+    """What producing a completion with the LLM cost; the server counts it as saved on every hit.
+
+    Attributes:
+        prompt_tokens: Input tokens the LLM call used.
+        completion_tokens: Output tokens it produced.
+        cost_usd: Its cost in US dollars, when known; None otherwise.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompt_tokens < 0 or self.completion_tokens < 0:
+            raise ValueError("token counts must be >= 0")
+        if self.cost_usd is not None and not self.cost_usd >= 0:
+            raise ValueError("cost_usd must be >= 0 (or None)")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Entry:
     """A cached completion.
 
@@ -65,6 +86,7 @@ class Entry:
         created_at: When the entry was stored (UTC).
         expires_at: When the entry expires (UTC), or None if it never does.
         hit_count: How often the entry has been served.
+        usage: What producing the completion cost, when it was stored with it.
     """
 
     id: str
@@ -75,6 +97,7 @@ class Entry:
     created_at: datetime
     expires_at: datetime | None = None
     hit_count: int = 0
+    usage: Usage | None = None
 
     def __post_init__(self) -> None:
         # A frozen entry must not share a mutable dict with its caller.
@@ -128,6 +151,11 @@ class LookupResult:
         candidates: The nearest candidates with their outcomes; empty unless `explain=True` was asked.
         rejected_reason: On a miss, why the hit verifier rejected the best candidate although it cleared the
             threshold; None otherwise.
+        fill_token: On a miss of a single-flight lookup (`fill_lease=`), this caller holds the fill lease: store
+            the answer (that ends the lease) or `release_fill(...)` with this token. None otherwise.
+        fill_pending: A miss while another caller holds the fill lease on this prompt: its answer may come soon
+            (look up again with `fill_wait=` to wait for it).
+        waited_for_fill: The lookup waited for another caller's fill (a hit then came from that caller's store).
     """
 
     hit: bool
@@ -139,6 +167,9 @@ class LookupResult:
     timings: Timings = field(default_factory=Timings)
     candidates: tuple[Candidate, ...] = ()
     rejected_reason: RejectReason | None = None
+    fill_token: str | None = None
+    fill_pending: bool = False
+    waited_for_fill: bool = False
 
     @property
     def completion(self) -> str | None:
@@ -165,7 +196,11 @@ class StoreResult:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class NamespaceStats:
-    """Counters of one namespace (or the total) of the caller's tenant."""
+    """Counters of one namespace (or the total) of the caller's tenant.
+
+    `tokens_saved` and `cost_saved_usd` add up the usage of the entries served as hits (LLM calls avoided);
+    only entries stored with a usage (and a cost) count.
+    """
 
     namespace: str
     entries: int = 0
@@ -177,6 +212,8 @@ class NamespaceStats:
     stores: int = 0
     ttl_evictions: int = 0
     capacity_evictions: int = 0
+    tokens_saved: int = 0
+    cost_saved_usd: float = 0.0
 
     @property
     def hit_rate(self) -> float:

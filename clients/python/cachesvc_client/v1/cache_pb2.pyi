@@ -92,16 +92,20 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("scope", "prompt", "min_similarity", "explain")
+    __slots__ = ("scope", "prompt", "min_similarity", "explain", "fill_lease_ms", "fill_wait_ms")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    FILL_LEASE_MS_FIELD_NUMBER: _ClassVar[int]
+    FILL_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     scope: Scope
     prompt: str
     min_similarity: float
     explain: bool
-    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., prompt: _Optional[str] = ..., min_similarity: _Optional[float] = ..., explain: _Optional[bool] = ...) -> None: ...
+    fill_lease_ms: int
+    fill_wait_ms: int
+    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., prompt: _Optional[str] = ..., min_similarity: _Optional[float] = ..., explain: _Optional[bool] = ..., fill_lease_ms: _Optional[int] = ..., fill_wait_ms: _Optional[int] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("entry_id", "prompt", "similarity", "outcome", "reason", "verifier_score")
@@ -130,7 +134,7 @@ class Timings(_message.Message):
     def __init__(self, embed_ms: _Optional[float] = ..., search_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
-    __slots__ = ("hit", "entry", "similarity", "exact", "min_similarity", "nearest_id", "timings", "candidates", "rejected_reason")
+    __slots__ = ("hit", "entry", "similarity", "exact", "min_similarity", "nearest_id", "timings", "candidates", "rejected_reason", "fill_token", "fill_pending", "waited_for_fill")
     HIT_FIELD_NUMBER: _ClassVar[int]
     ENTRY_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +144,9 @@ class LookupResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     REJECTED_REASON_FIELD_NUMBER: _ClassVar[int]
+    FILL_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FILL_PENDING_FIELD_NUMBER: _ClassVar[int]
+    WAITED_FOR_FILL_FIELD_NUMBER: _ClassVar[int]
     hit: bool
     entry: Entry
     similarity: float
@@ -149,7 +156,10 @@ class LookupResponse(_message.Message):
     timings: Timings
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     rejected_reason: RejectReason
-    def __init__(self, hit: _Optional[bool] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., similarity: _Optional[float] = ..., exact: _Optional[bool] = ..., min_similarity: _Optional[float] = ..., nearest_id: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., rejected_reason: _Optional[_Union[RejectReason, str]] = ...) -> None: ...
+    fill_token: str
+    fill_pending: bool
+    waited_for_fill: bool
+    def __init__(self, hit: _Optional[bool] = ..., entry: _Optional[_Union[Entry, _Mapping]] = ..., similarity: _Optional[float] = ..., exact: _Optional[bool] = ..., min_similarity: _Optional[float] = ..., nearest_id: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., rejected_reason: _Optional[_Union[RejectReason, str]] = ..., fill_token: _Optional[str] = ..., fill_pending: _Optional[bool] = ..., waited_for_fill: _Optional[bool] = ...) -> None: ...
 
 class StoreRequest(_message.Message):
     __slots__ = ("scope", "prompt", "completion", "metadata", "ttl_seconds", "usage")
@@ -265,3 +275,19 @@ class FeedbackRequest(_message.Message):
 class FeedbackResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ReleaseFillRequest(_message.Message):
+    __slots__ = ("scope", "prompt", "fill_token")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    FILL_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    scope: Scope
+    prompt: str
+    fill_token: str
+    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., prompt: _Optional[str] = ..., fill_token: _Optional[str] = ...) -> None: ...
+
+class ReleaseFillResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: _Optional[bool] = ...) -> None: ...

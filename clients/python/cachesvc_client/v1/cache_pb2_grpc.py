@@ -59,6 +59,11 @@ class SemanticCacheStub:
                 request_serializer=cachesvc__client_dot_v1_dot_cache__pb2.FeedbackRequest.SerializeToString,
                 response_deserializer=cachesvc__client_dot_v1_dot_cache__pb2.FeedbackResponse.FromString,
                 _registered_method=True)
+        self.ReleaseFill = channel.unary_unary(
+                '/cachesvc.v1.SemanticCache/ReleaseFill',
+                request_serializer=cachesvc__client_dot_v1_dot_cache__pb2.ReleaseFillRequest.SerializeToString,
+                response_deserializer=cachesvc__client_dot_v1_dot_cache__pb2.ReleaseFillResponse.FromString,
+                _registered_method=True)
 
 
 class SemanticCacheServicer:
@@ -100,6 +105,14 @@ class SemanticCacheServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseFill(self, request, context):
+        """Gives up a fill lease taken by a lookup (`LookupResponse.fill_token`) without storing, e.g. when the LLM call
+        failed, so that callers waiting for the fill stop waiting at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SemanticCacheServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +140,11 @@ def add_SemanticCacheServicer_to_server(servicer, server):
                     servicer.Feedback,
                     request_deserializer=cachesvc__client_dot_v1_dot_cache__pb2.FeedbackRequest.FromString,
                     response_serializer=cachesvc__client_dot_v1_dot_cache__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'ReleaseFill': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseFill,
+                    request_deserializer=cachesvc__client_dot_v1_dot_cache__pb2.ReleaseFillRequest.FromString,
+                    response_serializer=cachesvc__client_dot_v1_dot_cache__pb2.ReleaseFillResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +282,33 @@ class SemanticCache:
             '/cachesvc.v1.SemanticCache/Feedback',
             cachesvc__client_dot_v1_dot_cache__pb2.FeedbackRequest.SerializeToString,
             cachesvc__client_dot_v1_dot_cache__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseFill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cachesvc.v1.SemanticCache/ReleaseFill',
+            cachesvc__client_dot_v1_dot_cache__pb2.ReleaseFillRequest.SerializeToString,
+            cachesvc__client_dot_v1_dot_cache__pb2.ReleaseFillResponse.FromString,
             options,
             channel_credentials,
             insecure,
