@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cachesvc/v1/cache.proto.
  */
 export const file_cachesvc_v1_cache: GenFile = /*@__PURE__*/
-  fileDesc("ChdjYWNoZXN2Yy92MS9jYWNoZS5wcm90bxILY2FjaGVzdmMudjEiOgoFU2NvcGUSEQoJbmFtZXNwYWNlGAEgASgJEg0KBW1vZGVsGAIgASgJEg8KB2NvbnRleHQYAyABKAkisgIKBUVudHJ5EgoKAmlkGAEgASgJEg4KBnByb21wdBgCIAEoCRISCgpjb21wbGV0aW9uGAMgASgJEjIKCG1ldGFkYXRhGAQgAygLMiAuY2FjaGVzdmMudjEuRW50cnkuTWV0YWRhdGFFbnRyeRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgloaXRfY291bnQYByABKAQSIQoFdXNhZ2UYCCABKAsyEi5jYWNoZXN2Yy52MS5Vc2FnZRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiXQoFVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoBBIZChFjb21wbGV0aW9uX3Rva2VucxgCIAEoBBIVCghjb3N0X3VzZBgDIAEoAUgAiAEBQgsKCV9jb3N0X3VzZCKDAQoNTG9va3VwUmVxdWVzdBIhCgVzY29wZRgBIAEoCzISLmNhY2hlc3ZjLnYxLlNjb3BlEg4KBnByb21wdBgCIAEoCRIbCg5taW5fc2ltaWxhcml0eRgDIAEoAkgAiAEBEg8KB2V4cGxhaW4YBCABKAhCEQoPX21pbl9zaW1pbGFyaXR5IswBCglDYW5kaWRhdGUSEAoIZW50cnlfaWQYASABKAkSDgoGcHJvbXB0GAIgASgJEhIKCnNpbWlsYXJpdHkYAyABKAISLgoHb3V0Y29tZRgEIAEoDjIdLmNhY2hlc3ZjLnYxLkNhbmRpZGF0ZU91dGNvbWUSKQoGcmVhc29uGAUgASgOMhkuY2FjaGVzdmMudjEuUmVqZWN0UmVhc29uEhsKDnZlcmlmaWVyX3Njb3JlGAYgASgCSACIAQFCEQoPX3ZlcmlmaWVyX3Njb3JlIkAKB1RpbWluZ3MSEAoIZW1iZWRfbXMYASABKAESEQoJc2VhcmNoX21zGAIgASgBEhAKCHRvdGFsX21zGAMgASgBIpYCCg5Mb29rdXBSZXNwb25zZRILCgNoaXQYASABKAgSIQoFZW50cnkYAiABKAsyEi5jYWNoZXN2Yy52MS5FbnRyeRISCgpzaW1pbGFyaXR5GAMgASgCEg0KBWV4YWN0GAQgASgIEhYKDm1pbl9zaW1pbGFyaXR5GAUgASgCEhIKCm5lYXJlc3RfaWQYBiABKAkSJQoHdGltaW5ncxgHIAEoCzIULmNhY2hlc3ZjLnYxLlRpbWluZ3MSKgoKY2FuZGlkYXRlcxgIIAMoCzIWLmNhY2hlc3ZjLnYxLkNhbmRpZGF0ZRIyCg9yZWplY3RlZF9yZWFzb24YCSABKA4yGS5jYWNoZXN2Yy52MS5SZWplY3RSZWFzb24ijgIKDFN0b3JlUmVxdWVzdBIhCgVzY29wZRgBIAEoCzISLmNhY2hlc3ZjLnYxLlNjb3BlEg4KBnByb21wdBgCIAEoCRISCgpjb21wbGV0aW9uGAMgASgJEjkKCG1ldGFkYXRhGAQgAygLMicuY2FjaGVzdmMudjEuU3RvcmVSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSGAoLdHRsX3NlY29uZHMYBSABKANIAIgBARIhCgV1c2FnZRgGIAEoCzISLmNhY2hlc3ZjLnYxLlVzYWdlGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIOCgxfdHRsX3NlY29uZHMiXQoNU3RvcmVSZXNwb25zZRIKCgJpZBgBIAEoCRIQCghyZXBsYWNlZBgCIAEoCBIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiCg1TY29wZVNlbGVjdG9yEhEKCW5hbWVzcGFjZRgBIAEoCRISCgVtb2RlbBgCIAEoCUgAiAEBEhQKB2NvbnRleHQYAyABKAlIAYgBAUIICgZfbW9kZWxCCgoIX2NvbnRleHQiVAoNRGVsZXRlUmVxdWVzdBIMCgJpZBgBIAEoCUgAEisKBXNjb3BlGAIgASgLMhouY2FjaGVzdmMudjEuU2NvcGVTZWxlY3RvckgAQggKBnRhcmdldCIhCg5EZWxldGVSZXNwb25zZRIPCgdkZWxldGVkGAEgASgEIjQKDFN0YXRzUmVxdWVzdBIWCgluYW1lc3BhY2UYASABKAlIAIgBAUIMCgpfbmFtZXNwYWNlIv4BCg5OYW1lc3BhY2VTdGF0cxIRCgluYW1lc3BhY2UYASABKAkSDwoHZW50cmllcxgCIAEoBBINCgVieXRlcxgDIAEoBBIPCgdsb29rdXBzGAQgASgEEgwKBGhpdHMYBSABKAQSEgoKZXhhY3RfaGl0cxgGIAEoBBIVCg1zZW1hbnRpY19oaXRzGAcgASgEEg4KBnN0b3JlcxgIIAEoBBIVCg10dGxfZXZpY3Rpb25zGAkgASgEEhoKEmNhcGFjaXR5X2V2aWN0aW9ucxgKIAEoBBIUCgx0b2tlbnNfc2F2ZWQYCyABKAQSFgoOY29zdF9zYXZlZF91c2QYDCABKAEibAoNU3RhdHNSZXNwb25zZRIvCgpuYW1lc3BhY2VzGAEgAygLMhsuY2FjaGVzdmMudjEuTmFtZXNwYWNlU3RhdHMSKgoFdG90YWwYAiABKAsyGy5jYWNoZXN2Yy52MS5OYW1lc3BhY2VTdGF0cyJnCg9GZWVkYmFja1JlcXVlc3QSIQoFc2NvcGUYASABKAsyEi5jYWNoZXN2Yy52MS5TY29wZRIOCgZwcm9tcHQYAiABKAkSEAoIZW50cnlfaWQYAyABKAkSDwoHY29ycmVjdBgEIAEoCCISChBGZWVkYmFja1Jlc3BvbnNlKtwBChBDYW5kaWRhdGVPdXRjb21lEiEKHUNBTkRJREFURV9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHAoYQ0FORElEQVRFX09VVENPTUVfU0VSVkVEEAESJQohQ0FORElEQVRFX09VVENPTUVfQkVMT1dfVEhSRVNIT0xEEAISHQoZQ0FORElEQVRFX09VVENPTUVfRVhQSVJFRBADEiEKHUNBTkRJREFURV9PVVRDT01FX05PVF9SRUFDSEVEEAQSHgoaQ0FORElEQVRFX09VVENPTUVfUkVKRUNURUQQBSrtAQoMUmVqZWN0UmVhc29uEh0KGVJFSkVDVF9SRUFTT05fVU5TUEVDSUZJRUQQABIaChZSRUpFQ1RfUkVBU09OX05FR0FUSU9OEAESGAoUUkVKRUNUX1JFQVNPTl9OVU1CRVIQAhIWChJSRUpFQ1RfUkVBU09OX1VOSVQQAxIYChRSRUpFQ1RfUkVBU09OX0VOVElUWRAEEhsKF1JFSkVDVF9SRUFTT05fRElSRUNUSU9OEAUSGgoWUkVKRUNUX1JFQVNPTl9PUFBPU0lURRAGEh0KGVJFSkVDVF9SRUFTT05fTU9ERUxfU0NPUkUQBzLeAgoNU2VtYW50aWNDYWNoZRJBCgZMb29rdXASGi5jYWNoZXN2Yy52MS5Mb29rdXBSZXF1ZXN0GhsuY2FjaGVzdmMudjEuTG9va3VwUmVzcG9uc2USPgoFU3RvcmUSGS5jYWNoZXN2Yy52MS5TdG9yZVJlcXVlc3QaGi5jYWNoZXN2Yy52MS5TdG9yZVJlc3BvbnNlEkEKBkRlbGV0ZRIaLmNhY2hlc3ZjLnYxLkRlbGV0ZVJlcXVlc3QaGy5jYWNoZXN2Yy52MS5EZWxldGVSZXNwb25zZRI+CgVTdGF0cxIZLmNhY2hlc3ZjLnYxLlN0YXRzUmVxdWVzdBoaLmNhY2hlc3ZjLnYxLlN0YXRzUmVzcG9uc2USRwoIRmVlZGJhY2sSHC5jYWNoZXN2Yy52MS5GZWVkYmFja1JlcXVlc3QaHS5jYWNoZXN2Yy52MS5GZWVkYmFja1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChdjYWNoZXN2Yy92MS9jYWNoZS5wcm90bxILY2FjaGVzdmMudjEiOgoFU2NvcGUSEQoJbmFtZXNwYWNlGAEgASgJEg0KBW1vZGVsGAIgASgJEg8KB2NvbnRleHQYAyABKAkisgIKBUVudHJ5EgoKAmlkGAEgASgJEg4KBnByb21wdBgCIAEoCRISCgpjb21wbGV0aW9uGAMgASgJEjIKCG1ldGFkYXRhGAQgAygLMiAuY2FjaGVzdmMudjEuRW50cnkuTWV0YWRhdGFFbnRyeRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgloaXRfY291bnQYByABKAQSIQoFdXNhZ2UYCCABKAsyEi5jYWNoZXN2Yy52MS5Vc2FnZRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiXQoFVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoBBIZChFjb21wbGV0aW9uX3Rva2VucxgCIAEoBBIVCghjb3N0X3VzZBgDIAEoAUgAiAEBQgsKCV9jb3N0X3VzZCKwAQoNTG9va3VwUmVxdWVzdBIhCgVzY29wZRgBIAEoCzISLmNhY2hlc3ZjLnYxLlNjb3BlEg4KBnByb21wdBgCIAEoCRIbCg5taW5fc2ltaWxhcml0eRgDIAEoAkgAiAEBEg8KB2V4cGxhaW4YBCABKAgSFQoNZmlsbF9sZWFzZV9tcxgKIAEoDRIUCgxmaWxsX3dhaXRfbXMYCyABKA1CEQoPX21pbl9zaW1pbGFyaXR5IswBCglDYW5kaWRhdGUSEAoIZW50cnlfaWQYASABKAkSDgoGcHJvbXB0GAIgASgJEhIKCnNpbWlsYXJpdHkYAyABKAISLgoHb3V0Y29tZRgEIAEoDjIdLmNhY2hlc3ZjLnYxLkNhbmRpZGF0ZU91dGNvbWUSKQoGcmVhc29uGAUgASgOMhkuY2FjaGVzdmMudjEuUmVqZWN0UmVhc29uEhsKDnZlcmlmaWVyX3Njb3JlGAYgASgCSACIAQFCEQoPX3ZlcmlmaWVyX3Njb3JlIkAKB1RpbWluZ3MSEAoIZW1iZWRfbXMYASABKAESEQoJc2VhcmNoX21zGAIgASgBEhAKCHRvdGFsX21zGAMgASgBItkCCg5Mb29rdXBSZXNwb25zZRILCgNoaXQYASABKAgSIQoFZW50cnkYAiABKAsyEi5jYWNoZXN2Yy52MS5FbnRyeRISCgpzaW1pbGFyaXR5GAMgASgCEg0KBWV4YWN0GAQgASgIEhYKDm1pbl9zaW1pbGFyaXR5GAUgASgCEhIKCm5lYXJlc3RfaWQYBiABKAkSJQoHdGltaW5ncxgHIAEoCzIULmNhY2hlc3ZjLnYxLlRpbWluZ3MSKgoKY2FuZGlkYXRlcxgIIAMoCzIWLmNhY2hlc3ZjLnYxLkNhbmRpZGF0ZRIyCg9yZWplY3RlZF9yZWFzb24YCSABKA4yGS5jYWNoZXN2Yy52MS5SZWplY3RSZWFzb24SEgoKZmlsbF90b2tlbhgKIAEoCRIUCgxmaWxsX3BlbmRpbmcYCyABKAgSFwoPd2FpdGVkX2Zvcl9maWxsGAwgASgIIo4CCgxTdG9yZVJlcXVlc3QSIQoFc2NvcGUYASABKAsyEi5jYWNoZXN2Yy52MS5TY29wZRIOCgZwcm9tcHQYAiABKAkSEgoKY29tcGxldGlvbhgDIAEoCRI5CghtZXRhZGF0YRgEIAMoCzInLmNhY2hlc3ZjLnYxLlN0b3JlUmVxdWVzdC5NZXRhZGF0YUVudHJ5EhgKC3R0bF9zZWNvbmRzGAUgASgDSACIAQESIQoFdXNhZ2UYBiABKAsyEi5jYWNoZXN2Yy52MS5Vc2FnZRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDgoMX3R0bF9zZWNvbmRzIl0KDVN0b3JlUmVzcG9uc2USCgoCaWQYASABKAkSEAoIcmVwbGFjZWQYAiABKAgSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYgoNU2NvcGVTZWxlY3RvchIRCgluYW1lc3BhY2UYASABKAkSEgoFbW9kZWwYAiABKAlIAIgBARIUCgdjb250ZXh0GAMgASgJSAGIAQFCCAoGX21vZGVsQgoKCF9jb250ZXh0IlQKDURlbGV0ZVJlcXVlc3QSDAoCaWQYASABKAlIABIrCgVzY29wZRgCIAEoCzIaLmNhY2hlc3ZjLnYxLlNjb3BlU2VsZWN0b3JIAEIICgZ0YXJnZXQiIQoORGVsZXRlUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoBCI0CgxTdGF0c1JlcXVlc3QSFgoJbmFtZXNwYWNlGAEgASgJSACIAQFCDAoKX25hbWVzcGFjZSL+AQoOTmFtZXNwYWNlU3RhdHMSEQoJbmFtZXNwYWNlGAEgASgJEg8KB2VudHJpZXMYAiABKAQSDQoFYnl0ZXMYAyABKAQSDwoHbG9va3VwcxgEIAEoBBIMCgRoaXRzGAUgASgEEhIKCmV4YWN0X2hpdHMYBiABKAQSFQoNc2VtYW50aWNfaGl0cxgHIAEoBBIOCgZzdG9yZXMYCCABKAQSFQoNdHRsX2V2aWN0aW9ucxgJIAEoBBIaChJjYXBhY2l0eV9ldmljdGlvbnMYCiABKAQSFAoMdG9rZW5zX3NhdmVkGAsgASgEEhYKDmNvc3Rfc2F2ZWRfdXNkGAwgASgBImwKDVN0YXRzUmVzcG9uc2USLwoKbmFtZXNwYWNlcxgBIAMoCzIbLmNhY2hlc3ZjLnYxLk5hbWVzcGFjZVN0YXRzEioKBXRvdGFsGAIgASgLMhsuY2FjaGVzdmMudjEuTmFtZXNwYWNlU3RhdHMiZwoPRmVlZGJhY2tSZXF1ZXN0EiEKBXNjb3BlGAEgASgLMhIuY2FjaGVzdmMudjEuU2NvcGUSDgoGcHJvbXB0GAIgASgJEhAKCGVudHJ5X2lkGAMgASgJEg8KB2NvcnJlY3QYBCABKAgiEgoQRmVlZGJhY2tSZXNwb25zZSJbChJSZWxlYXNlRmlsbFJlcXVlc3QSIQoFc2NvcGUYASABKAsyEi5jYWNoZXN2Yy52MS5TY29wZRIOCgZwcm9tcHQYAiABKAkSEgoKZmlsbF90b2tlbhgDIAEoCSInChNSZWxlYXNlRmlsbFJlc3BvbnNlEhAKCHJlbGVhc2VkGAEgASgIKtwBChBDYW5kaWRhdGVPdXRjb21lEiEKHUNBTkRJREFURV9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHAoYQ0FORElEQVRFX09VVENPTUVfU0VSVkVEEAESJQohQ0FORElEQVRFX09VVENPTUVfQkVMT1dfVEhSRVNIT0xEEAISHQoZQ0FORElEQVRFX09VVENPTUVfRVhQSVJFRBADEiEKHUNBTkRJREFURV9PVVRDT01FX05PVF9SRUFDSEVEEAQSHgoaQ0FORElEQVRFX09VVENPTUVfUkVKRUNURUQQBSrtAQoMUmVqZWN0UmVhc29uEh0KGVJFSkVDVF9SRUFTT05fVU5TUEVDSUZJRUQQABIaChZSRUpFQ1RfUkVBU09OX05FR0FUSU9OEAESGAoUUkVKRUNUX1JFQVNPTl9OVU1CRVIQAhIWChJSRUpFQ1RfUkVBU09OX1VOSVQQAxIYChRSRUpFQ1RfUkVBU09OX0VOVElUWRAEEhsKF1JFSkVDVF9SRUFTT05fRElSRUNUSU9OEAUSGgoWUkVKRUNUX1JFQVNPTl9PUFBPU0lURRAGEh0KGVJFSkVDVF9SRUFTT05fTU9ERUxfU0NPUkUQBzKwAwoNU2VtYW50aWNDYWNoZRJBCgZMb29rdXASGi5jYWNoZXN2Yy52MS5Mb29rdXBSZXF1ZXN0GhsuY2FjaGVzdmMudjEuTG9va3VwUmVzcG9uc2USPgoFU3RvcmUSGS5jYWNoZXN2Yy52MS5TdG9yZVJlcXVlc3QaGi5jYWNoZXN2Yy52MS5TdG9yZVJlc3BvbnNlEkEKBkRlbGV0ZRIaLmNhY2hlc3ZjLnYxLkRlbGV0ZVJlcXVlc3QaGy5jYWNoZXN2Yy52MS5EZWxldGVSZXNwb25zZRI+CgVTdGF0cxIZLmNhY2hlc3ZjLnYxLlN0YXRzUmVxdWVzdBoaLmNhY2hlc3ZjLnYxLlN0YXRzUmVzcG9uc2USRwoIRmVlZGJhY2sSHC5jYWNoZXN2Yy52MS5GZWVkYmFja1JlcXVlc3QaHS5jYWNoZXN2Yy52MS5GZWVkYmFja1Jlc3BvbnNlElAKC1JlbGVhc2VGaWxsEh8uY2FjaGVzdmMudjEuUmVsZWFzZUZpbGxSZXF1ZXN0GiAuY2FjaGVzdmMudjEuUmVsZWFzZUZpbGxSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * Entries only ever match inside one scope. The tenant is part of every scope too, but it comes from the
@@ -170,6 +170,25 @@ export type LookupRequest = Message<"cachesvc.v1.LookupRequest"> & {
    * @generated from field: bool explain = 4;
    */
   explain: boolean;
+
+  /**
+   * Single-flight (unset or 0 = off, as for clients that predate it). On a miss, take the fill lease on
+   * (scope, normalised prompt) for this many milliseconds (capped by the server): the response carries a
+   * `fill_token`, and the caller is expected to call the LLM and Store the answer (a store of that prompt in that
+   * scope ends the lease) or ReleaseFill. When another caller holds the lease, the response says `fill_pending`.
+   *
+   * @generated from field: uint32 fill_lease_ms = 10;
+   */
+  fillLeaseMs: number;
+
+  /**
+   * When another caller holds the fill lease: wait up to this many milliseconds (capped by the server and by
+   * this call's deadline) for its store, then answer from it (a hit with `waited_for_fill`). If the holder
+   * releases it or its lease runs out first, this call takes the lease itself. Only used with `fill_lease_ms`.
+   *
+   * @generated from field: uint32 fill_wait_ms = 11;
+   */
+  fillWaitMs: number;
 };
 
 /**
@@ -314,6 +333,28 @@ export type LookupResponse = Message<"cachesvc.v1.LookupResponse"> & {
    * @generated from field: cachesvc.v1.RejectReason rejected_reason = 9;
    */
   rejectedReason: RejectReason;
+
+  /**
+   * Set on a miss when this call took the fill lease (`LookupRequest.fill_lease_ms`): pass it to ReleaseFill if
+   * no answer will be stored.
+   *
+   * @generated from field: string fill_token = 10;
+   */
+  fillToken: string;
+
+  /**
+   * A miss while another caller holds the fill lease on this prompt (its answer may be stored soon).
+   *
+   * @generated from field: bool fill_pending = 11;
+   */
+  fillPending: boolean;
+
+  /**
+   * This call waited for another caller's fill (`LookupRequest.fill_wait_ms`).
+   *
+   * @generated from field: bool waited_for_fill = 12;
+   */
+  waitedForFill: boolean;
 };
 
 /**
@@ -644,6 +685,56 @@ export const FeedbackResponseSchema: GenMessage<FeedbackResponse> = /*@__PURE__*
   messageDesc(file_cachesvc_v1_cache, 16);
 
 /**
+ * @generated from message cachesvc.v1.ReleaseFillRequest
+ */
+export type ReleaseFillRequest = Message<"cachesvc.v1.ReleaseFillRequest"> & {
+  /**
+   * The scope and prompt of the lookup that took the lease.
+   *
+   * @generated from field: cachesvc.v1.Scope scope = 1;
+   */
+  scope?: Scope | undefined;
+
+  /**
+   * @generated from field: string prompt = 2;
+   */
+  prompt: string;
+
+  /**
+   * `LookupResponse.fill_token`: only the holder can release its lease.
+   *
+   * @generated from field: string fill_token = 3;
+   */
+  fillToken: string;
+};
+
+/**
+ * Describes the message cachesvc.v1.ReleaseFillRequest.
+ * Use `create(ReleaseFillRequestSchema)` to create a new message.
+ */
+export const ReleaseFillRequestSchema: GenMessage<ReleaseFillRequest> = /*@__PURE__*/
+  messageDesc(file_cachesvc_v1_cache, 17);
+
+/**
+ * @generated from message cachesvc.v1.ReleaseFillResponse
+ */
+export type ReleaseFillResponse = Message<"cachesvc.v1.ReleaseFillResponse"> & {
+  /**
+   * False when the lease had already ended (stored, released, run out) or belongs to another caller now.
+   *
+   * @generated from field: bool released = 1;
+   */
+  released: boolean;
+};
+
+/**
+ * Describes the message cachesvc.v1.ReleaseFillResponse.
+ * Use `create(ReleaseFillResponseSchema)` to create a new message.
+ */
+export const ReleaseFillResponseSchema: GenMessage<ReleaseFillResponse> = /*@__PURE__*/
+  messageDesc(file_cachesvc_v1_cache, 18);
+
+/**
  * @generated from enum cachesvc.v1.CandidateOutcome
  */
 export enum CandidateOutcome {
@@ -807,6 +898,17 @@ export const SemanticCache: GenService<{
     methodKind: "unary";
     input: typeof FeedbackRequestSchema;
     output: typeof FeedbackResponseSchema;
+  },
+  /**
+   * Gives up a fill lease taken by a lookup (`LookupResponse.fill_token`) without storing, e.g. when the LLM call
+   * failed, so that callers waiting for the fill stop waiting at once.
+   *
+   * @generated from rpc cachesvc.v1.SemanticCache.ReleaseFill
+   */
+  releaseFill: {
+    methodKind: "unary";
+    input: typeof ReleaseFillRequestSchema;
+    output: typeof ReleaseFillResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_cachesvc_v1_cache, 0);
