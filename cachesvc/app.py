@@ -118,6 +118,7 @@ class App:
                      for mode in {s.verifier, *s.namespace_verifiers.values()}}
         self.batcher = MicroBatcher(embedder=embedder, options=BatcherOptions(
             max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
+            max_queue_ms=s.max_queue_ms or None,
             workers=s.embed_workers, max_text_bytes=s.max_prompt_bytes,
         ))
         await self.batcher.start()
@@ -151,6 +152,7 @@ class App:
             limits=SizeLimits(max_prompt_bytes=s.max_prompt_bytes, max_completion_bytes=s.max_completion_bytes,
                               max_metadata_bytes=s.max_metadata_bytes),
             sweep_interval_seconds=s.sweep_interval,
+            max_ttl_seconds=s.max_ttl,
         )
         self.service = CacheService(encoder=encoder, backend=self.backend, clock=self.clock, options=options,
                                     verifier=verifiers[s.verifier],
@@ -160,7 +162,8 @@ class App:
         servicer = SemanticCacheServicer(service=self.service, authenticator=Authenticator(api_keys=s.api_keys),
                                          metrics=self.metrics)
         self._server, self.port = create_server(f"{s.host}:{s.port}", servicer=servicer,
-                                                health_servicer=self.health)
+                                                health_servicer=self.health,
+                                                max_concurrent_rpcs=s.max_concurrent_rpcs)
         await self._server.start()
         if s.metrics_port >= 0:
             batcher = self.batcher

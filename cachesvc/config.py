@@ -77,6 +77,8 @@ class Settings:
         "default threshold while a verifier runs: cosine similarity in [0, 1] a candidate needs to be verified "
         "(and served if accepted); <= min_similarity"))
     default_ttl: float = field(default=0.0, metadata=_spec("TTL in seconds for stores that set none (0 = never)"))
+    max_ttl: float = field(default=10 * 366 * 86400, metadata=_spec(
+        "largest ttl_seconds a store may ask for, seconds (larger ones are INVALID_ARGUMENT; 0 still means never)"))
     max_bytes: int = field(default=1 << 30, metadata=_spec(
         "memory budget in bytes for entries (vectors + texts + metadata + overhead); LRU eviction past it"))
     max_entries: int = field(default=0, metadata=_spec("entry cap (0 = none); LRU eviction past it"))
@@ -91,6 +93,11 @@ class Settings:
     max_wait_ms: float = field(default=0.0, metadata=_spec("extra wait for a batch to fill, milliseconds"))
     max_queue: int = field(default=1024, metadata=_spec(
         "prompts waiting for the model before callers get RESOURCE_EXHAUSTED"))
+    max_queue_ms: float = field(default=50.0, metadata=_spec(
+        "longest a prompt may wait for the model, milliseconds: a lookup or store that cannot start embedding "
+        "within it (or within its own gRPC deadline) gets RESOURCE_EXHAUSTED at once (0 = no time bound)"))
+    max_concurrent_rpcs: int = field(default=1024, metadata=_spec(
+        "calls the server serves at once (all connections); more are answered RESOURCE_EXHAUSTED at once"))
     memo_size: int = field(default=4096, metadata=_spec("recent prompt vectors remembered (no re-embedding)"))
     hnsw_threshold: int = field(default=20_000, metadata=_spec("scope size at which search switches to HNSW"))
     api_keys: Mapping[str, str] = field(default_factory=dict, metadata=_spec(
@@ -112,12 +119,14 @@ class Settings:
         elif self.recall_similarity > self.min_similarity:
             problems.append(f"recall_similarity {self.recall_similarity} must be <= min_similarity "
                             f"{self.min_similarity}")
-        for name in ("default_ttl", "max_entries", "max_wait_ms"):
+        for name in ("default_ttl", "max_entries", "max_wait_ms", "max_queue_ms"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
-        for name in ("snapshot_interval", "max_bytes", "top_k", "max_prompt_bytes", "max_completion_bytes",
+        if self.default_ttl > self.max_ttl:
+            problems.append(f"default_ttl {self.default_ttl} must be <= max_ttl {self.max_ttl}")
+        for name in ("snapshot_interval", "max_ttl", "max_bytes", "top_k", "max_prompt_bytes", "max_completion_bytes",
                      "max_metadata_bytes", "sweep_interval", "embed_workers", "intra_op_threads", "max_batch_size",
-                     "max_queue", "hnsw_threshold", "grace_seconds"):
+                     "max_queue", "hnsw_threshold", "grace_seconds", "max_concurrent_rpcs"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")
         if self.memo_size < 0:

@@ -14,7 +14,7 @@ from types import TracebackType
 
 from cachesvc.backends.protocol import Backend
 from cachesvc.clock import Clock
-from cachesvc.core.normalize import normalize_prompt
+from cachesvc.core.normalize import has_visible_text, normalize_prompt
 from cachesvc.core.policy import SizeLimits, TTLKind, TTLPolicy, checked_similarity, utf8_size
 from cachesvc.core.stats import CounterBook, Counters
 from cachesvc.core.types import (
@@ -31,16 +31,19 @@ from cachesvc.core.types import (
     Write,
 )
 from cachesvc.core.verify import HitVerifier, RejectReason, VerifyInput
-from cachesvc.embedding.protocol import TextEncoder
+from cachesvc.embedding.protocol import PartitionedEncoder
 from cachesvc.errors import InvalidRequest, NotFound, Unsupported
 from cachesvc.lifecycle import State
-from cachesvc.records import DEFAULT_NAMESPACE, Entry, ScopeKey, Usage
+from cachesvc.records import DEFAULT_NAMESPACE, Entry, ScopeKey, ScopeSelector, Usage
 
 log = logging.getLogger(__name__)
 
 # Bytes an entry costs beyond its vector and texts: the Entry object, its dict and LRU slots, the exact-key
 # tuple, label maps and FAISS id map: 1,786 B measured at 100k entries (bench/RESULTS.md, cache service targets).
 ENTRY_OVERHEAD_BYTES = 1800
+
+# How much of an unknown entry id a NOT_FOUND message repeats.
+MAX_ECHOED_ID_CHARS = 64
 
 
 def entry_size_bytes(*, dimension: int, prompt: str, normalized_prompt: str, completion_bytes: int,
@@ -71,6 +74,7 @@ class CacheOptions:
     limits: SizeLimits = SizeLimits()
     sweep_interval_seconds: float = 1.0
     sweep_batch: int = 1000
+    max_ttl_seconds: float = 10 * 366 * 86400
 
     def __post_init__(self) -> None:
         checked_similarity(self.min_similarity, field="min_similarity")
@@ -84,6 +88,10 @@ class CacheOptions:
             raise ValueError("max_bytes must be >= 1 (or unset)")
         if self.max_entries is not None and self.max_entries < 1:
             raise ValueError("max_entries must be >= 1 (or unset)")
+        if self.max_ttl_seconds <= 0:
+            raise ValueError("max_ttl_seconds must be > 0")
+        if self.default_ttl.kind is TTLKind.SECONDS and self.default_ttl.seconds > self.max_ttl_seconds:
+            raise ValueError("default_ttl must be <= max_ttl_seconds")
         if self.top_k < 1 or self.sweep_interval_seconds <= 0 or self.sweep_batch < 1:
             raise ValueError("top_k, sweep_interval_seconds and sweep_batch must be positive")
 
@@ -91,7 +99,7 @@ class CacheOptions:
 class CacheService:
     """Scoped semantic lookup and store. All methods run on the event loop; CPU work is awaited elsewhere."""
 
-    def __init__(self, *, encoder: TextEncoder, backend: Backend, clock: Clock, options: CacheOptions,
+    def __init__(self, *, encoder: PartitionedEncoder, backend: Backend, clock: Clock, options: CacheOptions,
                  verifier: HitVerifier | None = None,
                  namespace_verifiers: Mapping[str, HitVerifier | None] | None = None) -> None:
         """Args:
@@ -172,7 +180,7 @@ class CacheService:
             )
 
         embed_started = time.perf_counter()
-        vector = await self._encoder.encode(prompt)
+        vector = await self._encoder.encode(prompt, partition=scope.tenant, deadline=request.deadline)
         search_started = time.perf_counter()
         try:
             if verifier is None:
@@ -287,9 +295,12 @@ class CacheService:
         if self._options.max_bytes is not None and size > self._options.max_bytes:
             raise InvalidRequest(f"the entry needs {size} bytes, more than the cache's whole budget "
                                  f"({self._options.max_bytes})", field="completion")
+        if write.ttl.kind is TTLKind.SECONDS and write.ttl.seconds > self._options.max_ttl_seconds:
+            raise InvalidRequest(f"must be at most {self._options.max_ttl_seconds:.0f} seconds (0 = never expires)",
+                                 field="ttl_seconds")
         now = self._clock.now()
         expires_at = write.ttl.expires_at(now=now, default=self._options.default_ttl)
-        vector = await self._encoder.encode(prompt)
+        vector = await self._encoder.encode(prompt, partition=scope.tenant, deadline=write.deadline)
         entry = Entry(
             id=uuid.uuid4().hex,
             scope=scope,
@@ -344,8 +355,12 @@ class CacheService:
             entry = await self._backend.get(target.entry_id)
             # Another tenant's entry is reported exactly like a missing one: ids must not leak across tenants.
             if entry is None or entry.scope.tenant != target.tenant:
-                raise NotFound(f"no entry with id {target.entry_id!r}")
+                # The id is echoed only in part: a long one would not fit the status trailer.
+                shown = target.entry_id[:MAX_ECHOED_ID_CHARS] + ("..." if len(target.entry_id) > MAX_ECHOED_ID_CHARS
+                                                                 else "")
+                raise NotFound(f"no entry with id {shown!r}")
             return len(await self._backend.delete([entry.id]))
+        self._checked_selector(target)
         selector = dataclasses.replace(target, namespace=target.namespace or DEFAULT_NAMESPACE)
         entries = await self._backend.select(selector)
         return len(await self._backend.delete([e.id for e in entries]))
@@ -353,6 +368,11 @@ class CacheService:
     # Stats
 
     async def stats(self, tenant: str, namespace: str | None = None) -> list[NamespaceStats]:
+        """Raises:
+            InvalidRequest: the namespace is longer than a scope field may be.
+        """
+        if namespace is not None:
+            self._checked_field(namespace, "namespace")
         usage = await self._backend.usage_by_namespace(tenant)
         counters = self._counters.for_tenant(tenant)
         # One namespace asked for is reported even when it has nothing yet.
@@ -395,13 +415,25 @@ class CacheService:
         normalized = normalize_prompt(prompt)
         if not normalized:
             raise InvalidRequest("must not be empty or whitespace only", field="prompt")
+        if not has_visible_text(normalized):
+            raise InvalidRequest("must contain visible text (a letter, digit, punctuation mark or symbol)",
+                                 field="prompt")
         return normalized
 
-    def _checked_scope(self, scope: ScopeKey) -> ScopeKey:
+    def _checked_field(self, value: str, field: str) -> None:
         limit = self._options.limits.max_scope_field_bytes
+        if utf8_size(value) > limit:
+            raise InvalidRequest(f"is longer than {limit} bytes", field=field)
+
+    def _checked_selector(self, selector: ScopeSelector) -> None:
         for name in ("namespace", "model", "context"):
-            if utf8_size(getattr(scope, name)) > limit:
-                raise InvalidRequest(f"is longer than {limit} bytes", field=f"scope.{name}")
+            value = getattr(selector, name)
+            if value is not None:
+                self._checked_field(value, f"scope.{name}")
+
+    def _checked_scope(self, scope: ScopeKey) -> ScopeKey:
+        for name in ("namespace", "model", "context"):
+            self._checked_field(getattr(scope, name), f"scope.{name}")
         if not scope.namespace:
             return ScopeKey(tenant=scope.tenant, namespace=DEFAULT_NAMESPACE, model=scope.model,
                             context=scope.context)

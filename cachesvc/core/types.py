@@ -31,6 +31,7 @@ class Lookup:
     prompt: str
     min_similarity: float | None = None  # None: the server's threshold
     explain: bool = False
+    deadline: float | None = None  # when the caller gives up (time.monotonic()); None: never
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +41,7 @@ class Write:
     completion: str
     metadata: Mapping[str, str] = field(default_factory=dict)
     ttl: TTLPolicy = field(default_factory=TTLPolicy.default)
+    deadline: float | None = None  # when the caller gives up (time.monotonic()); None: never
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -26,6 +27,26 @@ Response = TypeVar("Response")
 Handler = Callable[[str, dict[str, object]], Awaitable[Response]]
 
 
+# What a caller-chosen request id may contain before it reaches a log line: no spaces, quotes or control
+# characters (so it cannot forge fields), and a bounded length.
+_REQUEST_ID = re.compile(r"[^A-Za-z0-9._:/+-]")
+MAX_REQUEST_ID_CHARS = 64
+
+
+def _loggable_request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+    for key, value in metadata or ():
+        if key == "x-request-id":
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+            return _REQUEST_ID.sub("_", text[:MAX_REQUEST_ID_CHARS])
+    return ""
+
+
+def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    """The caller's deadline on the time.monotonic() clock, so queued work it no longer waits for is shed."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
 class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc]
     def __init__(self, *, service: CacheService, authenticator: Authenticator, metrics: ServerMetrics) -> None:
         self._service = service
@@ -34,7 +55,7 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
 
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.LookupResponse:
         async def handle(tenant: str, fields: dict[str, object]) -> pb.LookupResponse:
-            lookup = convert.lookup_from_proto(tenant, request)
+            lookup = convert.lookup_from_proto(tenant, request, deadline=_deadline(context))
             result = await self._service.lookup(lookup)
             fields.update(scope=lookup.scope.digest, outcome=result.hit_kind.value,
                           similarity=round(result.similarity, 4), embed_ms=round(result.timings.embed_ms, 3),
@@ -49,7 +70,7 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
 
     async def Store(self, request: pb.StoreRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.StoreResponse:
         async def handle(tenant: str, fields: dict[str, object]) -> pb.StoreResponse:
-            write = convert.write_from_proto(tenant, request)
+            write = convert.write_from_proto(tenant, request, deadline=_deadline(context))
             result = await self._service.store(write)
             fields.update(scope=write.scope.digest, entry=result.entry.id, replaced=result.replaced)
             return convert.store_to_proto(result)
@@ -76,7 +97,7 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
     ) -> Response:
         started = time.perf_counter()
         metadata = context.invocation_metadata()
-        request_id = next((str(v) for k, v in metadata or () if k == "x-request-id"), None) or uuid.uuid4().hex
+        request_id = _loggable_request_id(metadata) or uuid.uuid4().hex
         fields: dict[str, object] = {"request_id": request_id, "method": method}
         code = grpc.StatusCode.OK
         message = ""
