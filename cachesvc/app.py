@@ -153,6 +153,7 @@ class App:
                               max_metadata_bytes=s.max_metadata_bytes),
             sweep_interval_seconds=s.sweep_interval,
             max_ttl_seconds=s.max_ttl,
+            max_namespaces_per_tenant=s.max_namespaces,
         )
         self.service = CacheService(encoder=encoder, backend=self.backend, clock=self.clock, options=options,
                                     verifier=verifiers[s.verifier],
@@ -168,7 +169,8 @@ class App:
         if s.metrics_port >= 0:
             batcher = self.batcher
             self.metrics.watch_core(self.service.counters, lambda: self._usage, lambda: batcher.queue_depth)
-            self._metrics_server, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.metrics.registry)
+            self._metrics_server, _ = start_http_server(s.metrics_port, addr=s.metrics_host,
+                                                          registry=self.metrics.registry)
             self.metrics_port = int(self._metrics_server.server_port)
         self._usage_task = asyncio.get_running_loop().create_task(self._refresh_usage(), name="usage-gauge")
         self.metrics.up.set(1)

@@ -46,7 +46,9 @@ def _spec(help: str, *, secret: bool = False) -> Any:
 class Settings:
     host: str = field(default="127.0.0.1", metadata=_spec("address to listen on"))
     port: int = field(default=50051, metadata=_spec("gRPC port (0 = any free port)"))
-    metrics_port: int = field(default=9464, metadata=_spec("Prometheus /metrics port on the same host (-1 = off)"))
+    metrics_port: int = field(default=9464, metadata=_spec("Prometheus /metrics port on --metrics-host (-1 = off)"))
+    metrics_host: str = field(default="127.0.0.1", metadata=_spec(
+        "address /metrics listens on: loopback by default, whatever --host is (it has no authentication)"))
     data_dir: Path = field(default=Path("data"), metadata=_spec(
         "directory for the snapshot and write-ahead log (one server per directory)"))
     fsync: Fsync = field(default=Fsync.ALWAYS, metadata=_spec(
@@ -100,6 +102,9 @@ class Settings:
         "calls the server serves at once (all connections); more are answered RESOURCE_EXHAUSTED at once"))
     memo_size: int = field(default=4096, metadata=_spec("recent prompt vectors remembered (no re-embedding)"))
     hnsw_threshold: int = field(default=20_000, metadata=_spec("scope size at which search switches to HNSW"))
+    max_namespaces: int = field(default=1000, metadata=_spec(
+        "namespaces one tenant may hold entries in (stores to one more are RESOURCE_EXHAUSTED); calls in "
+        "namespaces past it are not counted per namespace"))
     api_keys: Mapping[str, str] = field(default_factory=dict, metadata=_spec(
         "API keys as tenant=key pairs, comma-separated (empty = no authentication, one tenant)", secret=True))
     log_format: LogFormat = field(default=LogFormat.TEXT, metadata=_spec("text or json (one line per request)"))
@@ -126,7 +131,7 @@ class Settings:
             problems.append(f"default_ttl {self.default_ttl} must be <= max_ttl {self.max_ttl}")
         for name in ("snapshot_interval", "max_ttl", "max_bytes", "top_k", "max_prompt_bytes", "max_completion_bytes",
                      "max_metadata_bytes", "sweep_interval", "embed_workers", "intra_op_threads", "max_batch_size",
-                     "max_queue", "hnsw_threshold", "grace_seconds", "max_concurrent_rpcs"):
+                     "max_queue", "hnsw_threshold", "grace_seconds", "max_concurrent_rpcs", "max_namespaces"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")
         if self.memo_size < 0:

@@ -32,7 +32,7 @@ from cachesvc.core.types import (
 )
 from cachesvc.core.verify import HitVerifier, RejectReason, VerifyInput
 from cachesvc.embedding.protocol import PartitionedEncoder
-from cachesvc.errors import InvalidRequest, NotFound, Unsupported
+from cachesvc.errors import InvalidRequest, NotFound, QuotaExceeded, Unsupported
 from cachesvc.lifecycle import State
 from cachesvc.records import DEFAULT_NAMESPACE, Entry, ScopeKey, ScopeSelector, Usage
 
@@ -75,6 +75,7 @@ class CacheOptions:
     sweep_interval_seconds: float = 1.0
     sweep_batch: int = 1000
     max_ttl_seconds: float = 10 * 366 * 86400
+    max_namespaces_per_tenant: int | None = 1000
 
     def __post_init__(self) -> None:
         checked_similarity(self.min_similarity, field="min_similarity")
@@ -88,6 +89,8 @@ class CacheOptions:
             raise ValueError("max_bytes must be >= 1 (or unset)")
         if self.max_entries is not None and self.max_entries < 1:
             raise ValueError("max_entries must be >= 1 (or unset)")
+        if self.max_namespaces_per_tenant is not None and self.max_namespaces_per_tenant < 1:
+            raise ValueError("max_namespaces_per_tenant must be >= 1 (or unset)")
         if self.max_ttl_seconds <= 0:
             raise ValueError("max_ttl_seconds must be > 0")
         if self.default_ttl.kind is TTLKind.SECONDS and self.default_ttl.seconds > self.max_ttl_seconds:
@@ -113,7 +116,7 @@ class CacheService:
         self._options = options
         self._verifier = verifier
         self._namespace_verifiers = dict(namespace_verifiers or {})
-        self._counters = CounterBook()
+        self._counters = CounterBook(max_namespaces_per_tenant=options.max_namespaces_per_tenant)
         self._sweeper: asyncio.Task[None] | None = None
         self._state = State.NEW
 
@@ -298,6 +301,7 @@ class CacheService:
         if write.ttl.kind is TTLKind.SECONDS and write.ttl.seconds > self._options.max_ttl_seconds:
             raise InvalidRequest(f"must be at most {self._options.max_ttl_seconds:.0f} seconds (0 = never expires)",
                                  field="ttl_seconds")
+        await self._admit_namespace(scope)
         now = self._clock.now()
         expires_at = write.ttl.expires_at(now=now, default=self._options.default_ttl)
         vector = await self._encoder.encode(prompt, partition=scope.tenant, deadline=write.deadline)
@@ -316,6 +320,16 @@ class CacheService:
         self._counters.store(scope.tenant, scope.namespace)
         await self._enforce_capacity()
         return StoreResult(entry=entry, replaced=replaced is not None)
+
+    async def _admit_namespace(self, scope: ScopeKey) -> None:
+        """Raises QuotaExceeded when the store would give its tenant one namespace more than the cap."""
+        cap = self._options.max_namespaces_per_tenant
+        if cap is None:
+            return
+        held = await self._backend.usage_by_namespace(scope.tenant)
+        if scope.namespace not in held and len(held) >= cap:
+            raise QuotaExceeded(f"this tenant already has {len(held)} namespaces with entries; the limit is {cap} "
+                                "(delete a namespace's entries to free one)")
 
     async def _enforce_capacity(self) -> None:
         max_bytes, max_entries = self._options.max_bytes, self._options.max_entries
@@ -375,8 +389,11 @@ class CacheService:
             self._checked_field(namespace, "namespace")
         usage = await self._backend.usage_by_namespace(tenant)
         counters = self._counters.for_tenant(tenant)
-        # One namespace asked for is reported even when it has nothing yet.
+        # One namespace asked for is reported even when it has nothing yet. The list is bounded by the namespace
+        # cap (data written before a lower cap can exceed it: then the first names, in order, are shown).
         names = sorted(set(usage) | set(counters)) if namespace is None else [namespace or DEFAULT_NAMESPACE]
+        if self._options.max_namespaces_per_tenant is not None:
+            names = names[:self._options.max_namespaces_per_tenant]
         empty = Usage(entries=0, bytes=0)
         return [
             NamespaceStats(namespace=name, entries=usage.get(name, empty).entries, bytes=usage.get(name, empty).bytes,

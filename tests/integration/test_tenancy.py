@@ -1,0 +1,78 @@
+"""Tenants sharing one server learn nothing about each other: memo timing, counters, metrics, namespaces."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from cachesvc_client.v1 import cache_pb2 as pb
+from cachesvc_client.v1 import cache_pb2_grpc as pb_grpc
+from tests.conftest import CountingEmbedder
+
+StartApp = Callable[..., Any]
+KEYS = {"key-one": "t1", "key-two": "t2"}
+T1 = (("authorization", "Bearer key-one"),)
+T2 = (("authorization", "Bearer key-two"),)
+
+
+async def test_a_prompt_one_tenant_sent_is_embedded_again_for_another(start_app: StartApp,
+                                                                       counting_embedder: CountingEmbedder) -> None:
+    """A memo shared across tenants answered t2 in microseconds for a prompt t1 had sent: a timing oracle."""
+    app = await start_app(api_keys=KEYS)
+    secret = "Draft a layoff announcement for the Berlin office"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.SemanticCacheStub(channel)
+        await stub.Lookup(pb.LookupRequest(prompt=secret), metadata=T1)
+        await stub.Lookup(pb.LookupRequest(prompt=secret), metadata=T1)  # t1's own memo answers t1
+        assert counting_embedder.texts.count(secret) == 1
+        probe = await stub.Lookup(pb.LookupRequest(prompt=secret), metadata=T2)
+    assert counting_embedder.texts.count(secret) == 2
+    assert probe.timings.embed_ms > 0
+
+
+async def test_namespaces_per_tenant_are_capped_and_counters_stay_bounded(start_app: StartApp) -> None:
+    app = await start_app(api_keys=KEYS, max_namespaces=3)
+    assert app.service is not None
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.SemanticCacheStub(channel)
+        for ns in ("a", "b", "c"):
+            await stub.Store(pb.StoreRequest(scope=pb.Scope(namespace=ns), prompt=f"question {ns}", completion="x"),
+                             metadata=T1)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Store(pb.StoreRequest(scope=pb.Scope(namespace="d"), prompt="question d", completion="x"),
+                             metadata=T1)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "namespaces" in caught.value.details()
+        # another tenant is not affected by t1's namespaces
+        await stub.Store(pb.StoreRequest(scope=pb.Scope(namespace="d"), prompt="question d", completion="x"),
+                         metadata=T2)
+        # lookups in many new namespaces create no state
+        await asyncio.gather(*(stub.Lookup(pb.LookupRequest(scope=pb.Scope(namespace=f"probe-{i}"), prompt="hi"),
+                                           metadata=T1) for i in range(50)))
+        stats = await stub.Stats(pb.StatsRequest(), metadata=T1)
+    assert sorted(s.namespace for s in stats.namespaces) == ["a", "b", "c"]
+    assert len(app.service.counters.for_tenant("t1")) == 3
+
+
+async def test_metrics_name_tenants_but_not_namespaces_and_listen_on_loopback(start_app: StartApp) -> None:
+    app = await start_app(api_keys=KEYS, metrics_port=0)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.SemanticCacheStub(channel)
+        await stub.Store(pb.StoreRequest(scope=pb.Scope(namespace="project-nightingale"), prompt="plan",
+                                         completion="x"), metadata=T1)
+        await stub.Lookup(pb.LookupRequest(scope=pb.Scope(namespace="project-nightingale"), prompt="plan"),
+                          metadata=T1)
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{app.metrics_port}/metrics", timeout=10) as response:
+            return str(response.read().decode())
+
+    body = await asyncio.to_thread(scrape)
+    assert 'cachesvc_lookups_total{tenant="t1"} 1.0' in body
+    assert "nightingale" not in body and "namespace=" not in body
+    assert app.settings.metrics_host == "127.0.0.1"
