@@ -29,6 +29,7 @@ from cachesvc.backends.reembed import reembed_pending
 from cachesvc.backends.wal import FsyncPolicy
 from cachesvc.clock import Clock, SystemClock
 from cachesvc.config import LogFormat, Settings
+from cachesvc.core.limits import RateLimiter
 from cachesvc.core.policy import SizeLimits, TTLPolicy
 from cachesvc.core.service import CacheOptions, CacheService
 from cachesvc.core.verify import WEIGHTS_FILE, build_verifier
@@ -37,6 +38,7 @@ from cachesvc.embedding.manifest import ModelManifest
 from cachesvc.embedding.memo import MemoizedEncoder
 from cachesvc.embedding.onnx_embedder import OnnxEmbedder
 from cachesvc.embedding.protocol import Embedder
+from cachesvc.keyfile import KeyFile, load_key_file
 from cachesvc.metrics import ServerMetrics, new_metrics
 from cachesvc.records import Usage
 from cachesvc.server.auth import Authenticator
@@ -74,6 +76,8 @@ class App:
         self.batcher: MicroBatcher | None = None
         self.backend: EmbeddedBackend | None = None
         self.service: CacheService | None = None
+        self.authenticator: Authenticator | None = None
+        self.limiter: RateLimiter | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_server: Any = None
         self._usage = Usage(entries=0, bytes=0)
@@ -160,8 +164,11 @@ class App:
                                     namespace_verifiers={ns: verifiers[mode]
                                                          for ns, mode in s.namespace_verifiers.items()})
         await self.service.start()
-        servicer = SemanticCacheServicer(service=self.service, authenticator=Authenticator(api_keys=s.api_keys),
-                                         metrics=self.metrics)
+        keys = load_key_file(Path(s.api_keys_file), default=s.default_limits) if s.api_keys_file else KeyFile()
+        self.authenticator = Authenticator(api_keys=s.api_keys, key_hashes=keys.key_hashes)
+        self.limiter = RateLimiter(default=s.default_limits, per_tenant=keys.limits)
+        servicer = SemanticCacheServicer(service=self.service, authenticator=self.authenticator,
+                                         metrics=self.metrics, limiter=self.limiter)
         self._server, self.port = create_server(f"{s.host}:{s.port}", servicer=servicer,
                                                 health_servicer=self.health,
                                                 max_concurrent_rpcs=s.max_concurrent_rpcs)
@@ -179,6 +186,21 @@ class App:
         self._state = State.SERVING
         log.info("cachesvc serving on %s:%d (model %s, dimension %d)", s.host, self.port,
                  s.model_dir, embedder.dimension)
+
+    def reload_keys(self) -> bool:
+        """Reads the keys file again (SIGHUP): new keys and limits apply to the next call. A file that does not
+        read keeps the keys in force. Returns whether the new file was taken."""
+        if not self.settings.api_keys_file or self.authenticator is None or self.limiter is None:
+            return False
+        try:
+            keys = load_key_file(Path(self.settings.api_keys_file), default=self.settings.default_limits)
+        except ValueError as exc:
+            log.error("keys file not reloaded, the keys in force stay: %s", exc)
+            return False
+        self.authenticator.replace_key_hashes(keys.key_hashes)
+        self.limiter.set_limits(default=self.settings.default_limits, per_tenant=keys.limits)
+        log.info("keys file reloaded: %d keys, %d tenants", len(keys.key_hashes), len(set(keys.key_hashes.values())))
+        return True
 
     async def aclose(self) -> None:
         """Drains in-flight calls (up to the grace period), then stops components in reverse order."""
@@ -265,6 +287,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with App(settings):
+    async with App(settings) as app:
+        loop.add_signal_handler(signal.SIGHUP, app.reload_keys)
         await stop.wait()
         log.info("signal received; draining in-flight calls for up to %.0f s", settings.grace_seconds)

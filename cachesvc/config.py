@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from cachesvc.core.limits import TenantLimits
 from cachesvc.core.verify import VerifierMode
 
 ENV_PREFIX = "CACHESVC_"
@@ -107,6 +108,13 @@ class Settings:
         "namespaces past it are not counted per namespace"))
     api_keys: Mapping[str, str] = field(default_factory=dict, metadata=_spec(
         "API keys as tenant=key pairs, comma-separated (empty = no authentication, one tenant)", secret=True))
+    api_keys_file: str = field(default="", metadata=_spec(
+        "TOML file of [[keys]] tables (tenant, sha256 of the key, optional lookups_per_second and "
+        "stores_per_second), reloaded on SIGHUP; the way to give keys (empty = none)"))
+    lookups_per_second: float = field(default=0.0, metadata=_spec(
+        "each tenant's lookup rate unless its keys set one: token bucket, one second of burst (0 = unlimited)"))
+    stores_per_second: float = field(default=0.0, metadata=_spec(
+        "each tenant's store rate unless its keys set one (0 = unlimited)"))
     log_format: LogFormat = field(default=LogFormat.TEXT, metadata=_spec("text or json (one line per request)"))
     log_level: str = field(default="INFO", metadata=_spec("DEBUG, INFO, WARNING or ERROR"))
     grace_seconds: float = field(default=10.0, metadata=_spec("how long shutdown waits for in-flight calls"))
@@ -124,7 +132,8 @@ class Settings:
         elif self.recall_similarity > self.min_similarity:
             problems.append(f"recall_similarity {self.recall_similarity} must be <= min_similarity "
                             f"{self.min_similarity}")
-        for name in ("default_ttl", "max_entries", "max_wait_ms", "max_queue_ms"):
+        for name in ("default_ttl", "max_entries", "max_wait_ms", "max_queue_ms", "lookups_per_second",
+                     "stores_per_second"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
         if self.default_ttl > self.max_ttl:
@@ -140,6 +149,12 @@ class Settings:
             problems.append(f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
+
+    @property
+    def default_limits(self) -> TenantLimits:
+        """The call rates of a tenant whose keys set none."""
+        return TenantLimits(lookups_per_second=self.lookups_per_second or None,
+                            stores_per_second=self.stores_per_second or None)
 
     @property
     def default_threshold(self) -> float:

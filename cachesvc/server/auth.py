@@ -27,8 +27,13 @@ class Authenticator:
             api_keys: key -> tenant, in the clear.
             key_hashes: hex SHA-256 of a key -> tenant (a keys file); the server never needs the keys themselves.
         """
-        self._hashes = {key_hash(key): tenant for key, tenant in (api_keys or {}).items()}
-        self._hashes.update({digest.lower(): tenant for digest, tenant in (key_hashes or {}).items()})
+        self._static = {key_hash(key): tenant for key, tenant in (api_keys or {}).items()}
+        self._hashes: dict[str, str] = {}
+        self.replace_key_hashes(key_hashes or {})
+
+    def replace_key_hashes(self, key_hashes: Mapping[str, str]) -> None:
+        """Replaces the hashed keys (a reloaded keys file); keys given in the clear stay."""
+        self._hashes = {**self._static, **{digest.lower(): tenant for digest, tenant in key_hashes.items()}}
 
     @property
     def enabled(self) -> bool:

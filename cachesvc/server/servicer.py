@@ -11,13 +11,14 @@ from typing import Any, TypeVar
 
 import grpc
 
+from cachesvc.core.limits import CallKind, RateLimiter
 from cachesvc.core.service import CacheService
 from cachesvc.core.types import HitKind
 from cachesvc.errors import CacheError
 from cachesvc.metrics import ServerMetrics
 from cachesvc.server import convert
 from cachesvc.server.auth import Authenticator
-from cachesvc.server.errors import status_for
+from cachesvc.server.errors import status_for, trailers_for
 from cachesvc_client.v1 import cache_pb2 as pb
 from cachesvc_client.v1 import cache_pb2_grpc as pb_grpc
 
@@ -48,10 +49,12 @@ def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
 
 
 class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc]
-    def __init__(self, *, service: CacheService, authenticator: Authenticator, metrics: ServerMetrics) -> None:
+    def __init__(self, *, service: CacheService, authenticator: Authenticator, metrics: ServerMetrics,
+                 limiter: RateLimiter | None = None) -> None:
         self._service = service
         self._auth = authenticator
         self._metrics = metrics
+        self._limiter = limiter
 
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.LookupResponse:
         async def handle(tenant: str, fields: dict[str, object]) -> pb.LookupResponse:
@@ -66,7 +69,7 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
                     self._metrics.lookup_similarity.labels(result.hit_kind.value).observe(result.similarity)
             return convert.lookup_to_proto(result)
 
-        return await self._call("Lookup", context, handle)
+        return await self._call("Lookup", context, handle, CallKind.LOOKUP)
 
     async def Store(self, request: pb.StoreRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.StoreResponse:
         async def handle(tenant: str, fields: dict[str, object]) -> pb.StoreResponse:
@@ -75,7 +78,7 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
             fields.update(scope=write.scope.digest, entry=result.entry.id, replaced=result.replaced)
             return convert.store_to_proto(result)
 
-        return await self._call("Store", context, handle)
+        return await self._call("Store", context, handle, CallKind.STORE)
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.DeleteResponse:
         async def handle(tenant: str, fields: dict[str, object]) -> pb.DeleteResponse:
@@ -93,7 +96,8 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
         return await self._call("Stats", context, handle)
 
     async def _call(
-        self, method: str, context: grpc.aio.ServicerContext[Any, Any], handler: Handler[Response]
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], handler: Handler[Response],
+        kind: CallKind | None = None,
     ) -> Response:
         started = time.perf_counter()
         metadata = context.invocation_metadata()
@@ -101,11 +105,14 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
         fields: dict[str, object] = {"request_id": request_id, "method": method}
         code = grpc.StatusCode.OK
         message = ""
+        trailers: tuple[tuple[str, str], ...] = ()
         try:
             tenant = self._auth.tenant_for(metadata)
+            if kind is not None and self._limiter is not None:
+                self._limiter.check(tenant, kind)
             response = await handler(tenant, fields)
         except CacheError as exc:
-            code, message = status_for(exc), str(exc)
+            code, message, trailers = status_for(exc), str(exc), trailers_for(exc)
         except Exception:
             # Never a stack trace to the caller, never a dead server: log it here with the request id.
             log.exception("internal error request_id=%s method=%s", request_id, method)
@@ -116,5 +123,5 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
         if log.isEnabledFor(logging.INFO):  # the line is built on every call otherwise, even when not shown
             log.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields})
         if code is not grpc.StatusCode.OK:
-            await context.abort(code, message)
+            await context.abort(code, message, trailers)
         return response

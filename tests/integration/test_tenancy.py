@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from cachesvc.server.auth import key_hash
 from cachesvc_client.v1 import cache_pb2 as pb
 from cachesvc_client.v1 import cache_pb2_grpc as pb_grpc
 from tests.conftest import CountingEmbedder
@@ -76,3 +78,50 @@ async def test_metrics_name_tenants_but_not_namespaces_and_listen_on_loopback(st
     assert 'cachesvc_lookups_total{tenant="t1"} 1.0' in body
     assert "nightingale" not in body and "namespace=" not in body
     assert app.settings.metrics_host == "127.0.0.1"
+
+
+def keys_file(path: Path, entries: list[tuple[str, str, float | None]]) -> Path:
+    lines = []
+    for tenant, key, lookups in entries:
+        lines += ["[[keys]]", f'tenant = "{tenant}"', f'sha256 = "{key_hash(key)}"']
+        if lookups is not None:
+            lines.append(f"lookups_per_second = {lookups}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+async def test_keys_file_rate_limits_and_reload(start_app: StartApp, tmp_path: Path) -> None:
+    path = keys_file(tmp_path / "keys.toml", [("t1", "key-one", 0.001), ("t2", "key-two", None)])
+    app = await start_app(api_keys_file=str(path))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.SemanticCacheStub(channel)
+        await stub.Lookup(pb.LookupRequest(prompt="first"), metadata=T1)
+        call = stub.Lookup(pb.LookupRequest(prompt="second"), metadata=T1)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        retry = dict(caught.value.trailing_metadata() or ())["retry-after-ms"]
+        assert 900_000 <= int(str(retry)) <= 1_000_000  # about 1,000 s until the next token at 0.001/s
+        for _ in range(5):  # t2 has no limit and is not slowed by t1
+            await stub.Lookup(pb.LookupRequest(prompt="any"), metadata=T2)
+
+        keys_file(path, [("t1", "key-rotated", None)])
+        assert app.reload_keys()
+        await stub.Lookup(pb.LookupRequest(prompt="after the rotation"),
+                          metadata=(("authorization", "Bearer key-rotated"),))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Lookup(pb.LookupRequest(prompt="old key"), metadata=T2)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        path.write_text("[[keys]]\nbroken", encoding="utf-8")
+        assert not app.reload_keys()  # a bad file keeps the keys in force
+        await stub.Lookup(pb.LookupRequest(prompt="still in"), metadata=(("authorization", "Bearer key-rotated"),))
+
+
+async def test_conflicting_credentials_are_unauthenticated(start_app: StartApp) -> None:
+    app = await start_app(api_keys=KEYS)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.SemanticCacheStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Stats(pb.StatsRequest(), metadata=(*T1, ("x-api-key", "key-two")))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
