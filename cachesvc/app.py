@@ -171,7 +171,8 @@ class App:
                                          metrics=self.metrics, limiter=self.limiter)
         self._server, self.port = create_server(f"{s.host}:{s.port}", servicer=servicer,
                                                 health_servicer=self.health,
-                                                max_concurrent_rpcs=s.max_concurrent_rpcs)
+                                                max_concurrent_rpcs=s.max_concurrent_rpcs,
+                                                credentials=tls_credentials(s))
         await self._server.start()
         if s.metrics_port >= 0:
             batcher = self.batcher
@@ -239,6 +240,26 @@ class App:
             if self.backend is not None:
                 self._usage = await self.backend.usage()
             await asyncio.sleep(1.0)
+
+
+def tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """The gRPC port's TLS credentials from the PEM files the settings name (None: no TLS).
+
+    Raises:
+        ValueError: a file cannot be read.
+    """
+    if not settings.tls_cert:
+        return None
+
+    def read(path: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc}") from exc
+
+    client_ca = read(settings.tls_client_ca) if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials([(read(settings.tls_key), read(settings.tls_cert))],
+                                       root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
 def manifest_of(embedder: Embedder) -> ModelManifest | None:

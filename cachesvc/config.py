@@ -108,6 +108,11 @@ class Settings:
         "namespaces past it are not counted per namespace"))
     api_keys: Mapping[str, str] = field(default_factory=dict, metadata=_spec(
         "API keys as tenant=key pairs, comma-separated (empty = no authentication, one tenant)", secret=True))
+    tls_cert: str = field(default="", metadata=_spec(
+        "PEM certificate chain for the gRPC port; with --tls-key the port speaks TLS only (empty = no TLS)"))
+    tls_key: str = field(default="", metadata=_spec("PEM private key of --tls-cert"))
+    tls_client_ca: str = field(default="", metadata=_spec(
+        "PEM CA certificates: clients must present a certificate they signed (mutual TLS; empty = not asked)"))
     api_keys_file: str = field(default="", metadata=_spec(
         "TOML file of [[keys]] tables (tenant, sha256 of the key, optional lookups_per_second and "
         "stores_per_second), reloaded on SIGHUP; the way to give keys (empty = none)"))
@@ -143,6 +148,10 @@ class Settings:
                      "max_queue", "hnsw_threshold", "grace_seconds", "max_concurrent_rpcs", "max_namespaces"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            problems.append("tls_cert and tls_key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            problems.append("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS first)")
         if self.memo_size < 0:
             problems.append("memo_size must be >= 0")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
