@@ -159,14 +159,15 @@ class App:
             max_ttl_seconds=s.max_ttl,
             max_namespaces_per_tenant=s.max_namespaces,
         )
+        keys = load_key_file(Path(s.api_keys_file), default=s.default_limits) if s.api_keys_file else KeyFile()
+        self.authenticator = Authenticator(api_keys=s.api_keys, key_hashes=keys.key_hashes)
+        limiter = self.limiter = RateLimiter(default=s.default_limits, per_tenant=keys.limits)
         self.service = CacheService(encoder=encoder, backend=self.backend, clock=self.clock, options=options,
                                     verifier=verifiers[s.verifier],
                                     namespace_verifiers={ns: verifiers[mode]
-                                                         for ns, mode in s.namespace_verifiers.items()})
+                                                         for ns, mode in s.namespace_verifiers.items()},
+                                    tenant_max_bytes=lambda tenant: limiter.limits_for(tenant).max_bytes)
         await self.service.start()
-        keys = load_key_file(Path(s.api_keys_file), default=s.default_limits) if s.api_keys_file else KeyFile()
-        self.authenticator = Authenticator(api_keys=s.api_keys, key_hashes=keys.key_hashes)
-        self.limiter = RateLimiter(default=s.default_limits, per_tenant=keys.limits)
         servicer = SemanticCacheServicer(service=self.service, authenticator=self.authenticator,
                                          metrics=self.metrics, limiter=self.limiter)
         self._server, self.port = create_server(f"{s.host}:{s.port}", servicer=servicer,

@@ -120,6 +120,9 @@ class Settings:
         "each tenant's lookup rate unless its keys set one: token bucket, one second of burst (0 = unlimited)"))
     stores_per_second: float = field(default=0.0, metadata=_spec(
         "each tenant's store rate unless its keys set one (0 = unlimited)"))
+    tenant_max_bytes: int = field(default=0, metadata=_spec(
+        "bytes each tenant's entries may hold unless its keys set a max_bytes; past it the tenant's own least "
+        "recently used entries are evicted (0 = only --max-bytes)"))
     log_format: LogFormat = field(default=LogFormat.TEXT, metadata=_spec("text or json (one line per request)"))
     log_level: str = field(default="INFO", metadata=_spec("DEBUG, INFO, WARNING or ERROR"))
     grace_seconds: float = field(default=10.0, metadata=_spec("how long shutdown waits for in-flight calls"))
@@ -138,7 +141,7 @@ class Settings:
             problems.append(f"recall_similarity {self.recall_similarity} must be <= min_similarity "
                             f"{self.min_similarity}")
         for name in ("default_ttl", "max_entries", "max_wait_ms", "max_queue_ms", "lookups_per_second",
-                     "stores_per_second"):
+                     "stores_per_second", "tenant_max_bytes"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
         if self.default_ttl > self.max_ttl:
@@ -163,7 +166,8 @@ class Settings:
     def default_limits(self) -> TenantLimits:
         """The call rates of a tenant whose keys set none."""
         return TenantLimits(lookups_per_second=self.lookups_per_second or None,
-                            stores_per_second=self.stores_per_second or None)
+                            stores_per_second=self.stores_per_second or None,
+                            max_bytes=self.tenant_max_bytes or None)
 
     @property
     def default_threshold(self) -> float:

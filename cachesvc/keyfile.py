@@ -8,6 +8,7 @@ line:
     sha256 = "<hex SHA-256 of the key>"     # e.g. printf %s "$KEY" | sha256sum
     lookups_per_second = 200                # optional; else --lookups-per-second
     stores_per_second = 20                  # optional; else --stores-per-second
+    max_bytes = 104857600                   # optional; else --tenant-max-bytes
 
 A tenant may have several keys (rotation); its limits may be given on any of them, but not differently twice.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 from cachesvc.core.limits import TenantLimits
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-_FIELDS = {"tenant", "sha256", "lookups_per_second", "stores_per_second"}
+_FIELDS = {"tenant", "sha256", "lookups_per_second", "stores_per_second", "max_bytes"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,13 +77,18 @@ def load_key_file(path: Path, *, default: TenantLimits | None = None) -> KeyFile
         if digest.lower() in hashes:
             raise ValueError(f"{where}: the same key hash is listed twice")
         hashes[digest.lower()] = tenant
-        if "lookups_per_second" in entry or "stores_per_second" in entry:
-            # A rate not given on the key is the default's.
+        if {"lookups_per_second", "stores_per_second", "max_bytes"} & set(entry):
+            # A limit not given on the key is the default's.
+            max_bytes = entry.get("max_bytes", default.max_bytes)
+            if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int)
+                                          or max_bytes < 1):
+                raise ValueError(f"{where}: max_bytes must be a whole number >= 1")
             own = TenantLimits(
                 lookups_per_second=(_rate(entry["lookups_per_second"], where, "lookups_per_second")
                                     if "lookups_per_second" in entry else default.lookups_per_second),
                 stores_per_second=(_rate(entry["stores_per_second"], where, "stores_per_second")
-                                   if "stores_per_second" in entry else default.stores_per_second))
+                                   if "stores_per_second" in entry else default.stores_per_second),
+                max_bytes=max_bytes)
             if given.setdefault(tenant, own) != own:
                 raise ValueError(f"{where}: tenant {tenant!r} is given different limits on two keys")
     return KeyFile(key_hashes=hashes, limits={tenant: given.get(tenant, default) for tenant in set(hashes.values())})

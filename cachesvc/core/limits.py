@@ -18,13 +18,17 @@ class CallKind(Enum):
 
 @dataclass(frozen=True, kw_only=True)
 class TenantLimits:
-    """A tenant's rates in calls per second (None = unlimited). A bucket holds one second's worth of calls
-    (at least one), so a tenant may burst to its rate and then keeps to it."""
+    """A tenant's limits. Rates are calls per second (None = unlimited); a bucket holds one second's worth of
+    calls (at least one), so a tenant may burst to its rate and then keeps to it. `max_bytes` is the most its
+    entries may hold (None = only the cache's own budget)."""
 
     lookups_per_second: float | None = None
     stores_per_second: float | None = None
+    max_bytes: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1 (or unset)")
         for name in ("lookups_per_second", "stores_per_second"):
             value = getattr(self, name)
             if value is not None and (math.isnan(value) or value <= 0):

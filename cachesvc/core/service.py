@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # Bytes an entry costs beyond its vector and texts: the Entry object, its dict and LRU slots, the exact-key
 # tuple, label maps and FAISS id map: 1,786 B measured at 100k entries (bench/RESULTS.md, cache service targets).
 ENTRY_OVERHEAD_BYTES = 1800
+
+# A tenant over its byte quota is brought down to this share of it.
+QUOTA_EVICTION_TARGET = 0.9
 
 # How much of an unknown entry id a NOT_FOUND message repeats.
 MAX_ECHOED_ID_CHARS = 64
@@ -104,11 +107,13 @@ class CacheService:
 
     def __init__(self, *, encoder: PartitionedEncoder, backend: Backend, clock: Clock, options: CacheOptions,
                  verifier: HitVerifier | None = None,
-                 namespace_verifiers: Mapping[str, HitVerifier | None] | None = None) -> None:
+                 namespace_verifiers: Mapping[str, HitVerifier | None] | None = None,
+                 tenant_max_bytes: Callable[[str], int | None] | None = None) -> None:
         """Args:
             verifier: checks each candidate that clears the threshold before it is served; None serves the
                 best candidate that clears it (and uses `min_similarity` as the default threshold).
             namespace_verifiers: a namespace's own verifier (None = off) in place of `verifier`, in every tenant.
+            tenant_max_bytes: a tenant's byte quota (None = none); read on every store, so it may change.
         """
         self._encoder = encoder
         self._backend = backend
@@ -116,6 +121,7 @@ class CacheService:
         self._options = options
         self._verifier = verifier
         self._namespace_verifiers = dict(namespace_verifiers or {})
+        self._tenant_max_bytes = tenant_max_bytes or (lambda _tenant: None)
         self._counters = CounterBook(max_namespaces_per_tenant=options.max_namespaces_per_tenant)
         self._sweeper: asyncio.Task[None] | None = None
         self._state = State.NEW
@@ -298,6 +304,10 @@ class CacheService:
         if self._options.max_bytes is not None and size > self._options.max_bytes:
             raise InvalidRequest(f"the entry needs {size} bytes, more than the cache's whole budget "
                                  f"({self._options.max_bytes})", field="completion")
+        quota = self._tenant_max_bytes(scope.tenant)
+        if quota is not None and size > quota:
+            raise InvalidRequest(f"the entry needs {size} bytes, more than this tenant's whole quota ({quota})",
+                                 field="completion")
         if write.ttl.kind is TTLKind.SECONDS and write.ttl.seconds > self._options.max_ttl_seconds:
             raise InvalidRequest(f"must be at most {self._options.max_ttl_seconds:.0f} seconds (0 = never expires)",
                                  field="ttl_seconds")
@@ -318,6 +328,8 @@ class CacheService:
         )
         replaced = await self._backend.put(entry, vector)
         self._counters.store(scope.tenant, scope.namespace)
+        if quota is not None:
+            await self._enforce_tenant_quota(scope.tenant, quota, keep=entry.id)
         await self._enforce_capacity()
         return StoreResult(entry=entry, replaced=replaced is not None)
 
@@ -330,6 +342,27 @@ class CacheService:
         if scope.namespace not in held and len(held) >= cap:
             raise QuotaExceeded(f"this tenant already has {len(held)} namespaces with entries; the limit is {cap} "
                                 "(delete a namespace's entries to free one)")
+
+    async def _enforce_tenant_quota(self, tenant: str, quota: int, *, keep: str) -> None:
+        """Evicts the tenant's own least recently used entries once they hold more than `quota` bytes, down to
+        90% of it, so one tenant's stores never push out another's entries and the pass is not repeated on
+        every store of a tenant at its quota."""
+        usage = await self._backend.usage_by_namespace(tenant)
+        held = sum(u.bytes for u in usage.values())
+        if held <= quota:
+            return
+        entries = [e for ns in usage for e in await self._backend.select(ScopeSelector(tenant=tenant, namespace=ns))
+                   if e.id != keep]
+        entries.sort(key=lambda e: e.last_used_at)
+        victims: list[str] = []
+        target = quota * QUOTA_EVICTION_TARGET
+        for entry in entries:
+            if held <= target:
+                break
+            victims.append(entry.id)
+            held -= entry.size_bytes
+        for entry in await self._backend.delete(victims):
+            self._counters.evicted(entry.scope.tenant, entry.scope.namespace, ttl=False)
 
     async def _enforce_capacity(self) -> None:
         max_bytes, max_entries = self._options.max_bytes, self._options.max_entries

@@ -125,3 +125,22 @@ async def test_conflicting_credentials_are_unauthenticated(start_app: StartApp) 
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.Stats(pb.StatsRequest(), metadata=(*T1, ("x-api-key", "key-two")))
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_tenant_over_its_byte_quota_evicts_its_own_entries_not_others(start_app: StartApp) -> None:
+    app = await start_app(api_keys=KEYS, max_bytes=40_000, tenant_max_bytes=20_000)
+    completion = "c" * 1000  # each entry is charged about 4.4 KB (vector, texts, overhead)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.SemanticCacheStub(channel)
+        for i in range(3):
+            await stub.Store(pb.StoreRequest(prompt=f"tenant two's question {i}", completion=completion),
+                             metadata=T2)
+        for i in range(10):  # 44 KB: over both t1's quota and, with t2's entries, the whole budget
+            last = await stub.Store(pb.StoreRequest(prompt=f"tenant one's question {i}", completion=completion),
+                                    metadata=T1)
+        t1 = (await stub.Stats(pb.StatsRequest(), metadata=T1)).total
+        t2 = (await stub.Stats(pb.StatsRequest(), metadata=T2)).total
+        newest = await stub.Lookup(pb.LookupRequest(prompt="tenant one's question 9"), metadata=T1)
+    assert t2.entries == 3 and t2.capacity_evictions == 0
+    assert t1.bytes <= 20_000 and t1.capacity_evictions == 10 - t1.entries > 0
+    assert newest.hit and newest.entry.id == last.id

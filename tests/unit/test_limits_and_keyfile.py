@@ -81,11 +81,12 @@ sha256 = "{key_hash('acme-2')}"
 [[keys]]
 tenant = "globex"
 sha256 = "{key_hash('globex-1')}"
+max_bytes = 5000
 """)
     keys = load_key_file(path, default=TenantLimits(lookups_per_second=5, stores_per_second=1))
     assert keys.key_hashes == {key_hash("acme-1"): "acme", key_hash("acme-2"): "acme", key_hash("globex-1"): "globex"}
     assert keys.limits == {"acme": TenantLimits(lookups_per_second=50, stores_per_second=1),
-                           "globex": TenantLimits(lookups_per_second=5, stores_per_second=1)}
+                           "globex": TenantLimits(lookups_per_second=5, stores_per_second=1, max_bytes=5000)}
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -97,6 +98,7 @@ sha256 = "{key_hash('globex-1')}"
     (f'[[keys]]\ntenant = "a"\nsha256 = "{"a" * 64}"\nlookups_per_second = 1\n'
      f'[[keys]]\ntenant = "a"\nsha256 = "{"b" * 64}"\nlookups_per_second = 2\n', "different limits"),
     (f'[[keys]]\ntenant = "a"\nsha256 = "{"a" * 64}"\nstores_per_second = 0\n', "must be a number > 0"),
+    (f'[[keys]]\ntenant = "a"\nsha256 = "{"a" * 64}"\nmax_bytes = 1.5\n', "max_bytes must be"),
     ('keys = "nope"\n', "array of tables"),
     ("not toml at all [", "cannot read"),
 ])
