@@ -642,6 +642,7 @@ async def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
         "accepted_max_ms": max(ok) if ok else None,
         "rss_mb_first": rss_mb[0] if rss_mb else None, "rss_mb_max": max(rss_mb) if rss_mb else None,
         "rss_mb_last": rss_mb[-1] if rss_mb else None,
+        "rss_mb_every_5s": [round(mb, 1) for (t, _b), mb in zip(rss, rss_mb, strict=True) if t % 5 < 0.5],
         "recovery_probes": len(probe_results), "recovery_probes_normal": len(normal),
         "recovered_after_seconds": recovered_after, "normal_ms": args.normal_ms,
         **resources, "server_settings": srv.settings, "mix": args.mix,

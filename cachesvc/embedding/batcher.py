@@ -187,6 +187,13 @@ class MicroBatcher:
             if len(self._queue) > 2 * self._options.max_queue:
                 self._queue = collections.deque(i for i in self._queue if i.queued)
 
+    def _run_cap(self) -> int:
+        """Most items one run may take: about what the queueing budget can run at the measured rate. A longer
+        run would keep every caller it carries waiting past the budget plus one embedding."""
+        if self._options.max_queue_ms is None or self._seconds_per_item <= 0:
+            return self._options.max_batch_size
+        return max(1, int(self._options.max_queue_ms / 1000 / self._seconds_per_item))
+
     def _next_live(self) -> _Item | None:
         """Pops the next item someone still waits for; sheds the ones whose start-by time has passed."""
         while self._queue:
@@ -216,7 +223,7 @@ class MicroBatcher:
                 # Share what is queued among the idle workers, so that two cores run two half batches
                 # instead of one core running everything while the other waits.
                 idle = self._options.workers - self._busy
-                share = min(self._options.max_batch_size, -(-(1 + self._live) // max(idle, 1)))
+                share = min(self._options.max_batch_size, -(-(1 + self._live) // max(idle, 1)), self._run_cap())
                 while len(batch) < share and (item := self._next_live()) is not None:
                     batch.append(item)
             except BaseException:

@@ -376,9 +376,30 @@ async def test_a_queue_that_would_take_longer_than_the_budget_sheds_at_once() ->
         with pytest.raises(Overloaded, match="would take about 60 ms"):
             await batcher.encode("q3")  # 60 ms ahead: shed now rather than after waiting in vain
         assert batcher.queue_depth == 2
+        clock.now += 0.030  # the busy run takes 30 ms too
         fake.release()
         await settle(asyncio.gather(*busy, *queued))
-    assert fake.calls == [["warm"], ["busy"], ["q1", "q2"]]
+    # one 30 ms prompt per run: two would take longer than the 50 ms budget
+    assert fake.calls == [["warm"], ["busy"], ["q1"], ["q2"]]
+
+
+async def test_runs_are_cut_at_what_the_queueing_budget_can_run() -> None:
+    fake = FakeEmbedder(hold={0, 1})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
+        warm = await submit(batcher, ["warm"])
+        await fake.wait_calls(1)
+        clock.now += 0.010  # 10 ms per prompt: five fit in the budget
+        fake.release(0)
+        await settle(asyncio.gather(*warm))
+        busy = await submit(batcher, ["busy"])
+        await fake.wait_calls(2)
+        texts = [f"q{i}" for i in range(6)]
+        queued = await submit(batcher, texts)
+        clock.now += 0.010  # the busy run takes 10 ms too
+        fake.release()
+        await settle(asyncio.gather(*busy, *queued))
+    assert fake.calls == [["warm"], ["busy"], texts[:5], texts[5:]]
 
 
 async def test_a_caller_cancelling_while_its_batch_runs_does_not_disturb_the_others() -> None:
