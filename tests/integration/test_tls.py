@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from cachesvc import cli
 from cachesvc.config import Settings
 from cachesvc_client.v1 import cache_pb2 as pb
 from cachesvc_client.v1 import cache_pb2_grpc as pb_grpc
@@ -104,6 +106,13 @@ async def test_tls_port_serves_tls_only(start_app: StartApp, pki: Pki) -> None:
     # a client that does not trust the server's CA does not talk to it
     assert await stats(target, grpc.ssl_channel_credentials(root_certificates=pki.other_ca.cert)) \
         is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_the_health_command_speaks_tls(start_app: StartApp, pki: Pki) -> None:
+    app = await start_app(tls_cert=pki.files["server.pem"], tls_key=pki.files["server.key"])
+    target = f"127.0.0.1:{app.port}"
+    assert await asyncio.to_thread(cli.main, ["health", "--target", target, "--tls-ca", pki.files["ca.pem"]]) == 0
+    assert await asyncio.to_thread(cli.main, ["health", "--target", target, "--timeout", "1"]) == 1
 
 
 async def test_mutual_tls_requires_a_client_certificate_from_the_ca(start_app: StartApp, pki: Pki) -> None:
