@@ -9,7 +9,7 @@ MODEL_DIR ?= models/all-MiniLM-L6-v2
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: serve test lint proto model install clean
+.PHONY: serve test lint proto model install clean fuzz
 
 serve: $(VENV)/.serve $(MODEL_DIR)/manifest.json
 	$(PY) -m cachesvc serve --model-dir $(MODEL_DIR) $(ARGS)
@@ -19,6 +19,12 @@ test: $(VENV)/.dev $(MODEL_DIR)/manifest.json
 	$(PY) -m mypy cachesvc clients/python/cachesvc_client
 	CACHESVC_TEST_MODEL_DIR=$(MODEL_DIR) $(PY) -m pytest -q $(ARGS)
 	$(MAKE) ts-test
+
+# The wire fuzz suite with many more examples than `make test` runs; prints the answers by status code.
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(VENV)/.dev $(MODEL_DIR)/manifest.json
+	CACHESVC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CACHESVC_TEST_MODEL_DIR=$(MODEL_DIR) $(PY) -m pytest -q -s \
+		tests/integration/test_fuzz.py
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .

@@ -4,6 +4,7 @@
     .venv/bin/python bench/load.py saturate --preload 1000 --p99-budget-ms 50
     .venv/bin/python bench/load.py peak --peak-rate 100 --max-queue 32
     .venv/bin/python bench/load.py figures --entries 100000
+    .venv/bin/python bench/load.py overload --saturated-rate 150 --mix miss=0.8,hit=0.2
 
 Without --target the tool starts `python -m cachesvc serve` as a subprocess on a free 127.0.0.1 port (its own
 temporary data directory, metrics off) and reads its CPU time and RSS from /proc/<pid>; with --target it drives
@@ -20,7 +21,9 @@ Subcommands: `run` (one run), `saturate` (open loop at rising rates; the highest
 --p99-budget-ms), `peak` (a ramp to 3x --peak-rate against a server with a small --max-queue: is latency bounded,
 and does the server shed with RESOURCE_EXHAUSTED?), `figures` (exact-hit p50, semantic lookup p50 at --entries
 entries next to the embedder's own single-prompt time, memory per entry; with --real N only N entries go
-through gRPC and the data directory is grown to --entries with filler, see bench/filler.py). Writes JSON to --out.
+through gRPC and the data directory is grown to --entries with filler, see bench/filler.py), `overload` (open loop
+at --factor x --saturated-rate with --deadline-ms client deadlines: goodput, accepted latency, RSS over the run,
+and how soon after the load a fresh lookup is answered normally). Writes JSON to --out.
 """
 
 from __future__ import annotations
@@ -223,13 +226,14 @@ class Tally:
     timeline: list[tuple[float, float, str]] = field(default_factory=list)  # (start offset s, ms, code)
 
 
-async def call(client: AsyncCacheClient, op: str, prompt: str, tally: Tally, scheduled: float) -> None:
+async def call(client: AsyncCacheClient, op: str, prompt: str, tally: Tally, scheduled: float,
+               timeout: float = CALL_TIMEOUT) -> None:
     code = "OK"
     try:
         if op == "store":
-            await client.store(prompt, COMPLETION, scope=SCOPE, timeout=CALL_TIMEOUT)
+            await client.store(prompt, COMPLETION, scope=SCOPE, timeout=timeout)
         else:
-            result = await client.lookup(prompt, scope=SCOPE, timeout=CALL_TIMEOUT)
+            result = await client.lookup(prompt, scope=SCOPE, timeout=timeout)
             if result.hit:
                 tally.hits[op] += 1
     except CacheClientError as exc:
@@ -275,7 +279,7 @@ async def closed_loop(target: str, workload: Workload, *, concurrency: int, dura
 
 
 async def open_loop(target: str, workload: Workload, *, rates: list[tuple[float, float]], count: int,
-                    channels: int) -> Tally:
+                    channels: int, timeout: float = CALL_TIMEOUT) -> Tally:
     """Calls on a fixed schedule: `rates` is a list of (calls per second, seconds) phases, run in turn."""
     tally = Tally()
     pending: set[asyncio.Task[None]] = set()
@@ -296,12 +300,13 @@ async def open_loop(target: str, workload: Workload, *, rates: list[tuple[float,
                     tally.dropped += 1
                     continue
                 op, prompt = workload.next_call()
-                task = asyncio.get_running_loop().create_task(call(pool[i % len(pool)], op, prompt, tally, due))
+                task = asyncio.get_running_loop().create_task(call(pool[i % len(pool)], op, prompt, tally, due,
+                                                                   timeout))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             phase_start += seconds
         if pending:
-            await asyncio.wait(pending, timeout=CALL_TIMEOUT + 5)
+            await asyncio.wait(pending, timeout=timeout + 5)
         tally.finished = time.perf_counter()
     return tally
 
@@ -566,6 +571,96 @@ async def cmd_peak(args: argparse.Namespace) -> dict[str, Any]:
             "markdown": markdown_table(headers, table)}
 
 
+async def _recovery_probes(target: str, *, start_at: float, seconds: float, interval: float,
+                           timeout: float) -> list[tuple[float, float, bool]]:
+    """From `start_at` (perf_counter) on, one fresh lookup (it needs the model) every `interval` seconds, each
+    waiting for the last: (seconds after start_at it was due, ms from due to answer, answered OK)."""
+    await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
+    results: list[tuple[float, float, bool]] = []
+    async with clients(target, 1) as (client,):
+        for i in range(int(seconds / interval)):
+            due = start_at + i * interval
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            ok = True
+            try:
+                await client.lookup(f"Is the cache back to normal yet? (probe {i} {random.random()})", scope=SCOPE,
+                                    timeout=timeout)
+            except CacheClientError:
+                ok = False
+            results.append((due - start_at, (time.perf_counter() - due) * 1000, ok))
+    return results
+
+
+async def _rss_sampler(pid: int, samples: list[tuple[float, int]], interval: float = 0.5) -> None:
+    started = time.monotonic()
+    while True:
+        samples.append((time.monotonic() - started, proc_sample(pid).rss_bytes))
+        await asyncio.sleep(interval)
+
+
+async def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
+    """Open loop at --factor x --saturated-rate for --duration seconds, every call with a --deadline-ms deadline,
+    then probes: goodput, accepted latency, RSS over the run, and how soon after the load a lookup is normal."""
+    rate = args.factor * args.saturated_rate
+    deadline = args.deadline_ms / 1000
+    with server(args) as srv:
+        setup = await prepare(args, srv)
+        await wait_idle(srv)
+        rss: list[tuple[float, int]] = []
+        sampler = asyncio.get_running_loop().create_task(_rss_sampler(srv.pid, rss)) if srv.pid else None
+        start = time.perf_counter()
+        probes = asyncio.get_running_loop().create_task(_recovery_probes(
+            srv.target, start_at=start + args.duration, seconds=3.0, interval=0.05, timeout=deadline))
+        tally, resources = await measured(srv, open_loop(srv.target, setup.workload,
+                                                         rates=[(rate, args.duration)], count=args.count,
+                                                         channels=args.channels, timeout=deadline))
+        probe_results = await probes
+        if sampler is not None:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+    ok = [ms for _, ms, code in tally.timeline if code == "OK"]
+    codes = Counter(code for _, _, code in tally.timeline)
+    goodput = len(ok) / args.duration
+    per_second = Counter(int(t) for t, _, code in tally.timeline if code == "OK")
+    normal = [t for t, ms, good in probe_results if good and ms <= args.normal_ms]
+    # recovered: from the first probe after which every probe was normal
+    recovered_after = None
+    for i, (t, _ms, _good) in enumerate(probe_results):
+        if all(good and ms <= args.normal_ms for _t, ms, good in probe_results[i:]):
+            recovered_after = t
+            break
+    rss_mb = [b / 2**20 for _, b in rss]
+    result = {
+        "saturated_rate": args.saturated_rate, "offered_rate": rate, "seconds": args.duration,
+        "deadline_ms": args.deadline_ms, "sent": tally.sent, "client_dropped": tally.dropped,
+        "codes": dict(codes), "goodput_per_second": round(goodput, 1),
+        "goodput_of_saturated": round(goodput / args.saturated_rate, 3),
+        "ok_per_second_min": min(per_second.get(s, 0) for s in range(int(args.duration))),
+        "ok_per_second_max": max(per_second.get(s, 0) for s in range(int(args.duration))),
+        "accepted_p50_ms": percentile(ok, 50), "accepted_p99_ms": percentile(ok, 99),
+        "accepted_max_ms": max(ok) if ok else None,
+        "rss_mb_first": rss_mb[0] if rss_mb else None, "rss_mb_max": max(rss_mb) if rss_mb else None,
+        "rss_mb_last": rss_mb[-1] if rss_mb else None,
+        "rss_mb_every_5s": [round(mb, 1) for (t, _b), mb in zip(rss, rss_mb, strict=True) if t % 5 < 0.5],
+        "recovery_probes": len(probe_results), "recovery_probes_normal": len(normal),
+        "recovered_after_seconds": recovered_after, "normal_ms": args.normal_ms,
+        **resources, "server_settings": srv.settings, "mix": args.mix,
+    }
+    headers = ["offered/s", "goodput/s", "of saturated", "ok/s min..max", "accepted p50 ms", "p99 ms", "max ms",
+               "answers", "RSS MB first/max/last", "normal again after"]
+    table = [[f"{rate:.0f}", result["goodput_per_second"], result["goodput_of_saturated"],
+              f"{result['ok_per_second_min']}..{result['ok_per_second_max']}", _f(result["accepted_p50_ms"]),
+              _f(result["accepted_p99_ms"]), _f(result["accepted_max_ms"]), dict(codes),
+              "/".join(_f(x) for x in (result["rss_mb_first"], result["rss_mb_max"], result["rss_mb_last"])),
+              "-" if recovered_after is None else f"{recovered_after:.2f} s"]]
+    print(f"\noverload: {args.factor}x {args.saturated_rate}/s for {args.duration} s, {args.deadline_ms} ms "
+          f"deadlines, mix {args.mix}")
+    print(text_table(headers, table))
+    result["markdown"] = markdown_table(headers, table)
+    return result
+
+
 def _f(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
@@ -726,6 +821,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     peak.add_argument("--max-queue", type=int, default=32)
     peak.add_argument("--phase-seconds", type=float, default=15.0)
     peak.add_argument("--p99-budget-ms", type=float, default=50.0, help="for judging recovery after the ramp")
+    over = sub.add_parser("overload", parents=[common],
+                          help="open loop at a multiple of the saturated rate with short client deadlines")
+    over.add_argument("--saturated-rate", type=float, required=True, help="from `saturate` with the same mix")
+    over.add_argument("--factor", type=float, default=3.0)
+    over.add_argument("--duration", type=float, default=20.0)
+    over.add_argument("--deadline-ms", type=float, default=1000.0, help="every call's gRPC deadline")
+    over.add_argument("--normal-ms", type=float, default=100.0,
+                      help="a recovery probe answered within this is normal again")
     fig = sub.add_parser("figures", parents=[common, search], help="cache-service figures at --entries entries")
     fig.add_argument("--entries", type=int, default=100_000)
     fig.add_argument("--real", type=int, default=0,
@@ -737,7 +840,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    handler = {"run": cmd_run, "saturate": cmd_saturate, "peak": cmd_peak, "figures": cmd_figures}[args.command]
+    handler = {"run": cmd_run, "saturate": cmd_saturate, "peak": cmd_peak, "figures": cmd_figures,
+               "overload": cmd_overload}[args.command]
     result = asyncio.run(handler(args))
     out = args.out or OUT_DIR / f"load-{args.command}.json"
     write_json(out, round_floats({"date": utc_now(), "command": command_line(), "machine": machine(), **result}))

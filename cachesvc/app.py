@@ -30,6 +30,7 @@ from cachesvc.backends.reembed import reembed_pending
 from cachesvc.backends.wal import FsyncPolicy
 from cachesvc.clock import Clock, SystemClock
 from cachesvc.config import LogFormat, Settings
+from cachesvc.core.limits import RateLimiter
 from cachesvc.core.policy import SizeLimits, TTLPolicy
 from cachesvc.core.service import CacheOptions, CacheService
 from cachesvc.core.verify import WEIGHTS_FILE, build_verifier
@@ -38,6 +39,7 @@ from cachesvc.embedding.manifest import ModelManifest
 from cachesvc.embedding.memo import MemoizedEncoder
 from cachesvc.embedding.onnx_embedder import OnnxEmbedder
 from cachesvc.embedding.protocol import Embedder
+from cachesvc.keyfile import KeyFile, load_key_file
 from cachesvc.metrics import ServerMetrics, new_metrics
 from cachesvc.records import Usage
 from cachesvc.server.auth import Authenticator
@@ -75,6 +77,8 @@ class App:
         self.batcher: MicroBatcher | None = None
         self.backend: EmbeddedBackend | None = None
         self.service: CacheService | None = None
+        self.authenticator: Authenticator | None = None
+        self.limiter: RateLimiter | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_server: Any = None
         self._usage = Usage(entries=0, bytes=0)
@@ -119,6 +123,7 @@ class App:
                      for mode in {s.verifier, *s.namespace_verifiers.values()}}
         self.batcher = MicroBatcher(embedder=embedder, options=BatcherOptions(
             max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
+            max_queue_ms=s.max_queue_ms or None,
             workers=s.embed_workers, max_text_bytes=s.max_prompt_bytes,
         ))
         await self.batcher.start()
@@ -154,22 +159,31 @@ class App:
             sweep_interval_seconds=s.sweep_interval,
             max_fill_lease_seconds=s.max_fill_lease,
             max_fill_wait_seconds=s.max_fill_wait,
+            max_ttl_seconds=s.max_ttl,
+            max_namespaces_per_tenant=s.max_namespaces,
         )
+        keys = load_key_file(Path(s.api_keys_file), default=s.default_limits) if s.api_keys_file else KeyFile()
+        self.authenticator = Authenticator(api_keys=s.api_keys, key_hashes=keys.key_hashes)
+        limiter = self.limiter = RateLimiter(default=s.default_limits, per_tenant=keys.limits)
         self.service = CacheService(encoder=encoder, backend=self.backend, clock=self.clock, options=options,
                                     verifier=verifiers[s.verifier],
                                     namespace_verifiers={ns: verifiers[mode]
                                                          for ns, mode in s.namespace_verifiers.items()},
-                                    leases=InMemoryFillLeases())
+                                    leases=InMemoryFillLeases(),
+                                    tenant_max_bytes=lambda tenant: limiter.limits_for(tenant).max_bytes)
         await self.service.start()
-        servicer = SemanticCacheServicer(service=self.service, authenticator=Authenticator(api_keys=s.api_keys),
-                                         metrics=self.metrics)
+        servicer = SemanticCacheServicer(service=self.service, authenticator=self.authenticator,
+                                         metrics=self.metrics, limiter=self.limiter)
         self._server, self.port = create_server(f"{s.host}:{s.port}", servicer=servicer,
-                                                health_servicer=self.health)
+                                                health_servicer=self.health,
+                                                max_concurrent_rpcs=s.max_concurrent_rpcs,
+                                                credentials=tls_credentials(s))
         await self._server.start()
         if s.metrics_port >= 0:
             batcher = self.batcher
             self.metrics.watch_core(self.service.counters, lambda: self._usage, lambda: batcher.queue_depth)
-            self._metrics_server, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.metrics.registry)
+            self._metrics_server, _ = start_http_server(s.metrics_port, addr=s.metrics_host,
+                                                          registry=self.metrics.registry)
             self.metrics_port = int(self._metrics_server.server_port)
         self._usage_task = asyncio.get_running_loop().create_task(self._refresh_usage(), name="usage-gauge")
         self.metrics.up.set(1)
@@ -178,6 +192,21 @@ class App:
         self._state = State.SERVING
         log.info("cachesvc serving on %s:%d (model %s, dimension %d)", s.host, self.port,
                  s.model_dir, embedder.dimension)
+
+    def reload_keys(self) -> bool:
+        """Reads the keys file again (SIGHUP): new keys and limits apply to the next call. A file that does not
+        read keeps the keys in force. Returns whether the new file was taken."""
+        if not self.settings.api_keys_file or self.authenticator is None or self.limiter is None:
+            return False
+        try:
+            keys = load_key_file(Path(self.settings.api_keys_file), default=self.settings.default_limits)
+        except ValueError as exc:
+            log.error("keys file not reloaded, the keys in force stay: %s", exc)
+            return False
+        self.authenticator.replace_key_hashes(keys.key_hashes)
+        self.limiter.set_limits(default=self.settings.default_limits, per_tenant=keys.limits)
+        log.info("keys file reloaded: %d keys, %d tenants", len(keys.key_hashes), len(set(keys.key_hashes.values())))
+        return True
 
     async def aclose(self) -> None:
         """Drains in-flight calls (up to the grace period), then stops components in reverse order."""
@@ -216,6 +245,26 @@ class App:
             if self.backend is not None:
                 self._usage = await self.backend.usage()
             await asyncio.sleep(1.0)
+
+
+def tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """The gRPC port's TLS credentials from the PEM files the settings name (None: no TLS).
+
+    Raises:
+        ValueError: a file cannot be read.
+    """
+    if not settings.tls_cert:
+        return None
+
+    def read(path: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc}") from exc
+
+    client_ca = read(settings.tls_client_ca) if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials([(read(settings.tls_key), read(settings.tls_cert))],
+                                       root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
 def manifest_of(embedder: Embedder) -> ModelManifest | None:
@@ -264,6 +313,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with App(settings):
+    async with App(settings) as app:
+        loop.add_signal_handler(signal.SIGHUP, app.reload_keys)
         await stop.wait()
         log.info("signal received; draining in-flight calls for up to %.0f s", settings.grace_seconds)

@@ -295,10 +295,12 @@ async def server_target(target: str | None, *, model_dir: Path, verifier: str, t
 
     with tempfile.TemporaryDirectory(prefix="cachesvc-calibrate-") as data_dir:
         # Through load_settings (flags as text, no environment), so settings this build lacks are skipped. The
-        # entries are throwaway: no fsync.
+        # entries are throwaway: no fsync. A batch job with one client: no time bound on the model queue, which
+        # would shed its concurrent calls on a busy machine.
         settings = load_settings(environ={}, flags={
             "host": "127.0.0.1", "port": "0", "metrics_port": "-1", "model_dir": str(model_dir),
             "data_dir": data_dir, "top_k": str(top_k), "grace_seconds": "1", "fsync": "no", "verifier": verifier,
+            "max_queue_ms": "0",
         })
         async with App(settings) as app:
             yield f"127.0.0.1:{app.port}"

@@ -152,8 +152,14 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    if args.tls_ca is not None:
+        credentials = grpc.ssl_channel_credentials(root_certificates=args.tls_ca.read_bytes())
+        options = [("grpc.ssl_target_name_override", args.tls_name)] if args.tls_name else []
+        channel = grpc.secure_channel(args.target, credentials, options=options)
+    else:
+        channel = grpc.insecure_channel(args.target)
     try:
-        with grpc.insecure_channel(args.target) as channel:
+        with channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
                                                                timeout=args.timeout)
     except grpc.RpcError as exc:
@@ -218,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("health", help="exit 0 if a running server is SERVING")
     check.add_argument("--target", default="127.0.0.1:50051")
     check.add_argument("--timeout", type=float, default=3.0)
+    check.add_argument("--tls-ca", type=Path, default=None,
+                       help="PEM CA that signed the server's certificate: connect with TLS")
+    check.add_argument("--tls-name", default=None, help="the name the server's certificate is for, if not the host")
     check.set_defaults(func=_health)
     return parser
 

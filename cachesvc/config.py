@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from cachesvc.core.limits import TenantLimits
 from cachesvc.core.verify import VerifierMode
 
 ENV_PREFIX = "CACHESVC_"
@@ -46,7 +47,9 @@ def _spec(help: str, *, secret: bool = False) -> Any:
 class Settings:
     host: str = field(default="127.0.0.1", metadata=_spec("address to listen on"))
     port: int = field(default=50051, metadata=_spec("gRPC port (0 = any free port)"))
-    metrics_port: int = field(default=9464, metadata=_spec("Prometheus /metrics port on the same host (-1 = off)"))
+    metrics_port: int = field(default=9464, metadata=_spec("Prometheus /metrics port on --metrics-host (-1 = off)"))
+    metrics_host: str = field(default="127.0.0.1", metadata=_spec(
+        "address /metrics listens on: loopback by default, whatever --host is (it has no authentication)"))
     data_dir: Path = field(default=Path("data"), metadata=_spec(
         "directory for the snapshot and write-ahead log (one server per directory)"))
     fsync: Fsync = field(default=Fsync.ALWAYS, metadata=_spec(
@@ -77,6 +80,8 @@ class Settings:
         "default threshold while a verifier runs: cosine similarity in [0, 1] a candidate needs to be verified "
         "(and served if accepted); <= min_similarity"))
     default_ttl: float = field(default=0.0, metadata=_spec("TTL in seconds for stores that set none (0 = never)"))
+    max_ttl: float = field(default=10 * 366 * 86400, metadata=_spec(
+        "largest ttl_seconds a store may ask for, seconds (larger ones are INVALID_ARGUMENT; 0 still means never)"))
     max_bytes: int = field(default=1 << 30, metadata=_spec(
         "memory budget in bytes for entries (vectors + texts + metadata + overhead); LRU eviction past it"))
     max_entries: int = field(default=0, metadata=_spec("entry cap (0 = none); LRU eviction past it"))
@@ -91,10 +96,33 @@ class Settings:
     max_wait_ms: float = field(default=0.0, metadata=_spec("extra wait for a batch to fill, milliseconds"))
     max_queue: int = field(default=1024, metadata=_spec(
         "prompts waiting for the model before callers get RESOURCE_EXHAUSTED"))
+    max_queue_ms: float = field(default=50.0, metadata=_spec(
+        "longest a prompt may wait for the model, milliseconds: a lookup or store that cannot start embedding "
+        "within it (or within its own gRPC deadline) gets RESOURCE_EXHAUSTED at once (0 = no time bound)"))
+    max_concurrent_rpcs: int = field(default=1024, metadata=_spec(
+        "calls the server serves at once (all connections); more are answered RESOURCE_EXHAUSTED at once"))
     memo_size: int = field(default=4096, metadata=_spec("recent prompt vectors remembered (no re-embedding)"))
     hnsw_threshold: int = field(default=20_000, metadata=_spec("scope size at which search switches to HNSW"))
+    max_namespaces: int = field(default=1000, metadata=_spec(
+        "namespaces one tenant may hold entries in (stores to one more are RESOURCE_EXHAUSTED); calls in "
+        "namespaces past it are not counted per namespace"))
     api_keys: Mapping[str, str] = field(default_factory=dict, metadata=_spec(
         "API keys as tenant=key pairs, comma-separated (empty = no authentication, one tenant)", secret=True))
+    tls_cert: str = field(default="", metadata=_spec(
+        "PEM certificate chain for the gRPC port; with --tls-key the port speaks TLS only (empty = no TLS)"))
+    tls_key: str = field(default="", metadata=_spec("PEM private key of --tls-cert"))
+    tls_client_ca: str = field(default="", metadata=_spec(
+        "PEM CA certificates: clients must present a certificate they signed (mutual TLS; empty = not asked)"))
+    api_keys_file: str = field(default="", metadata=_spec(
+        "TOML file of [[keys]] tables (tenant, sha256 of the key, optional lookups_per_second and "
+        "stores_per_second), reloaded on SIGHUP; the way to give keys (empty = none)"))
+    lookups_per_second: float = field(default=0.0, metadata=_spec(
+        "each tenant's lookup rate unless its keys set one: token bucket, one second of burst (0 = unlimited)"))
+    stores_per_second: float = field(default=0.0, metadata=_spec(
+        "each tenant's store rate unless its keys set one (0 = unlimited)"))
+    tenant_max_bytes: int = field(default=0, metadata=_spec(
+        "bytes each tenant's entries may hold unless its keys set a max_bytes; past it the tenant's own least "
+        "recently used entries are evicted (0 = only --max-bytes)"))
     log_format: LogFormat = field(default=LogFormat.TEXT, metadata=_spec("text or json (one line per request)"))
     log_level: str = field(default="INFO", metadata=_spec("DEBUG, INFO, WARNING or ERROR"))
     grace_seconds: float = field(default=10.0, metadata=_spec("how long shutdown waits for in-flight calls"))
@@ -116,20 +144,34 @@ class Settings:
         elif self.recall_similarity > self.min_similarity:
             problems.append(f"recall_similarity {self.recall_similarity} must be <= min_similarity "
                             f"{self.min_similarity}")
-        for name in ("default_ttl", "max_entries", "max_wait_ms", "max_fill_lease", "max_fill_wait"):
+        for name in ("default_ttl", "max_entries", "max_wait_ms", "max_queue_ms", "lookups_per_second",
+                     "stores_per_second", "tenant_max_bytes", "max_fill_lease", "max_fill_wait"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
-        for name in ("snapshot_interval", "max_bytes", "top_k", "max_prompt_bytes", "max_completion_bytes",
+        if self.default_ttl > self.max_ttl:
+            problems.append(f"default_ttl {self.default_ttl} must be <= max_ttl {self.max_ttl}")
+        for name in ("snapshot_interval", "max_ttl", "max_bytes", "top_k", "max_prompt_bytes", "max_completion_bytes",
                      "max_metadata_bytes", "sweep_interval", "embed_workers", "intra_op_threads", "max_batch_size",
-                     "max_queue", "hnsw_threshold", "grace_seconds"):
+                     "max_queue", "hnsw_threshold", "grace_seconds", "max_concurrent_rpcs", "max_namespaces"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            problems.append("tls_cert and tls_key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            problems.append("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS first)")
         if self.memo_size < 0:
             problems.append("memo_size must be >= 0")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             problems.append(f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
+
+    @property
+    def default_limits(self) -> TenantLimits:
+        """The call rates of a tenant whose keys set none."""
+        return TenantLimits(lookups_per_second=self.lookups_per_second or None,
+                            stores_per_second=self.stores_per_second or None,
+                            max_bytes=self.tenant_max_bytes or None)
 
     @property
     def default_threshold(self) -> float:

@@ -6,6 +6,8 @@
     ├── Unauthorized       no or unknown credentials
     ├── Forbidden          credentials that may not do this
     ├── Overloaded         a bounded queue is full; the caller may retry later
+    ├── QuotaExceeded      the caller's tenant is at one of its limits (namespaces, bytes)
+    │   └── RateLimited    the tenant's request rate is over its limit; says when to retry
     ├── NotReady           the service is starting or stopping
     ├── Unsupported        a backend cannot do this operation (core treats it as a miss)
     └── ModelError         the embedding model is missing, corrupt or failed to run
@@ -42,6 +44,18 @@ class Forbidden(CacheError):
 
 class Overloaded(CacheError):
     """A bounded queue is full; shed load instead of growing latency without limit."""
+
+
+class QuotaExceeded(CacheError):
+    """The caller's tenant has reached one of its limits; other tenants are unaffected."""
+
+
+class RateLimited(QuotaExceeded):
+    """The tenant sends more calls of a kind than its rate allows; `retry_after_seconds` says when one fits."""
+
+    def __init__(self, message: str, *, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class NotReady(CacheError):

@@ -23,8 +23,10 @@ class _CoreCollector(Collector):
         self._queue_depth = queue_depth
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        # Labelled by tenant only: namespace names are the callers' own data (and unbounded in number); each
+        # tenant reads its namespaces through the Stats RPC, which shows it nothing of other tenants.
         families = {
-            name: CounterMetricFamily(f"cachesvc_{name}", help_text, labels=["tenant", "namespace"])
+            name: CounterMetricFamily(f"cachesvc_{name}", help_text, labels=["tenant"])
             for name, help_text in (
                 ("lookups", "Lookups answered"),
                 ("hits", "Lookups answered with a cached completion"),
@@ -38,21 +40,21 @@ class _CoreCollector(Collector):
         saved = {
             "tokens_saved": CounterMetricFamily("cachesvc_tokens_saved",
                                                 "LLM prompt + completion tokens of the entries served as hits",
-                                                labels=["tenant", "namespace"]),
+                                                labels=["tenant"]),
             "cost_saved_usd": CounterMetricFamily("cachesvc_cost_saved_usd",
                                                   "LLM cost of the entries served as hits, US dollars",
-                                                  labels=["tenant", "namespace"]),
+                                                  labels=["tenant"]),
         }
-        for (tenant, namespace), c in self._counters.all().items():
+        for tenant, c in self._counters.by_tenant().items():
             for name, family in (families | saved).items():
-                family.add_metric([tenant, namespace], getattr(c, name))
+                family.add_metric([tenant], getattr(c, name))
         yield from families.values()
         yield from saved.values()
         rejections = CounterMetricFamily("cachesvc_verifier_rejections",
                                          "Candidates above the threshold that the hit verifier rejected, by reason",
-                                         labels=["tenant", "namespace", "reason"])
-        for (tenant, namespace, reason), count in self._counters.rejections().items():
-            rejections.add_metric([tenant, namespace, reason.value], count)
+                                         labels=["tenant", "reason"])
+        for (tenant, reason), count in self._counters.rejections_by_tenant().items():
+            rejections.add_metric([tenant, reason.value], count)
         yield rejections
         usage = self._usage()
         yield GaugeMetricFamily("cachesvc_entries", "Entries held", value=usage.entries)

@@ -90,7 +90,10 @@ async def start_app(counting_embedder: CountingEmbedder, tmp_path: Path) -> Asyn
 
     async def start(*, clock: ManualClock | None = None, **settings: Any) -> App:
         values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "metrics_port": -1, "grace_seconds": 5.0,
-                                  "data_dir": tmp_path / f"data-{len(apps)}"}
+                                  "data_dir": tmp_path / f"data-{len(apps)}",
+                                  # No time bound on the model queue unless a test asks for one: on a busy machine
+                                  # a 50 ms budget would shed calls the test expects to be answered.
+                                  "max_queue_ms": 0.0}
         values.update(settings)
         app = App(Settings(**values), overrides=Overrides(clock=clock or ManualClock(), embedder=counting_embedder))
         await app.start()

@@ -31,7 +31,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cachesvc.backends.framing import Damage, FrameReader, ReadResult, frame, read_frames
-from cachesvc.backends.wal import FsyncPolicy, StorageError, fsync_directory, list_segments, segment_number
+from cachesvc.backends.wal import (
+    PRIVATE_FILE_MODE,
+    FsyncPolicy,
+    StorageError,
+    fsync_directory,
+    list_segments,
+    segment_number,
+)
 from cachesvc.embedding.protocol import Vector
 from cachesvc.records import Entry, ScopeKey, TokenUsage
 
@@ -231,8 +238,10 @@ class DataDir:
         """Raises:
             StorageError: another server holds the directory.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        if not self.path.exists():
+            # Owner only: the files hold every tenant's prompts and completions.
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -243,6 +252,15 @@ class DataDir:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Deletes the half-written files (snapshots, model record) of a server that crashed mid-write. Only under
+        the lock: a running server's temporary file is never another one's leftover."""
+        for stale in self.path.glob("*.tmp"):
+            log.warning("%s: removing %s, left by an interrupted write", self.path, stale.name)
+            stale.unlink(missing_ok=True)
+        fsync_directory(self.path)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -272,7 +290,8 @@ class DataDir:
                     )
                 self._move_model_data(policy)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.model.to_json(), encoding="utf-8")
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE), "w", encoding="utf-8") as f:
+            f.write(self.model.to_json())
         tmp.replace(path)
         fsync_directory(self.path)
 
@@ -456,7 +475,8 @@ class DataDir:
         tmp = final.with_suffix(".tmp")
         count = 0
         size = 0
-        with tmp.open("wb", buffering=1 << 20) as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE), "wb",
+                  buffering=1 << 20) as f:
             header = frame(msgpack.packb({"format": SNAPSHOT_FORMAT, "lsn": lsn, "model": self.model.name,
                                           "created_at": time.time()}))
             f.write(header)

@@ -24,6 +24,8 @@ from cachesvc.errors import CacheError
 
 log = logging.getLogger(__name__)
 
+# Data files are readable by the server's user only: they hold every tenant's prompts and completions.
+PRIVATE_FILE_MODE = 0o600
 SEGMENT_PREFIX = "wal-"
 SEGMENT_SUFFIX = ".log"
 
@@ -72,7 +74,7 @@ class WalWriter:
         self._directory = directory
         self._policy = policy
         self._segment = segment
-        self._fd = os.open(segment_path(directory, segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = os.open(segment_path(directory, segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE)
         fsync_directory(directory)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="wal")
         self._pending = _Pending()
@@ -201,6 +203,7 @@ class WalWriter:
     def _switch_to(self, number: int) -> None:
         os.fsync(self._fd)
         os.close(self._fd)
-        self._fd = os.open(segment_path(self._directory, number), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = os.open(segment_path(self._directory, number), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                           PRIVATE_FILE_MODE)
         fsync_directory(self._directory)
         self._segment = number

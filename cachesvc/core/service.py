@@ -6,16 +6,17 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
 from cachesvc.backends.leases import FillLeases, LeaseKey
 from cachesvc.backends.protocol import Backend
 from cachesvc.clock import Clock
-from cachesvc.core.normalize import normalize_prompt
+from cachesvc.core.normalize import has_visible_text, normalize_prompt
 from cachesvc.core.policy import SizeLimits, TTLKind, TTLPolicy, checked_similarity, utf8_size
 from cachesvc.core.stats import CounterBook, Counters
 from cachesvc.core.types import (
@@ -34,16 +35,22 @@ from cachesvc.core.types import (
     Write,
 )
 from cachesvc.core.verify import HitVerifier, RejectReason, VerifyInput
-from cachesvc.embedding.protocol import TextEncoder
-from cachesvc.errors import InvalidRequest, NotFound, Unsupported
+from cachesvc.embedding.protocol import PartitionedEncoder
+from cachesvc.errors import InvalidRequest, NotFound, QuotaExceeded, Unsupported
 from cachesvc.lifecycle import State
-from cachesvc.records import DEFAULT_NAMESPACE, Entry, ScopeKey, Usage
+from cachesvc.records import DEFAULT_NAMESPACE, Entry, ScopeKey, ScopeSelector, TokenUsage, Usage
 
 log = logging.getLogger(__name__)
 
 # Bytes an entry costs beyond its vector and texts: the Entry object, its dict and LRU slots, the exact-key
 # tuple, label maps and FAISS id map: 1,786 B measured at 100k entries (bench/RESULTS.md, cache service targets).
 ENTRY_OVERHEAD_BYTES = 1800
+
+# A tenant over its byte quota is brought down to this share of it.
+QUOTA_EVICTION_TARGET = 0.9
+
+# How much of an unknown entry id a NOT_FOUND message repeats.
+MAX_ECHOED_ID_CHARS = 64
 
 
 def entry_size_bytes(*, dimension: int, prompt: str, normalized_prompt: str, completion_bytes: int,
@@ -77,6 +84,8 @@ class CacheOptions:
     # Single-flight bounds: a request's fill lease and wait are capped at these.
     max_fill_lease_seconds: float = 120.0
     max_fill_wait_seconds: float = 60.0
+    max_ttl_seconds: float = 10 * 366 * 86400
+    max_namespaces_per_tenant: int | None = 1000
 
     def __post_init__(self) -> None:
         checked_similarity(self.min_similarity, field="min_similarity")
@@ -90,6 +99,12 @@ class CacheOptions:
             raise ValueError("max_bytes must be >= 1 (or unset)")
         if self.max_entries is not None and self.max_entries < 1:
             raise ValueError("max_entries must be >= 1 (or unset)")
+        if self.max_namespaces_per_tenant is not None and self.max_namespaces_per_tenant < 1:
+            raise ValueError("max_namespaces_per_tenant must be >= 1 (or unset)")
+        if self.max_ttl_seconds <= 0:
+            raise ValueError("max_ttl_seconds must be > 0")
+        if self.default_ttl.kind is TTLKind.SECONDS and self.default_ttl.seconds > self.max_ttl_seconds:
+            raise ValueError("default_ttl must be <= max_ttl_seconds")
         if self.top_k < 1 or self.sweep_interval_seconds <= 0 or self.sweep_batch < 1:
             raise ValueError("top_k, sweep_interval_seconds and sweep_batch must be positive")
         if self.max_fill_lease_seconds < 0 or self.max_fill_wait_seconds < 0:
@@ -99,15 +114,17 @@ class CacheOptions:
 class CacheService:
     """Scoped semantic lookup and store. All methods run on the event loop; CPU work is awaited elsewhere."""
 
-    def __init__(self, *, encoder: TextEncoder, backend: Backend, clock: Clock, options: CacheOptions,
+    def __init__(self, *, encoder: PartitionedEncoder, backend: Backend, clock: Clock, options: CacheOptions,
                  verifier: HitVerifier | None = None,
                  namespace_verifiers: Mapping[str, HitVerifier | None] | None = None,
-                 leases: FillLeases | None = None) -> None:
+                 leases: FillLeases | None = None,
+                 tenant_max_bytes: Callable[[str], int | None] | None = None) -> None:
         """Args:
             leases: fill leases for single-flight lookups; None ignores the requests' fill fields.
             verifier: checks each candidate that clears the threshold before it is served; None serves the
                 best candidate that clears it (and uses `min_similarity` as the default threshold).
             namespace_verifiers: a namespace's own verifier (None = off) in place of `verifier`, in every tenant.
+            tenant_max_bytes: a tenant's byte quota (None = none); read on every store, so it may change.
         """
         self._encoder = encoder
         self._backend = backend
@@ -116,7 +133,8 @@ class CacheService:
         self._verifier = verifier
         self._namespace_verifiers = dict(namespace_verifiers or {})
         self._leases = leases
-        self._counters = CounterBook()
+        self._tenant_max_bytes = tenant_max_bytes or (lambda _tenant: None)
+        self._counters = CounterBook(max_namespaces_per_tenant=options.max_namespaces_per_tenant)
         self._sweeper: asyncio.Task[None] | None = None
         self._state = State.NEW
 
@@ -220,7 +238,7 @@ class CacheService:
             )
 
         embed_started = time.perf_counter()
-        vector = await self._encoder.encode(prompt)
+        vector = await self._encoder.encode(prompt, partition=scope.tenant, deadline=request.deadline)
         search_started = time.perf_counter()
         try:
             if verifier is None:
@@ -311,7 +329,8 @@ class CacheService:
         capacity budget.
 
         Raises:
-            InvalidRequest: bad prompt, completion, metadata, scope or TTL, or an entry larger than the budget.
+            InvalidRequest: bad prompt, completion, metadata, usage, scope or TTL, or an entry larger than the
+                budget.
             Overloaded: the embedder's queue is full.
         """
         scope = self._checked_scope(write.scope)
@@ -329,14 +348,24 @@ class CacheService:
         if metadata_bytes > limits.max_metadata_bytes:
             raise InvalidRequest(f"is {metadata_bytes} bytes; the limit is {limits.max_metadata_bytes}",
                                  field="metadata")
+        if write.usage is not None:
+            _check_usage(write.usage)
         size = entry_size_bytes(dimension=self._encoder.dimension, prompt=write.prompt, normalized_prompt=prompt,
                                 completion_bytes=completion_bytes, metadata_bytes=metadata_bytes)
         if self._options.max_bytes is not None and size > self._options.max_bytes:
             raise InvalidRequest(f"the entry needs {size} bytes, more than the cache's whole budget "
                                  f"({self._options.max_bytes})", field="completion")
+        quota = self._tenant_max_bytes(scope.tenant)
+        if quota is not None and size > quota:
+            raise InvalidRequest(f"the entry needs {size} bytes, more than this tenant's whole quota ({quota})",
+                                 field="completion")
+        if write.ttl.kind is TTLKind.SECONDS and write.ttl.seconds > self._options.max_ttl_seconds:
+            raise InvalidRequest(f"must be at most {self._options.max_ttl_seconds:.0f} seconds (0 = never expires)",
+                                 field="ttl_seconds")
+        await self._admit_namespace(scope)
         now = self._clock.now()
         expires_at = write.ttl.expires_at(now=now, default=self._options.default_ttl)
-        vector = await self._encoder.encode(prompt)
+        vector = await self._encoder.encode(prompt, partition=scope.tenant, deadline=write.deadline)
         entry = Entry(
             id=uuid.uuid4().hex,
             scope=scope,
@@ -353,8 +382,41 @@ class CacheService:
         if self._leases is not None:
             await self._leases.filled(LeaseKey.of(scope, prompt))
         self._counters.store(scope.tenant, scope.namespace)
+        if quota is not None:
+            await self._enforce_tenant_quota(scope.tenant, quota, keep=entry.id)
         await self._enforce_capacity()
         return StoreResult(entry=entry, replaced=replaced is not None)
+
+    async def _admit_namespace(self, scope: ScopeKey) -> None:
+        """Raises QuotaExceeded when the store would give its tenant one namespace more than the cap."""
+        cap = self._options.max_namespaces_per_tenant
+        if cap is None:
+            return
+        held = await self._backend.usage_by_namespace(scope.tenant)
+        if scope.namespace not in held and len(held) >= cap:
+            raise QuotaExceeded(f"this tenant already has {len(held)} namespaces with entries; the limit is {cap} "
+                                "(delete a namespace's entries to free one)")
+
+    async def _enforce_tenant_quota(self, tenant: str, quota: int, *, keep: str) -> None:
+        """Evicts the tenant's own least recently used entries once they hold more than `quota` bytes, down to
+        90% of it, so one tenant's stores never push out another's entries and the pass is not repeated on
+        every store of a tenant at its quota."""
+        usage = await self._backend.usage_by_namespace(tenant)
+        held = sum(u.bytes for u in usage.values())
+        if held <= quota:
+            return
+        entries = [e for ns in usage for e in await self._backend.select(ScopeSelector(tenant=tenant, namespace=ns))
+                   if e.id != keep]
+        entries.sort(key=lambda e: e.last_used_at)
+        victims: list[str] = []
+        target = quota * QUOTA_EVICTION_TARGET
+        for entry in entries:
+            if held <= target:
+                break
+            victims.append(entry.id)
+            held -= entry.size_bytes
+        for entry in await self._backend.delete(victims):
+            self._counters.evicted(entry.scope.tenant, entry.scope.namespace, ttl=False)
 
     async def _enforce_capacity(self) -> None:
         max_bytes, max_entries = self._options.max_bytes, self._options.max_entries
@@ -405,8 +467,12 @@ class CacheService:
             entry = await self._backend.get(target.entry_id)
             # Another tenant's entry is reported exactly like a missing one: ids must not leak across tenants.
             if entry is None or entry.scope.tenant != target.tenant:
-                raise NotFound(f"no entry with id {target.entry_id!r}")
+                # The id is echoed only in part: a long one would not fit the status trailer.
+                shown = target.entry_id[:MAX_ECHOED_ID_CHARS] + ("..." if len(target.entry_id) > MAX_ECHOED_ID_CHARS
+                                                                 else "")
+                raise NotFound(f"no entry with id {shown!r}")
             return len(await self._backend.delete([entry.id]))
+        self._checked_selector(target)
         selector = dataclasses.replace(target, namespace=target.namespace or DEFAULT_NAMESPACE)
         entries = await self._backend.select(selector)
         return len(await self._backend.delete([e.id for e in entries]))
@@ -414,10 +480,18 @@ class CacheService:
     # Stats
 
     async def stats(self, tenant: str, namespace: str | None = None) -> list[NamespaceStats]:
+        """Raises:
+            InvalidRequest: the namespace is longer than a scope field may be.
+        """
+        if namespace is not None:
+            self._checked_field(namespace, "namespace")
         usage = await self._backend.usage_by_namespace(tenant)
         counters = self._counters.for_tenant(tenant)
-        # One namespace asked for is reported even when it has nothing yet.
+        # One namespace asked for is reported even when it has nothing yet. The list is bounded by the namespace
+        # cap (data written before a lower cap can exceed it: then the first names, in order, are shown).
         names = sorted(set(usage) | set(counters)) if namespace is None else [namespace or DEFAULT_NAMESPACE]
+        if self._options.max_namespaces_per_tenant is not None:
+            names = names[:self._options.max_namespaces_per_tenant]
         empty = Usage(entries=0, bytes=0)
         return [
             NamespaceStats(namespace=name, entries=usage.get(name, empty).entries, bytes=usage.get(name, empty).bytes,
@@ -456,14 +530,39 @@ class CacheService:
         normalized = normalize_prompt(prompt)
         if not normalized:
             raise InvalidRequest("must not be empty or whitespace only", field="prompt")
+        if not has_visible_text(normalized):
+            raise InvalidRequest("must contain visible text (a letter, digit, punctuation mark or symbol)",
+                                 field="prompt")
         return normalized
 
-    def _checked_scope(self, scope: ScopeKey) -> ScopeKey:
+    def _checked_field(self, value: str, field: str) -> None:
         limit = self._options.limits.max_scope_field_bytes
+        if utf8_size(value) > limit:
+            raise InvalidRequest(f"is longer than {limit} bytes", field=field)
+
+    def _checked_selector(self, selector: ScopeSelector) -> None:
         for name in ("namespace", "model", "context"):
-            if utf8_size(getattr(scope, name)) > limit:
-                raise InvalidRequest(f"is longer than {limit} bytes", field=f"scope.{name}")
+            value = getattr(selector, name)
+            if value is not None:
+                self._checked_field(value, f"scope.{name}")
+
+    def _checked_scope(self, scope: ScopeKey) -> ScopeKey:
+        for name in ("namespace", "model", "context"):
+            self._checked_field(getattr(scope, name), f"scope.{name}")
         if not scope.namespace:
             return ScopeKey(tenant=scope.tenant, namespace=DEFAULT_NAMESPACE, model=scope.model,
                             context=scope.context)
         return scope
+
+
+# Savings are summed over every hit: one absurd usage would make the counters meaningless for good.
+MAX_USAGE_TOKENS = 10**9
+MAX_USAGE_COST_USD = 10**6
+
+
+def _check_usage(usage: TokenUsage) -> None:
+    for name in ("prompt_tokens", "completion_tokens"):
+        if not 0 <= getattr(usage, name) <= MAX_USAGE_TOKENS:
+            raise InvalidRequest(f"must lie in [0, {MAX_USAGE_TOKENS}]", field=f"usage.{name}")
+    if usage.cost_usd is not None and not (math.isfinite(usage.cost_usd) and 0 <= usage.cost_usd <= MAX_USAGE_COST_USD):
+        raise InvalidRequest(f"must be a finite number in [0, {MAX_USAGE_COST_USD}]", field="usage.cost_usd")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from cachesvc.core.types import HitKind
 from cachesvc.core.verify import RejectReason
@@ -24,15 +24,31 @@ class Counters:
 
 
 class CounterBook:
-    """Counters keyed by (tenant, namespace). Only the event loop writes them."""
+    """Counters keyed by (tenant, namespace). Only the event loop writes them.
 
-    def __init__(self) -> None:
-        self._book: defaultdict[tuple[str, str], Counters] = defaultdict(Counters)
+    A tenant's namespaces are counted up to `max_namespaces_per_tenant`; calls in further namespaces are not
+    counted per namespace (they would otherwise let one caller grow this book, Stats and /metrics without end).
+    """
+
+    def __init__(self, *, max_namespaces_per_tenant: int | None = None) -> None:
+        self._book: dict[tuple[str, str], Counters] = {}
+        self._per_tenant: defaultdict[str, int] = defaultdict(int)
+        self._cap = max_namespaces_per_tenant
         self._rejections: defaultdict[tuple[str, str, RejectReason], int] = defaultdict(int)
+
+    def _counters(self, tenant: str, namespace: str) -> Counters:
+        key = (tenant, namespace)
+        c = self._book.get(key)
+        if c is None:
+            if self._cap is not None and self._per_tenant[tenant] >= self._cap:
+                return Counters()  # counted nowhere
+            c = self._book[key] = Counters()
+            self._per_tenant[tenant] += 1
+        return c
 
     def lookup(self, tenant: str, namespace: str, kind: HitKind, saved: TokenUsage | None = None) -> None:
         """Counts a lookup; `saved` is the usage of the entry a hit served (what the LLM call would have cost)."""
-        c = self._book[(tenant, namespace)]
+        c = self._counters(tenant, namespace)
         c.lookups += 1
         if saved is not None and kind is not HitKind.MISS:
             c.tokens_saved += saved.tokens
@@ -46,10 +62,10 @@ class CounterBook:
             c.semantic_hits += 1
 
     def store(self, tenant: str, namespace: str) -> None:
-        self._book[(tenant, namespace)].stores += 1
+        self._counters(tenant, namespace).stores += 1
 
     def evicted(self, tenant: str, namespace: str, *, ttl: bool) -> None:
-        c = self._book[(tenant, namespace)]
+        c = self._counters(tenant, namespace)
         if ttl:
             c.ttl_evictions += 1
         else:
@@ -57,7 +73,9 @@ class CounterBook:
 
     def rejected(self, tenant: str, namespace: str, reason: RejectReason) -> None:
         """A candidate that cleared the threshold was rejected by the hit verifier."""
-        self._rejections[(tenant, namespace, reason)] += 1
+        if (tenant, namespace) in self._book or self._cap is None or self._per_tenant[tenant] < self._cap:
+            self._counters(tenant, namespace)
+            self._rejections[(tenant, namespace, reason)] += 1
 
     def rejections(self) -> dict[tuple[str, str, RejectReason], int]:
         return dict(self._rejections)
@@ -67,3 +85,18 @@ class CounterBook:
 
     def all(self) -> dict[tuple[str, str], Counters]:
         return dict(self._book)
+
+    def by_tenant(self) -> dict[str, Counters]:
+        """Each tenant's counters summed over its namespaces (what /metrics shows: no namespace names)."""
+        totals: dict[str, Counters] = {}
+        for (tenant, _ns), c in self._book.items():
+            t = totals.setdefault(tenant, Counters())
+            for f in fields(Counters):
+                setattr(t, f.name, getattr(t, f.name) + getattr(c, f.name))
+        return totals
+
+    def rejections_by_tenant(self) -> dict[tuple[str, RejectReason], int]:
+        totals: defaultdict[tuple[str, RejectReason], int] = defaultdict(int)
+        for (tenant, _ns, reason), count in self._rejections.items():
+            totals[(tenant, reason)] += count
+        return dict(totals)

@@ -32,6 +32,7 @@ class Lookup:
     min_similarity: float | None = None  # None: the server's threshold
     explain: bool = False
     fill: FillRequest | None = None  # None: no single-flight (no lease, no wait)
+    deadline: float | None = None  # when the caller gives up (time.monotonic()); None: never
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +75,7 @@ class Write:
     metadata: Mapping[str, str] = field(default_factory=dict)
     ttl: TTLPolicy = field(default_factory=TTLPolicy.default)
     usage: TokenUsage | None = None
+    deadline: float | None = None  # when the caller gives up (time.monotonic()); None: never
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,13 +5,21 @@ a lone caller runs at once (no added latency) while callers that arrive during a
 shared among the idle workers.
 Each item carries its own future; cancelled items are skipped. The model runs on dedicated worker threads,
 never on the event loop.
+
+The queue is bounded by time as well as by count: an item that cannot start its model run within the queueing
+budget (or before its caller's deadline, less one run) is shed with `Overloaded` - at once when the measured
+service rate says it would wait too long, else when it reaches the head of the queue too late. A caller that
+gives up (cancellation) frees its slot at once and its text never reaches the model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -23,6 +31,9 @@ from cachesvc.lifecycle import State
 
 log = logging.getLogger(__name__)
 
+# Weight of the newest batch in the running estimate of seconds per item.
+_RATE_SMOOTHING = 0.2
+
 
 @dataclass(frozen=True, kw_only=True)
 class BatcherOptions:
@@ -31,6 +42,8 @@ class BatcherOptions:
     # run, and everything queued during that run is taken together anyway (see bench/RESULTS.md).
     max_wait_ms: float = 0.0
     max_queue: int = 1024
+    # Longest an item may wait for its model run to start; past it the item is shed (None: no time bound).
+    max_queue_ms: float | None = None
     workers: int = 2
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
 
@@ -39,29 +52,45 @@ class BatcherOptions:
             raise ValueError("max_batch_size, max_queue and workers must be >= 1")
         if self.max_wait_ms < 0:
             raise ValueError("max_wait_ms must be >= 0")
+        if self.max_queue_ms is not None and self.max_queue_ms <= 0:
+            raise ValueError("max_queue_ms must be > 0 (or None)")
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, slots=True)
 class _Item:
     text: str
     future: asyncio.Future[Vector]
+    start_by: float  # the monotonic clock by which its run must start, else it is shed
+    queued: bool = True  # still counted against the queue bound
 
 
 class MicroBatcher:
     """An asyncio-facing `TextEncoder` over a blocking `Embedder`."""
 
-    def __init__(self, *, embedder: Embedder, options: BatcherOptions = BatcherOptions()) -> None:
+    def __init__(self, *, embedder: Embedder, options: BatcherOptions = BatcherOptions(),
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        """Args:
+            monotonic: the clock of deadlines and queueing budgets (a seam for tests).
+        """
         self._embedder = embedder
+        self._monotonic = monotonic
         self._options = options
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=options.max_queue)
+        # Cancelled items stay in the deque until the loop reaches them (or a compaction), but leave `_live`
+        # at once: the bound counts only items someone still waits for.
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._live = 0
+        self._nonempty = asyncio.Event()
         self._slots = asyncio.Semaphore(options.workers)
         self._executor: ThreadPoolExecutor | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._runs: set[asyncio.Task[None]] = set()
         self._busy = 0  # batches running on workers
         self._state = State.NEW
+        self._seconds_per_item = 0.0  # measured; 0 until the first run
         self.batches_run = 0
         self.items_embedded = 0
+        self.items_shed = 0
+        self.items_abandoned = 0
 
     @property
     def dimension(self) -> int:
@@ -69,7 +98,7 @@ class MicroBatcher:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return self._live
 
     async def start(self) -> None:
         if self._state is not State.NEW:
@@ -90,8 +119,8 @@ class MicroBatcher:
                 await self._loop_task
         if self._runs:
             await asyncio.gather(*self._runs, return_exceptions=True)
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
+        while self._queue:
+            item = self._queue.popleft()
             if not item.future.done():
                 item.future.set_exception(NotReady("the embedder is shutting down"))
         if self._executor is not None:
@@ -106,46 +135,104 @@ class MicroBatcher:
     ) -> None:
         await self.aclose()
 
-    async def encode(self, text: str) -> Vector:
+    async def encode(self, text: str, *, deadline: float | None = None) -> Vector:
         """Embeds one text as part of whatever batch it lands in.
+
+        Args:
+            deadline: the caller's deadline on the `time.monotonic()` clock; the item is shed unless its run can
+                start early enough to finish by then.
 
         Raises:
             InvalidRequest: the text is empty or too long (before it is queued).
-            Overloaded: the queue is full.
+            Overloaded: the queue is full, or the item could not start within the queueing budget or its
+                deadline.
             NotReady: the batcher is not running.
             ModelError: the model run for this item's batch failed.
         """
         if self._state is not State.RUNNING:
             raise NotReady("the embedder is not running")
         text = checked_text(text, max_bytes=self._options.max_text_bytes, field="prompt")
+        if self._live >= self._options.max_queue:
+            self.items_shed += 1
+            raise Overloaded(f"embedding queue is full ({self._options.max_queue} waiting)")
+        now = self._monotonic()
+        start_by = now + self._options.max_queue_ms / 1000 if self._options.max_queue_ms is not None else None
+        if deadline is not None:
+            latest = deadline - self._seconds_per_item  # it must also finish before the caller gives up
+            start_by = latest if start_by is None else min(start_by, latest)
+        if start_by is None:
+            start_by = float("inf")
+        # What the queue ahead will take at the measured rate: shed now rather than after waiting in vain.
+        expected_wait = self._live * self._seconds_per_item / self._options.workers
+        if now + expected_wait > start_by:
+            self.items_shed += 1
+            raise Overloaded(f"the embedding queue would take about {expected_wait * 1000:.0f} ms to reach this "
+                             "prompt, more than the queueing budget or the call's deadline allows")
         future: asyncio.Future[Vector] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Item(text, future))
-        except asyncio.QueueFull:
-            raise Overloaded(f"embedding queue is full ({self._options.max_queue} waiting)") from None
+        item = _Item(text, future, start_by)
+        future.add_done_callback(lambda _f: self._leave_queue(item, abandoned=True))
+        self._queue.append(item)
+        self._live += 1
+        self._nonempty.set()
         return await future
+
+    def _leave_queue(self, item: _Item, *, abandoned: bool = False) -> None:
+        if not item.queued:
+            return
+        item.queued = False
+        self._live -= 1
+        if abandoned:
+            self.items_abandoned += 1
+            # Many abandoned items behind a long run: drop them now so the deque stays as bounded as the count.
+            if len(self._queue) > 2 * self._options.max_queue:
+                self._queue = collections.deque(i for i in self._queue if i.queued)
+
+    def _run_cap(self) -> int:
+        """Most items one run may take: about what the queueing budget can run at the measured rate. A longer
+        run would keep every caller it carries waiting past the budget plus one embedding."""
+        if self._options.max_queue_ms is None or self._seconds_per_item <= 0:
+            return self._options.max_batch_size
+        return max(1, int(self._options.max_queue_ms / 1000 / self._seconds_per_item))
+
+    def _next_live(self) -> _Item | None:
+        """Pops the next item someone still waits for; sheds the ones whose start-by time has passed."""
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.queued:  # abandoned while queued
+                continue
+            self._leave_queue(item)
+            if self._monotonic() > item.start_by:
+                self.items_shed += 1
+                item.future.set_exception(Overloaded("the prompt waited longer than the queueing budget or its "
+                                                     "deadline allows for the model"))
+                continue
+            return item
+        self._nonempty.clear()
+        return None
 
     async def _batching_loop(self) -> None:
         while True:
             await self._slots.acquire()
             batch: list[_Item] = []
             try:
-                batch.append(await self._queue.get())
-                if self._options.max_wait_ms > 0 and self._queue.qsize() < self._options.max_batch_size - 1:
+                while (first := self._next_live()) is None:
+                    await self._nonempty.wait()
+                batch.append(first)
+                if self._options.max_wait_ms > 0 and self._live < self._options.max_batch_size - 1:
                     await asyncio.sleep(self._options.max_wait_ms / 1000)
                 # Share what is queued among the idle workers, so that two cores run two half batches
                 # instead of one core running everything while the other waits.
                 idle = self._options.workers - self._busy
-                share = min(self._options.max_batch_size, -(-(1 + self._queue.qsize()) // max(idle, 1)))
-                while len(batch) < share and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
+                share = min(self._options.max_batch_size, -(-(1 + self._live) // max(idle, 1)), self._run_cap())
+                while len(batch) < share and (item := self._next_live()) is not None:
+                    batch.append(item)
             except BaseException:
                 self._slots.release()
                 for item in batch:  # taken off the queue (e.g. during the linger) but never run
                     if not item.future.done():
                         item.future.set_exception(NotReady("the embedder is shutting down"))
                 raise
-            live = [item for item in batch if not item.future.cancelled()]
+            live = [item for item in batch if not item.future.done()]
             if not live:
                 self._slots.release()
                 continue
@@ -155,6 +242,7 @@ class MicroBatcher:
             task.add_done_callback(self._runs.discard)
 
     async def _run(self, batch: list[_Item]) -> None:
+        started = self._monotonic()
         try:
             loop = asyncio.get_running_loop()
             vectors = await loop.run_in_executor(self._executor, self._embedder.embed, [i.text for i in batch])
@@ -171,6 +259,9 @@ class MicroBatcher:
         finally:
             self._busy -= 1
             self._slots.release()
+        per_item = (self._monotonic() - started) / len(batch)
+        self._seconds_per_item = (per_item if self._seconds_per_item == 0
+                                  else (1 - _RATE_SMOOTHING) * self._seconds_per_item + _RATE_SMOOTHING * per_item)
         self.batches_run += 1
         self.items_embedded += len(batch)
         for item, vector in zip(batch, vectors, strict=True):

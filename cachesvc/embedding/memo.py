@@ -1,15 +1,28 @@
-"""A small LRU memo of text -> vector in front of a TextEncoder.
+"""A small LRU memo of (partition, text) -> vector in front of a TextEncoder.
 
 A store right after a lookup miss of the same prompt (the usual miss -> LLM -> store flow) reuses the vector
 instead of embedding again, and concurrent requests for one text share a single embedding.
+
+Entries are kept per partition (the tenant): a memo shared across tenants would let one tenant time whether
+another had sent a prompt. An embedding runs only while someone waits for it: callers are counted, and when
+the last one gives up the embedding is cancelled, so the batcher drops it before it reaches the model.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from cachesvc.embedding.protocol import TextEncoder, Vector
+
+_Key = tuple[str, str]
+
+
+@dataclass(eq=False)
+class _Flight:
+    task: asyncio.Task[Vector]
+    waiters: int = 0
 
 
 class MemoizedEncoder:
@@ -20,8 +33,8 @@ class MemoizedEncoder:
             raise ValueError("capacity must be >= 0")
         self._encoder = encoder
         self._capacity = capacity
-        self._memo: OrderedDict[str, Vector] = OrderedDict()
-        self._in_flight: dict[str, asyncio.Task[Vector]] = {}
+        self._memo: OrderedDict[_Key, Vector] = OrderedDict()
+        self._in_flight: dict[_Key, _Flight] = {}
         self.hits = 0
         self.misses = 0
 
@@ -29,32 +42,50 @@ class MemoizedEncoder:
     def dimension(self) -> int:
         return self._encoder.dimension
 
-    async def encode(self, text: str) -> Vector:
-        vector = self._memo.get(text)
+    async def encode(self, text: str, *, partition: str = "", deadline: float | None = None) -> Vector:
+        """The vector of `text`, remembered within `partition` only.
+
+        Args:
+            partition: whose memo this is (the tenant); texts are never shared across partitions.
+            deadline: passed on to the encoder by the caller that starts the embedding.
+        """
+        key = (partition, text)
+        vector = self._memo.get(key)
         if vector is not None:
-            self._memo.move_to_end(text)
+            self._memo.move_to_end(key)
             self.hits += 1
             return vector
-        task = self._in_flight.get(text)
-        if task is None:
+        flight = self._in_flight.get(key)
+        if flight is None:
             self.misses += 1
             # Its own task, so one caller giving up does not cancel the embedding others wait for.
-            task = asyncio.get_running_loop().create_task(self._encode_and_remember(text))
-            self._in_flight[text] = task
-            task.add_done_callback(lambda done: self._forget(text, done))
+            task = asyncio.get_running_loop().create_task(self._encode_and_remember(key, deadline))
+            flight = self._in_flight[key] = _Flight(task)
+            task.add_done_callback(lambda done: self._forget(key, done))
         else:
             self.hits += 1
-        return await asyncio.shield(task)
+        flight.waiters += 1
+        try:
+            return await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and not flight.task.done():
+                # The last caller left: nobody wants this vector any more, so it must not cost a model run.
+                flight.task.cancel()
+                if self._in_flight.get(key) is flight:
+                    del self._in_flight[key]
 
-    async def _encode_and_remember(self, text: str) -> Vector:
-        vector = await self._encoder.encode(text)
+    async def _encode_and_remember(self, key: _Key, deadline: float | None) -> Vector:
+        vector = await self._encoder.encode(key[1], deadline=deadline)
         if self._capacity:
-            self._memo[text] = vector
+            self._memo[key] = vector
             if len(self._memo) > self._capacity:
                 self._memo.popitem(last=False)
         return vector
 
-    def _forget(self, text: str, done: asyncio.Task[Vector]) -> None:
-        self._in_flight.pop(text, None)
+    def _forget(self, key: _Key, done: asyncio.Task[Vector]) -> None:
+        flight = self._in_flight.get(key)
+        if flight is not None and flight.task is done:
+            del self._in_flight[key]
         if not done.cancelled():
             done.exception()  # retrieved here, so an error nobody awaited any more is not logged as lost

@@ -40,4 +40,18 @@ class TextEncoder(Protocol):
     @property
     def dimension(self) -> int: ...
 
-    async def encode(self, text: str) -> Vector: ...
+    async def encode(self, text: str, *, deadline: float | None = None) -> Vector:
+        """Args:
+            deadline: when the caller gives up, on the `time.monotonic()` clock; work that cannot finish by
+                then is shed with `Overloaded` instead of being done for nobody.
+        """
+        ...
+
+
+class PartitionedEncoder(Protocol):
+    """A `TextEncoder` whose shared state (a memo, joined in-flight work) is kept apart per partition (tenant)."""
+
+    @property
+    def dimension(self) -> int: ...
+
+    async def encode(self, text: str, *, partition: str = "", deadline: float | None = None) -> Vector: ...

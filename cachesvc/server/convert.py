@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -51,9 +53,20 @@ def _candidate(c: CandidateReport) -> pb.Candidate:
     return message
 
 
+# google.protobuf.Timestamp holds 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z only.
+_TIMESTAMP_MIN_SECONDS = -62_135_596_800
+_TIMESTAMP_MAX_SECONDS = 253_402_300_799
+
+
 def _timestamp(seconds: float) -> Timestamp:
+    """A Timestamp, clamped into the range the type can hold: an absurd time (e.g. an expiry stored before TTLs
+    were bounded) is shown as the far end of that range rather than failing the whole response."""
     ts = Timestamp()
-    ts.FromNanoseconds(round(seconds * 1e9))
+    if math.isnan(seconds):
+        seconds = 0.0
+    whole = min(max(math.floor(seconds), _TIMESTAMP_MIN_SECONDS), _TIMESTAMP_MAX_SECONDS)
+    nanos = min(max(round((seconds - whole) * 1e9), 0), 999_999_999) if math.isfinite(seconds) else 0
+    ts.seconds, ts.nanos = whole, nanos
     return ts
 
 
@@ -61,20 +74,22 @@ def scope_key(tenant: str, scope: pb.Scope) -> ScopeKey:
     return ScopeKey(tenant=tenant, namespace=scope.namespace, model=scope.model, context=scope.context)
 
 
-def lookup_from_proto(tenant: str, request: pb.LookupRequest, *, deadline_seconds: float | None = None) -> Lookup:
+def lookup_from_proto(tenant: str, request: pb.LookupRequest, *, deadline: float | None = None) -> Lookup:
     """Args:
-        deadline_seconds: what is left of the call's deadline (bounds a single-flight wait); None = none.
+        deadline: when the caller gives up, on the time.monotonic() clock (sheds queued work, bounds a
+            single-flight wait); None = never.
     """
     fill = None
     if request.fill_lease_ms:
         fill = FillRequest(lease_seconds=request.fill_lease_ms / 1000, wait_seconds=request.fill_wait_ms / 1000,
-                           deadline_seconds=deadline_seconds)
+                           deadline_seconds=None if deadline is None else max(deadline - time.monotonic(), 0.0))
     return Lookup(
         scope=scope_key(tenant, request.scope),
         prompt=request.prompt,
         min_similarity=request.min_similarity if request.HasField("min_similarity") else None,
         explain=request.explain,
         fill=fill,
+        deadline=deadline,
     )
 
 
@@ -90,7 +105,7 @@ def usage_to_proto(usage: TokenUsage) -> pb.Usage:
     return message
 
 
-def write_from_proto(tenant: str, request: pb.StoreRequest) -> Write:
+def write_from_proto(tenant: str, request: pb.StoreRequest, *, deadline: float | None = None) -> Write:
     ttl = TTLPolicy.of(request.ttl_seconds) if request.HasField("ttl_seconds") else TTLPolicy.default()
     return Write(
         scope=scope_key(tenant, request.scope),
@@ -99,6 +114,7 @@ def write_from_proto(tenant: str, request: pb.StoreRequest) -> Write:
         metadata=dict(request.metadata),
         ttl=ttl,
         usage=usage_from_proto(request.usage) if request.HasField("usage") else None,
+        deadline=deadline,
     )
 
 

@@ -12,6 +12,8 @@ from cachesvc.errors import (
     NotFound,
     NotReady,
     Overloaded,
+    QuotaExceeded,
+    RateLimited,
     Unauthorized,
     Unsupported,
 )
@@ -22,6 +24,7 @@ _STATUS: dict[type[CacheError], grpc.StatusCode] = {
     Unauthorized: grpc.StatusCode.UNAUTHENTICATED,
     Forbidden: grpc.StatusCode.PERMISSION_DENIED,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotReady: grpc.StatusCode.UNAVAILABLE,
     Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     ModelError: grpc.StatusCode.INTERNAL,
@@ -33,3 +36,13 @@ def status_for(error: CacheError) -> grpc.StatusCode:
         if kind in _STATUS:
             return _STATUS[kind]
     return grpc.StatusCode.INTERNAL
+
+
+RETRY_AFTER_MS = "retry-after-ms"
+
+
+def trailers_for(error: CacheError) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata that goes with the error's status: when a rate-limited caller may try again."""
+    if isinstance(error, RateLimited):
+        return ((RETRY_AFTER_MS, str(max(1, round(error.retry_after_seconds * 1000)))),)
+    return ()

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
+from cachesvc.core.limits import CallKind, RateLimiter
 from cachesvc.core.service import CacheService
 from cachesvc.core.types import HitKind
 from cachesvc.errors import CacheError
 from cachesvc.metrics import ServerMetrics
 from cachesvc.server import convert
 from cachesvc.server.auth import Authenticator
-from cachesvc.server.errors import status_for
+from cachesvc.server.errors import status_for, trailers_for
 from cachesvc_client.v1 import cache_pb2 as pb
 from cachesvc_client.v1 import cache_pb2_grpc as pb_grpc
 
@@ -26,15 +28,37 @@ Response = TypeVar("Response")
 Handler = Callable[[str, dict[str, object]], Awaitable[Response]]
 
 
+# What a caller-chosen request id may contain before it reaches a log line: no spaces, quotes or control
+# characters (so it cannot forge fields), and a bounded length.
+_REQUEST_ID = re.compile(r"[^A-Za-z0-9._:/+-]")
+MAX_REQUEST_ID_CHARS = 64
+
+
+def _loggable_request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+    for key, value in metadata or ():
+        if key == "x-request-id":
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+            return _REQUEST_ID.sub("_", text[:MAX_REQUEST_ID_CHARS])
+    return ""
+
+
+def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    """The caller's deadline on the time.monotonic() clock, so queued work it no longer waits for is shed."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
 class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc]
-    def __init__(self, *, service: CacheService, authenticator: Authenticator, metrics: ServerMetrics) -> None:
+    def __init__(self, *, service: CacheService, authenticator: Authenticator, metrics: ServerMetrics,
+                 limiter: RateLimiter | None = None) -> None:
         self._service = service
         self._auth = authenticator
         self._metrics = metrics
+        self._limiter = limiter
 
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.LookupResponse:
         async def handle(tenant: str, fields: dict[str, object]) -> pb.LookupResponse:
-            lookup = convert.lookup_from_proto(tenant, request, deadline_seconds=context.time_remaining())
+            lookup = convert.lookup_from_proto(tenant, request, deadline=_deadline(context))
             result = await self._service.lookup(lookup)
             fields.update(scope=lookup.scope.digest, outcome=result.hit_kind.value,
                           similarity=round(result.similarity, 4), embed_ms=round(result.timings.embed_ms, 3),
@@ -48,16 +72,16 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
                     self._metrics.lookup_similarity.labels(result.hit_kind.value).observe(result.similarity)
             return convert.lookup_to_proto(result)
 
-        return await self._call("Lookup", context, handle)
+        return await self._call("Lookup", context, handle, CallKind.LOOKUP)
 
     async def Store(self, request: pb.StoreRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.StoreResponse:
         async def handle(tenant: str, fields: dict[str, object]) -> pb.StoreResponse:
-            write = convert.write_from_proto(tenant, request)
+            write = convert.write_from_proto(tenant, request, deadline=_deadline(context))
             result = await self._service.store(write)
             fields.update(scope=write.scope.digest, entry=result.entry.id, replaced=result.replaced)
             return convert.store_to_proto(result)
 
-        return await self._call("Store", context, handle)
+        return await self._call("Store", context, handle, CallKind.STORE)
 
     async def ReleaseFill(
         self, request: pb.ReleaseFillRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -86,19 +110,23 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
         return await self._call("Stats", context, handle)
 
     async def _call(
-        self, method: str, context: grpc.aio.ServicerContext[Any, Any], handler: Handler[Response]
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], handler: Handler[Response],
+        kind: CallKind | None = None,
     ) -> Response:
         started = time.perf_counter()
         metadata = context.invocation_metadata()
-        request_id = next((str(v) for k, v in metadata or () if k == "x-request-id"), None) or uuid.uuid4().hex
+        request_id = _loggable_request_id(metadata) or uuid.uuid4().hex
         fields: dict[str, object] = {"request_id": request_id, "method": method}
         code = grpc.StatusCode.OK
         message = ""
+        trailers: tuple[tuple[str, str], ...] = ()
         try:
             tenant = self._auth.tenant_for(metadata)
+            if kind is not None and self._limiter is not None:
+                self._limiter.check(tenant, kind)
             response = await handler(tenant, fields)
         except CacheError as exc:
-            code, message = status_for(exc), str(exc)
+            code, message, trailers = status_for(exc), str(exc), trailers_for(exc)
         except Exception:
             # Never a stack trace to the caller, never a dead server: log it here with the request id.
             log.exception("internal error request_id=%s method=%s", request_id, method)
@@ -109,5 +137,5 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
         if log.isEnabledFor(logging.INFO):  # the line is built on every call otherwise, even when not shown
             log.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields})
         if code is not grpc.StatusCode.OK:
-            await context.abort(code, message)
+            await context.abort(code, message, trailers)
         return response

@@ -7,6 +7,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import grpc
 import pytest
 
 from cachesvc.app import App
@@ -15,6 +16,7 @@ from cachesvc.core.normalize import normalize_prompt
 from cachesvc.records import ScopeKey
 from cachesvc_client import AsyncCacheClient, Scope, Usage
 from cachesvc_client.v1 import cache_pb2 as pb
+from cachesvc_client.v1 import cache_pb2_grpc as pb_grpc
 
 PROMPT = "How do I reset my password?"
 SCOPE = Scope(namespace="support", model="m")
@@ -62,8 +64,8 @@ async def test_hits_add_the_entrys_tokens_and_cost_to_the_namespace(app: App, cl
     assert stats.cost_saved_usd == pytest.approx(0.75)
     body = await asyncio.to_thread(
         lambda: urllib.request.urlopen(f"http://127.0.0.1:{app.metrics_port}/metrics", timeout=5).read().decode())
-    assert 'cachesvc_tokens_saved_total{namespace="support",tenant="default"} 450.0' in body
-    assert 'cachesvc_cost_saved_usd_total{namespace="support",tenant="default"} 0.75' in body
+    assert 'cachesvc_tokens_saved_total{tenant="default"} 450.0' in body
+    assert 'cachesvc_cost_saved_usd_total{tenant="default"} 0.75' in body
 
 
 async def test_the_first_miss_takes_the_lease_and_a_waiter_is_served_by_its_store(app: App,
@@ -137,3 +139,20 @@ async def test_old_clients_see_no_leases(app: App) -> None:
             assert not response.hit and not response.fill_token and not response.fill_pending
     async with AsyncCacheClient(f"127.0.0.1:{app.port}") as client:
         assert (await client.lookup(PROMPT, scope=SCOPE, fill_lease=30)).fill_token is not None
+
+
+@pytest.mark.parametrize(("usage", "field"), [
+    (pb.Usage(prompt_tokens=10, completion_tokens=5, cost_usd=float("nan")), "usage.cost_usd"),
+    (pb.Usage(prompt_tokens=10, completion_tokens=5, cost_usd=float("inf")), "usage.cost_usd"),
+    (pb.Usage(prompt_tokens=10, completion_tokens=5, cost_usd=-0.01), "usage.cost_usd"),
+    (pb.Usage(prompt_tokens=2**63, completion_tokens=5), "usage.prompt_tokens"),
+])
+async def test_a_store_with_absurd_usage_is_refused_and_counts_nothing(app: App, usage: pb.Usage,
+                                                                      field: str) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.SemanticCacheStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.Store(pb.StoreRequest(prompt=PROMPT, completion="x", usage=usage))
+        assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert field in (raised.value.details() or "")
+        assert not (await stub.Lookup(pb.LookupRequest(prompt=PROMPT))).hit

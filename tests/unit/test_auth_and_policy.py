@@ -8,7 +8,7 @@ from cachesvc.core.normalize import normalize_prompt
 from cachesvc.core.policy import TTLKind, TTLPolicy, checked_similarity
 from cachesvc.errors import InvalidRequest, Unauthorized
 from cachesvc.records import ScopeKey
-from cachesvc.server.auth import DEFAULT_TENANT, Authenticator
+from cachesvc.server.auth import DEFAULT_TENANT, Authenticator, key_hash
 
 
 def test_without_keys_everyone_is_the_default_tenant() -> None:
@@ -26,6 +26,24 @@ def test_key_resolves_to_its_tenant(metadata: list[tuple[str, str]]) -> None:
 def test_missing_or_unknown_key_is_unauthorized(metadata: list[tuple[str, str]]) -> None:
     with pytest.raises(Unauthorized):
         Authenticator(api_keys={"k1": "acme"}).tenant_for(metadata)
+
+
+@pytest.mark.parametrize("metadata", [
+    [("authorization", "Bearer k1"), ("x-api-key", "k2")],  # two different keys: neither may win
+    [("x-api-key", "k2"), ("authorization", "Bearer k1")],
+    [("x-api-key", "k1"), ("x-api-key", "k1")],  # repeated, even when equal
+    [("authorization", "Bearer k1"), ("authorization", "Bearer k1")],
+])
+def test_more_than_one_credential_is_unauthorized(metadata: list[tuple[str, str]]) -> None:
+    with pytest.raises(Unauthorized, match="more than one credential"):
+        Authenticator(api_keys={"k1": "acme", "k2": "globex"}).tenant_for(metadata)
+
+
+def test_keys_can_be_given_as_hashes_only() -> None:
+    auth = Authenticator(key_hashes={key_hash("secret-key").upper(): "acme"})
+    assert auth.tenant_for([("x-api-key", "secret-key")]) == "acme"
+    with pytest.raises(Unauthorized):
+        auth.tenant_for([("x-api-key", key_hash("secret-key"))])  # the hash itself is not a key
 
 
 def test_normalisation_keeps_case_and_folds_whitespace_and_unicode_forms() -> None:

@@ -99,9 +99,20 @@ async def settle(aw: Awaitable[Any]) -> Any:
     return await asyncio.wait_for(aw, TIMEOUT)
 
 
+class ManualMonotonic:
+    """A monotonic clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @contextlib.asynccontextmanager
-async def running(fake: FakeEmbedder, **options: Any) -> AsyncIterator[MicroBatcher]:
-    batcher = MicroBatcher(embedder=fake, options=BatcherOptions(**options))
+async def running(fake: FakeEmbedder, *, clock: ManualMonotonic | None = None,
+                  **options: Any) -> AsyncIterator[MicroBatcher]:
+    batcher = MicroBatcher(embedder=fake, options=BatcherOptions(**options), monotonic=clock or ManualMonotonic())
     await batcher.start()
     try:
         yield batcher
@@ -294,6 +305,103 @@ async def test_a_batch_where_every_caller_cancelled_never_runs() -> None:
     assert fake.calls == [["first"], ["next"]]
 
 
+async def test_an_abandoned_item_frees_its_queue_slot_at_once() -> None:
+    fake = FakeEmbedder(hold={0})
+    async with running(fake, workers=1, max_queue=2) as batcher:
+        first = await submit(batcher, ["running"])
+        await fake.wait_calls(1)
+        q1, q2 = await submit(batcher, ["q1", "q2"])
+        with pytest.raises(Overloaded, match="queue is full"):
+            await batcher.encode("one too many")
+        q1.cancel()
+        await yield_until(q1.done)
+        assert batcher.queue_depth == 1
+        (q3,) = await submit(batcher, ["q3"])  # the slot q1 held is free again
+        fake.release()
+        await settle(asyncio.gather(*first, q2, q3))
+    assert fake.calls == [["running"], ["q2", "q3"]]
+    assert batcher.items_abandoned == 1
+
+
+async def test_items_that_waited_past_the_queueing_budget_are_shed_instead_of_run() -> None:
+    fake = FakeEmbedder(hold={0})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
+        first = await submit(batcher, ["running"])
+        await fake.wait_calls(1)
+        late = await submit(batcher, ["a", "b"])
+        clock.now += 0.051
+        (fresh,) = await submit(batcher, ["c"])
+        fake.release()
+        await settle(asyncio.gather(*first, fresh))
+        for task in late:
+            with pytest.raises(Overloaded, match="queueing budget"):
+                await settle(task)
+    assert fake.calls == [["running"], ["c"]]
+    assert batcher.items_shed == 2
+
+
+async def test_an_item_is_shed_when_its_run_could_not_start_before_the_callers_deadline() -> None:
+    fake = FakeEmbedder(hold={0})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1) as batcher:
+        with pytest.raises(Overloaded):  # already past: never queued
+            await batcher.encode("too late", deadline=clock.now - 0.001)
+        assert batcher.queue_depth == 0
+        first = await submit(batcher, ["running"])
+        await fake.wait_calls(1)
+        waiting = asyncio.create_task(batcher.encode("patient", deadline=clock.now + 1.0))
+        await yield_until(lambda: batcher.queue_depth == 1)
+        clock.now += 1.5  # the caller has given up by the time a worker is free
+        fake.release()
+        await settle(asyncio.gather(*first))
+        with pytest.raises(Overloaded):
+            await settle(waiting)
+    assert fake.calls == [["running"]]
+
+
+async def test_a_queue_that_would_take_longer_than_the_budget_sheds_at_once() -> None:
+    fake = FakeEmbedder(hold={0, 1})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
+        warm = await submit(batcher, ["warm"])
+        await fake.wait_calls(1)
+        clock.now += 0.030  # the model takes 30 ms per item
+        fake.release(0)
+        await settle(asyncio.gather(*warm))
+        busy = await submit(batcher, ["busy"])
+        await fake.wait_calls(2)
+        queued = await submit(batcher, ["q1", "q2"])  # 0 and 30 ms of work ahead: within the 50 ms budget
+        assert batcher.queue_depth == 2
+        with pytest.raises(Overloaded, match="would take about 60 ms"):
+            await batcher.encode("q3")  # 60 ms ahead: shed now rather than after waiting in vain
+        assert batcher.queue_depth == 2
+        clock.now += 0.030  # the busy run takes 30 ms too
+        fake.release()
+        await settle(asyncio.gather(*busy, *queued))
+    # one 30 ms prompt per run: two would take longer than the 50 ms budget
+    assert fake.calls == [["warm"], ["busy"], ["q1"], ["q2"]]
+
+
+async def test_runs_are_cut_at_what_the_queueing_budget_can_run() -> None:
+    fake = FakeEmbedder(hold={0, 1})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
+        warm = await submit(batcher, ["warm"])
+        await fake.wait_calls(1)
+        clock.now += 0.010  # 10 ms per prompt: five fit in the budget
+        fake.release(0)
+        await settle(asyncio.gather(*warm))
+        busy = await submit(batcher, ["busy"])
+        await fake.wait_calls(2)
+        texts = [f"q{i}" for i in range(6)]
+        queued = await submit(batcher, texts)
+        clock.now += 0.010  # the busy run takes 10 ms too
+        fake.release()
+        await settle(asyncio.gather(*busy, *queued))
+    assert fake.calls == [["warm"], ["busy"], texts[:5], texts[5:]]
+
+
 async def test_a_caller_cancelling_while_its_batch_runs_does_not_disturb_the_others() -> None:
     fake = FakeEmbedder(hold={0, 1})
     async with running(fake, workers=1) as batcher:
@@ -387,7 +495,7 @@ async def test_text_at_the_byte_limit_is_accepted() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"max_batch_size": 0}, {"max_queue": 0}, {"workers": 0}, {"max_wait_ms": -1.0}],
+    [{"max_batch_size": 0}, {"max_queue": 0}, {"workers": 0}, {"max_wait_ms": -1.0}, {"max_queue_ms": 0.0}],
 )
 def test_options_are_validated(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError):

@@ -34,6 +34,8 @@ class FakeEncoder:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.cancelled: list[str] = []
+        self.deadlines: list[float | None] = []
         self.fail: dict[str, list[BaseException]] = {}
         self._gate = asyncio.Event()
         self._gate.set()
@@ -44,9 +46,14 @@ class FakeEncoder:
     def release(self) -> None:
         self._gate.set()
 
-    async def encode(self, text: str) -> Vector:
+    async def encode(self, text: str, *, deadline: float | None = None) -> Vector:
         self.calls.append(text)
-        await self._gate.wait()
+        self.deadlines.append(deadline)
+        try:
+            await self._gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(text)
+            raise
         if self.fail.get(text):
             raise self.fail[text].pop(0)
         return vector_for(text)
@@ -149,7 +156,7 @@ async def test_one_caller_cancelling_does_not_cancel_another_waiting_on_the_same
     assert fake.calls == ["shared"]
 
 
-async def test_an_embedding_whose_only_caller_left_still_completes_and_is_remembered() -> None:
+async def test_an_embedding_whose_only_caller_left_is_cancelled_not_run() -> None:
     fake = FakeEncoder()
     fake.hold()
     memo = MemoizedEncoder(encoder=fake, capacity=8)
@@ -157,9 +164,50 @@ async def test_an_embedding_whose_only_caller_left_still_completes_and_is_rememb
     await yield_until(lambda: fake.calls == ["orphan"])
     leaver.cancel()
     await yield_until(leaver.done)
+    # the encoder saw the cancellation: nobody waits, so the embedding must not keep its place in the queue
+    await yield_until(lambda: fake.cancelled == ["orphan"])
     fake.release()
+    # nothing was remembered, so the next caller embeds again
     np.testing.assert_array_equal(await settle(asyncio.ensure_future(memo.encode("orphan"))), vector_for("orphan"))
-    assert fake.calls == ["orphan"]
+    assert fake.calls == ["orphan", "orphan"]
+
+
+async def test_the_embedding_is_cancelled_only_when_the_last_of_several_callers_leaves() -> None:
+    fake = FakeEncoder()
+    fake.hold()
+    memo = MemoizedEncoder(encoder=fake, capacity=8)
+    callers = [asyncio.create_task(memo.encode("shared")) for _ in range(3)]
+    await yield_until(lambda: fake.calls == ["shared"])
+    for caller in callers[:2]:
+        caller.cancel()
+    await yield_until(lambda: callers[0].done() and callers[1].done())
+    assert fake.cancelled == []
+    callers[2].cancel()
+    await yield_until(lambda: fake.cancelled == ["shared"])
+
+
+async def test_partitions_do_not_share_vectors_or_in_flight_work() -> None:
+    fake = FakeEncoder()
+    memo = MemoizedEncoder(encoder=fake, capacity=8)
+    await memo.encode("secret", partition="t1")
+    await memo.encode("secret", partition="t1")
+    assert fake.calls == ["secret"]
+    await memo.encode("secret", partition="t2")  # t2 must pay for its own embedding: no timing oracle on t1
+    assert fake.calls == ["secret", "secret"]
+    fake.hold()
+    a = asyncio.create_task(memo.encode("new", partition="t1"))
+    b = asyncio.create_task(memo.encode("new", partition="t2"))
+    await yield_until(lambda: fake.calls.count("new") == 2)
+    fake.release()
+    await settle(asyncio.gather(a, b))
+    assert (memo.hits, memo.misses) == (1, 4)
+
+
+async def test_the_deadline_reaches_the_encoder() -> None:
+    fake = FakeEncoder()
+    memo = MemoizedEncoder(encoder=fake, capacity=8)
+    await memo.encode("x", deadline=123.0)
+    assert fake.deadlines == [123.0]
 
 
 async def test_errors_are_not_memoised() -> None:
@@ -191,17 +239,15 @@ async def test_an_error_nobody_waits_for_any_more_is_not_reported_as_lost(caplog
     fake.hold()
     fake.fail["x"] = [ModelError("nobody is listening")]
     memo = MemoizedEncoder(encoder=fake, capacity=8)
-    leaver = asyncio.create_task(memo.encode("x"))
+    stayer = asyncio.create_task(memo.encode("x"))
     await yield_until(lambda: fake.calls == ["x"])
-    leaver.cancel()
-    await yield_until(leaver.done)
     (inner,) = [t for t in asyncio.all_tasks() if "_encode_and_remember" in repr(t.get_coro())]
     with caplog.at_level(logging.ERROR, logger="asyncio"):
         fake.release()
-        # asyncio.wait's own callback runs after the memo's done-callback, which was registered first
         await asyncio.wait({inner}, timeout=TIMEOUT)
-        assert inner.done() and leaver.cancelled()
-        del inner, leaver  # the cancelled caller's frame still references the inner task
+        stayer.cancel()  # the caller leaves just as the error arrives, before it could read it
+        await asyncio.wait({stayer}, timeout=TIMEOUT)
+        del inner, stayer
         gc.collect()  # a task whose exception was never retrieved logs it when collected
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
     # and the next caller embeds again

@@ -413,3 +413,35 @@ def test_records_written_before_usage_existed_still_load(tmp_path: Path) -> None
     assert sorted(state.entries) == ["id1", "id4"]
     assert all(e.usage is None for e, _v in state.entries.values())
     assert state.entries["id4"][0].completion == "completion 4 ✓"
+
+
+def test_temporaries_left_by_a_crash_are_removed_when_the_directory_is_locked(tmp_path: Path) -> None:
+    directory = data_dir(tmp_path)
+    directory.lock()
+    chunk = encode_chunk([entry(1)], vector(1))
+    path, _count, _size = directory.write_snapshot(10, iter([(1, chunk)]))
+    directory.unlock()
+    # what a crash mid-snapshot and mid-model-record leaves behind
+    (tmp_path / f"{persistence.SNAPSHOT_PREFIX}{20:016d}.tmp").write_bytes(b"half a snapshot" * 1000)
+    (tmp_path / "model.tmp").write_text("{", encoding="utf-8")
+    directory = data_dir(tmp_path)
+    directory.lock()
+    assert sorted(p.name for p in tmp_path.glob("*.tmp")) == []
+    assert path.exists()
+    directory.unlock()
+
+
+async def test_data_files_and_directory_are_private_to_the_server_user(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    directory = data_dir(root)
+    directory.lock()
+    directory.check_model()
+    directory.write_snapshot(1, iter([(1, encode_chunk([entry(1)], vector(1)))]))
+    writer = WalWriter(directory=root, segment=1, policy=FsyncPolicy.ALWAYS)
+    writer.start()
+    await writer.append(encode_put(entry(2), vector(2), lsn=2), lsn=2)
+    await writer.aclose()
+    directory.unlock()
+    assert root.stat().st_mode & 0o777 == 0o700
+    modes = {p.name: p.stat().st_mode & 0o777 for p in root.iterdir()}
+    assert modes and set(modes.values()) == {0o600}, modes
