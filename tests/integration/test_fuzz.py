@@ -27,9 +27,9 @@ from cachesvc.config import Settings
 from cachesvc.embedding.onnx_embedder import OnnxEmbedder
 from cachesvc_client.v1 import cache_pb2 as pb
 
-EXAMPLES = int(os.environ.get("CACHESVC_FUZZ_EXAMPLES", "60"))  # per test; four tests
+EXAMPLES = int(os.environ.get("CACHESVC_FUZZ_EXAMPLES", "60"))  # per test
 SERVICE = "/cachesvc.v1.SemanticCache/"
-METHODS = ["Lookup", "Store", "Delete", "Stats", "Feedback"]
+METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["SemanticCache"].methods]  # every RPC, new ones too
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE,
              grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DATA_LOSS}
 KEYS = {"key-one": "t1", "key-two": "t2"}
@@ -116,18 +116,26 @@ text_st = st.one_of(
 number_st = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32),
                       st.sampled_from([0.0, 1.0, 0.5, -0.0]))
 ttl_st = st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.sampled_from([0, 1, 3600, 10**12])
+uint32_st = st.integers(min_value=0, max_value=2**32 - 1) | st.sampled_from([0, 1, 50, 60_000])
+# A wait is served in full when another call holds the lease: kept short so the run stays bounded.
+wait_st = st.integers(min_value=0, max_value=200)
+usage_st = st.builds(pb.Usage, prompt_tokens=st.integers(min_value=0, max_value=2**64 - 1),
+                     completion_tokens=st.integers(min_value=0, max_value=2**64 - 1), cost_usd=number_st)
 scope_st = st.builds(pb.Scope, namespace=text_st, model=text_st, context=text_st)
 messages_st: st.SearchStrategy[tuple[str, Message]] = st.one_of(
     st.tuples(st.just("Lookup"), st.builds(pb.LookupRequest, scope=scope_st, prompt=text_st,
-                                           min_similarity=number_st, explain=st.booleans())),
+                                           min_similarity=number_st, explain=st.booleans(),
+                                           fill_lease_ms=uint32_st, fill_wait_ms=wait_st)),
     st.tuples(st.just("Store"), st.builds(pb.StoreRequest, scope=scope_st, prompt=text_st, completion=text_st,
                                           metadata=st.dictionaries(text_st, text_st, max_size=4),
-                                          ttl_seconds=ttl_st)),
+                                          ttl_seconds=ttl_st, usage=usage_st)),
     st.tuples(st.just("Delete"), st.builds(pb.DeleteRequest, id=text_st)),
     st.tuples(st.just("Delete"), st.builds(pb.DeleteRequest, scope=st.builds(
         pb.ScopeSelector, namespace=text_st, model=text_st, context=text_st))),
     st.tuples(st.just("Stats"), st.builds(pb.StatsRequest, namespace=text_st)),
     st.tuples(st.just("Feedback"), st.builds(pb.FeedbackRequest, prompt=text_st, entry_id=text_st)),
+    st.tuples(st.just("ReleaseFill"), st.builds(pb.ReleaseFillRequest, scope=scope_st, prompt=text_st,
+                                                fill_token=text_st)),
 )
 
 
