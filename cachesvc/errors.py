@@ -7,6 +7,7 @@
     ├── Forbidden          credentials that may not do this
     ├── Overloaded         a bounded queue is full; the caller may retry later
     ├── NotReady           the service is starting or stopping
+    ├── Unavailable        a store the cache depends on (Redis) is unreachable or too slow; retry later
     ├── Unsupported        a backend cannot do this operation (core treats it as a miss)
     └── ModelError         the embedding model is missing, corrupt or failed to run
 
@@ -46,6 +47,10 @@ class Overloaded(CacheError):
 
 class NotReady(CacheError):
     """The component has not started yet, or is shutting down."""
+
+
+class Unavailable(CacheError):
+    """A store the cache depends on (e.g. Redis) is down or did not answer in time; the call may be retried."""
 
 
 class Unsupported(CacheError):

@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -16,7 +15,7 @@ from cachesvc.backends.protocol import Backend
 from cachesvc.clock import Clock
 from cachesvc.core.normalize import normalize_prompt
 from cachesvc.core.policy import SizeLimits, TTLKind, TTLPolicy, checked_similarity, utf8_size
-from cachesvc.core.stats import CounterBook, Counters
+from cachesvc.core.stats import CounterBook, Counters, CounterStore
 from cachesvc.core.types import (
     CandidateOutcome,
     CandidateReport,
@@ -93,11 +92,13 @@ class CacheService:
 
     def __init__(self, *, encoder: TextEncoder, backend: Backend, clock: Clock, options: CacheOptions,
                  verifier: HitVerifier | None = None,
-                 namespace_verifiers: Mapping[str, HitVerifier | None] | None = None) -> None:
+                 namespace_verifiers: Mapping[str, HitVerifier | None] | None = None,
+                 shared_counters: CounterStore | None = None) -> None:
         """Args:
             verifier: checks each candidate that clears the threshold before it is served; None serves the
                 best candidate that clears it (and uses `min_similarity` as the default threshold).
             namespace_verifiers: a namespace's own verifier (None = off) in place of `verifier`, in every tenant.
+            shared_counters: where counters are shared with other servers of the same cache; Stats reads them there.
         """
         self._encoder = encoder
         self._backend = backend
@@ -105,7 +106,7 @@ class CacheService:
         self._options = options
         self._verifier = verifier
         self._namespace_verifiers = dict(namespace_verifiers or {})
-        self._counters = CounterBook()
+        self._counters = CounterBook(shared_counters)
         self._sweeper: asyncio.Task[None] | None = None
         self._state = State.NEW
 
@@ -192,7 +193,7 @@ class CacheService:
         best_rejection: RejectReason | None = None
         decided = False  # served, or the walk reached a candidate below the threshold
         for match in matches:  # best first
-            entry = await self._backend.get(match.entry_id)
+            entry = match.entry if match.entry is not None else await self._backend.get(match.entry_id)
             if entry is None:
                 continue
             similarity = min(max(match.similarity, 0.0), 1.0)
@@ -291,7 +292,7 @@ class CacheService:
         expires_at = write.ttl.expires_at(now=now, default=self._options.default_ttl)
         vector = await self._encoder.encode(prompt)
         entry = Entry(
-            id=uuid.uuid4().hex,
+            id=self._backend.new_id(scope),
             scope=scope,
             prompt=write.prompt,
             normalized_prompt=prompt,
@@ -308,7 +309,7 @@ class CacheService:
 
     async def _enforce_capacity(self) -> None:
         max_bytes, max_entries = self._options.max_bytes, self._options.max_entries
-        if max_bytes is None and max_entries is None:
+        if (max_bytes is None and max_entries is None) or self._backend.capabilities.manages_capacity:
             return
         usage = await self._backend.usage()
         over_entries = 0 if max_entries is None else usage.entries - max_entries
@@ -354,7 +355,7 @@ class CacheService:
 
     async def stats(self, tenant: str, namespace: str | None = None) -> list[NamespaceStats]:
         usage = await self._backend.usage_by_namespace(tenant)
-        counters = self._counters.for_tenant(tenant)
+        counters = await self._counters.read(tenant)
         # One namespace asked for is reported even when it has nothing yet.
         names = sorted(set(usage) | set(counters)) if namespace is None else [namespace or DEFAULT_NAMESPACE]
         empty = Usage(entries=0, bytes=0)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from cachesvc.core.types import HitKind
 from cachesvc.core.verify import RejectReason
@@ -19,33 +22,61 @@ class Counters:
     ttl_evictions: int = 0
     capacity_evictions: int = 0
 
+    @classmethod
+    def from_raw(cls, raw: Mapping[str, float]) -> Counters:
+        """Counters from a store's name -> number map; unknown names are ignored, each field keeps its type."""
+        values: dict[str, Any] = {f.name: float(raw[f.name]) if isinstance(f.default, float) else int(raw[f.name])
+                  for f in dataclasses.fields(cls) if f.name in raw}
+        return cls(**values)
+
+
+class CounterStore(Protocol):
+    """Where counters are shared when several servers serve one cache (e.g. Redis): every server adds to it,
+    and Stats on any server reads the sum. Counter names are `Counters` field names."""
+
+    def add(self, tenant: str, namespace: str, name: str, amount: int | float = 1) -> None:
+        """Adds without waiting (a store may batch); never raises."""
+        ...
+
+    async def read(self, tenant: str) -> dict[str, dict[str, float]]:
+        """The tenant's counters by namespace, then by name; includes this server's own pending additions.
+
+        Raises:
+            Unavailable: the store cannot be reached.
+        """
+        ...
+
 
 class CounterBook:
-    """Counters keyed by (tenant, namespace). Only the event loop writes them."""
+    """Counters keyed by (tenant, namespace), this server's own (for metrics); with a `shared` store, every
+    addition also goes there and Stats reads from there. Only the event loop writes them."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: CounterStore | None = None) -> None:
         self._book: defaultdict[tuple[str, str], Counters] = defaultdict(Counters)
         self._rejections: defaultdict[tuple[str, str, RejectReason], int] = defaultdict(int)
+        self._shared = shared
+
+    def add(self, tenant: str, namespace: str, name: str, amount: int | float = 1) -> None:
+        """The one way a counter changes: here and, when there is one, in the shared store."""
+        c = self._book[(tenant, namespace)]
+        setattr(c, name, getattr(c, name) + amount)
+        if self._shared is not None:
+            self._shared.add(tenant, namespace, name, amount)
 
     def lookup(self, tenant: str, namespace: str, kind: HitKind) -> None:
-        c = self._book[(tenant, namespace)]
-        c.lookups += 1
+        self.add(tenant, namespace, "lookups")
         if kind is HitKind.EXACT:
-            c.hits += 1
-            c.exact_hits += 1
+            self.add(tenant, namespace, "hits")
+            self.add(tenant, namespace, "exact_hits")
         elif kind is HitKind.SEMANTIC:
-            c.hits += 1
-            c.semantic_hits += 1
+            self.add(tenant, namespace, "hits")
+            self.add(tenant, namespace, "semantic_hits")
 
     def store(self, tenant: str, namespace: str) -> None:
-        self._book[(tenant, namespace)].stores += 1
+        self.add(tenant, namespace, "stores")
 
     def evicted(self, tenant: str, namespace: str, *, ttl: bool) -> None:
-        c = self._book[(tenant, namespace)]
-        if ttl:
-            c.ttl_evictions += 1
-        else:
-            c.capacity_evictions += 1
+        self.add(tenant, namespace, "ttl_evictions" if ttl else "capacity_evictions")
 
     def rejected(self, tenant: str, namespace: str, reason: RejectReason) -> None:
         """A candidate that cleared the threshold was rejected by the hit verifier."""
@@ -55,7 +86,15 @@ class CounterBook:
         return dict(self._rejections)
 
     def for_tenant(self, tenant: str) -> dict[str, Counters]:
+        """This server's own counters of `tenant`, by namespace."""
         return {ns: c for (t, ns), c in self._book.items() if t == tenant}
+
+    async def read(self, tenant: str) -> dict[str, Counters]:
+        """What Stats reports: the shared store's counters when there is one (every server's work), else this
+        server's own."""
+        if self._shared is None:
+            return self.for_tenant(tenant)
+        return {ns: Counters.from_raw(raw) for ns, raw in (await self._shared.read(tenant)).items()}
 
     def all(self) -> dict[tuple[str, str], Counters]:
         return dict(self._book)

@@ -13,6 +13,7 @@ from cachesvc.errors import (
     NotReady,
     Overloaded,
     Unauthorized,
+    Unavailable,
     Unsupported,
 )
 
@@ -23,6 +24,7 @@ _STATUS: dict[type[CacheError], grpc.StatusCode] = {
     Forbidden: grpc.StatusCode.PERMISSION_DENIED,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotReady: grpc.StatusCode.UNAVAILABLE,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
     Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     ModelError: grpc.StatusCode.INTERNAL,
 }
