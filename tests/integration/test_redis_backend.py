@@ -14,7 +14,7 @@ from cachesvc.backends.redis import codec
 from cachesvc.backends.redis.backend import ModelMismatch, RedisBackend
 from cachesvc.backends.redis.connection import RedisOptions, connect
 from cachesvc.clock import ManualClock
-from cachesvc.errors import Unavailable
+from cachesvc.errors import Overloaded, Unavailable
 from cachesvc.records import Entry, ScopeKey
 from tests.conftest import redis_stack
 
@@ -129,3 +129,28 @@ async def test_redis_eviction_never_serves_half_an_entry(evicting: RedisBackend,
     for entry, _vector in stored:
         if await client.exists(backend.keys.exact(scope, entry.normalized_prompt)):
             assert await client.exists(backend.keys.entry(entry.id))
+
+
+async def test_a_full_redis_without_eviction_refuses_stores_but_serves_lookups(redis_prefix: str) -> None:
+    server = redis_stack().start_server()
+    backend = None
+    try:
+        used = int(server.cli("MEMORY", "STATS").split("total.allocated\n")[1].split("\n")[0])
+        server.cli("CONFIG", "SET", "maxmemory", str(used + 1024 * 1024))
+        server.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        backend = await _backend(server.url, redis_prefix, timeout=5.0)
+        rng, scope, now = np.random.default_rng(3), ScopeKey(tenant="acme"), time.time()
+        first = None
+        with pytest.raises(Overloaded, match="maxmemory"):
+            for i in range(5000):
+                entry = Entry(id=backend.new_id(scope), scope=scope, prompt=f"p{i}", normalized_prompt=f"p{i}",
+                              completion="c" * 500, metadata={}, created_at=now, expires_at=None, size_bytes=2000)
+                await backend.put(entry, unit(rng))
+                first = first or entry
+        assert first is not None
+        found = await backend.get_exact(scope, first.normalized_prompt)
+        assert found is not None and found.id == first.id
+    finally:
+        if backend is not None:
+            await _close(backend)
+        server.close()

@@ -17,6 +17,7 @@ Capacity is Redis' (maxmemory and its policy): the backend declares it, and core
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ from cachesvc.backends.redis.connection import Client, RedisOptions, redacted_ur
 from cachesvc.backends.redis.keys import KeySpace, short_hash
 from cachesvc.backends.wal import StorageError
 from cachesvc.embedding.protocol import Vector
-from cachesvc.errors import InvalidRequest, NotReady
+from cachesvc.errors import CacheError, InvalidRequest, NotReady
 from cachesvc.lifecycle import State
 from cachesvc.records import Entry, Match, ScopeKey, ScopeSelector, Usage
 
@@ -93,6 +94,7 @@ end
 return 0
 """
 
+MAX_PENDING_TOUCHES = 10_000
 _RETURN_CONTENT: list[str] = ["RETURN", str(len(codec.CONTENT)), *codec.CONTENT]
 
 
@@ -125,6 +127,7 @@ class RedisBackend:
         self._hnsw = ("M", str(hnsw_m), "EF_CONSTRUCTION", str(hnsw_ef_construction))
         self._ef_runtime = ef_runtime
         self._indexed: set[str] = set()  # tenant tags whose index this process has seen exist
+        self._touches: set[asyncio.Task[None]] = set()
         self._put = client.register_script(_PUT)
         self._delete = client.register_script(_DELETE)
         self._get_exact = client.register_script(_GET_EXACT)
@@ -189,6 +192,11 @@ class RedisBackend:
         return False
 
     async def aclose(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._options.timeout):
+                await self.settle()
+        for task in list(self._touches):
+            task.cancel()
         self._state = State.CLOSED
 
     async def ping(self) -> None:
@@ -256,10 +264,27 @@ class RedisBackend:
         return deleted
 
     async def touch(self, entry: Entry, now: float) -> None:
-        async with self._call("record a hit"):
-            await self._touch(keys=[self._keys.entry(entry.id)], args=[repr(now)])
+        """Records a hit in the background: hit counts are statistics, not answers, so a hit does not wait a
+        second round trip to Redis for them (`settle()` waits for those in flight)."""
         entry.hit_count += 1
         entry.last_used_at = now
+        if len(self._touches) >= MAX_PENDING_TOUCHES:
+            return  # Redis is slow or gone: drop statistics rather than pile up tasks
+        task = asyncio.get_running_loop().create_task(self._record_hit(entry.id, now))
+        self._touches.add(task)
+        task.add_done_callback(self._touches.discard)
+
+    async def _record_hit(self, entry_id: str, now: float) -> None:
+        try:
+            async with self._call("record a hit"):
+                await self._touch(keys=[self._keys.entry(entry_id)], args=[repr(now)])
+        except CacheError as exc:
+            log.debug("hit not recorded: %s", exc)
+
+    async def settle(self) -> None:
+        """Waits until the hits recorded so far are in Redis."""
+        if self._touches:
+            await asyncio.gather(*list(self._touches), return_exceptions=True)
 
     # SemanticStore
 

@@ -96,7 +96,7 @@ async def redis_call(timeout: float, what: str) -> AsyncIterator[None]:
             yield
     except rex.ResponseError as exc:
         message = str(exc)
-        if message.startswith("OOM"):
+        if isinstance(exc, rex.OutOfMemoryError) or message.startswith("OOM"):
             raise Overloaded(f"Redis refused to {what}: {message}") from exc
         if message.startswith(("LOADING", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN")):
             raise Unavailable(f"Redis cannot {what} now: {message}") from exc
