@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -154,3 +155,27 @@ async def test_a_full_redis_without_eviction_refuses_stores_but_serves_lookups(r
         if backend is not None:
             await _close(backend)
         server.close()
+
+
+async def test_a_fill_lease_has_one_holder_until_released_or_expired(redis_server: Any, redis_prefix: str) -> None:
+    from cachesvc.backends.redis.keys import KeySpace
+    from cachesvc.backends.redis.lease import RedisLeases
+
+    client = connect(RedisOptions(url=redis_server.url, prefix=redis_prefix))
+    try:
+        leases = RedisLeases(client=client, keys=KeySpace(redis_prefix), timeout=5.0)
+        scope = ScopeKey(tenant="acme")
+        assert await leases.acquire(scope, "p", holder="a", ttl_seconds=30)
+        assert not await leases.acquire(scope, "p", holder="b", ttl_seconds=30)
+        assert await leases.acquire(scope, "other prompt", holder="b", ttl_seconds=30)
+        assert await leases.acquire(ScopeKey(tenant="umbrella"), "p", holder="b", ttl_seconds=30)
+        assert not await leases.release(scope, "p", holder="b")  # not b's to give back
+        assert await leases.release(scope, "p", holder="a")
+        assert await leases.acquire(scope, "p", holder="b", ttl_seconds=0.05)
+        # A holder that dies without releasing: the lease expires by itself (Redis' clock; bounded poll).
+        deadline = time.monotonic() + 10
+        while not await leases.acquire(scope, "p", holder="c", ttl_seconds=30):
+            assert time.monotonic() < deadline, "the lease never expired"
+            await asyncio.sleep(0.02)
+    finally:
+        await client.aclose()

@@ -42,6 +42,10 @@ class KeySpace:
         digest = hashlib.sha256(f"{scope.digest}\0{normalized_prompt}".encode()).hexdigest()[:32]
         return f"{self.prefix}:x:{{{self.tag(scope.tenant)}}}:{digest}"
 
+    def lease(self, scope: ScopeKey, normalized_prompt: str) -> str:
+        """The fill lease of one (scope, prompt): on the tenant's shard, next to its exact key."""
+        return self.exact(scope, normalized_prompt).replace(f"{self.prefix}:x:", f"{self.prefix}:l:", 1)
+
     def counters(self, tag: str) -> str:
         return f"{self.prefix}:stats:{{{tag}}}"
 
