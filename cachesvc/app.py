@@ -164,7 +164,8 @@ class App:
             self.metrics.watch_core(self.service.counters, lambda: self._usage, lambda: batcher.queue_depth)
             self._metrics_server, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.metrics.registry)
             self.metrics_port = int(self._metrics_server.server_port)
-        self._usage_task = asyncio.get_running_loop().create_task(self._refresh_usage(), name="usage-gauge")
+            # Only the gauges read it; with the redis backend it costs Redis an FT.INFO per tenant each time.
+            self._usage_task = asyncio.get_running_loop().create_task(self._refresh_usage(), name="usage-gauge")
         if isinstance(self.backend, RedisBackend):
             self._redis_watch = asyncio.get_running_loop().create_task(self._watch_redis(self.backend),
                                                                        name="redis-health")
