@@ -179,3 +179,31 @@ async def test_a_fill_lease_has_one_holder_until_released_or_expired(redis_serve
             await asyncio.sleep(0.02)
     finally:
         await client.aclose()
+
+
+async def test_a_scope_that_is_most_of_its_index_is_searched_in_batches_with_the_same_answers(
+        redis_server: Any, redis_prefix: str) -> None:
+    backend = await _backend(redis_server.url, redis_prefix, timeout=5.0)
+    try:
+        rng, now = np.random.default_rng(11), time.time()
+        big, small = ScopeKey(tenant="acme", namespace="big"), ScopeKey(tenant="acme", namespace="small")
+        vectors = []
+        for first in range(0, 1200, 100):
+            puts = []
+            for i in range(first, first + 100):
+                scope = small if i % 40 == 0 else big
+                vector = unit(rng)
+                vectors.append((scope, vector))
+                puts.append(backend.put(Entry(id=backend.new_id(scope), scope=scope, prompt=f"p{i}",
+                                              normalized_prompt=f"p{i}", completion=f"c{i}", metadata={},
+                                              created_at=now, expires_at=None, size_bytes=1), vector))
+            await asyncio.gather(*puts)
+        assert await backend._scope_dominates(big, backend.keys.tag("acme"))
+        assert not await backend._scope_dominates(small, backend.keys.tag("acme"))
+        for index in (1, 40, 41, 80, 999):  # each scope's own vector comes back first, from either policy
+            scope, vector = vectors[index]
+            [match] = await backend.search(scope, vector, 1)
+            assert match.entry is not None and match.entry.prompt == f"p{index}"
+            assert match.similarity == pytest.approx(1.0, abs=1e-5)
+    finally:
+        await _close(backend)

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Collection
 from typing import Any, cast
 
@@ -95,6 +96,8 @@ return 0
 """
 
 MAX_PENDING_TOUCHES = 10_000
+SHARE_REFRESH = 30.0  # seconds between judgements of how much of its index a scope holds
+BATCHES_MIN_ENTRIES = 1000  # below this, brute force over the scope is cheap anyway
 _RETURN_CONTENT: list[str] = ["RETURN", str(len(codec.CONTENT)), *codec.CONTENT]
 
 
@@ -128,6 +131,7 @@ class RedisBackend:
         self._ef_runtime = ef_runtime
         self._indexed: set[str] = set()  # tenant tags whose index this process has seen exist
         self._touches: set[asyncio.Task[None]] = set()
+        self._shares: dict[str, tuple[float, bool]] = {}  # scope digest -> (when judged, holds most of the index)
         self._put = client.register_script(_PUT)
         self._delete = client.register_script(_DELETE)
         self._get_exact = client.register_script(_GET_EXACT)
@@ -291,9 +295,10 @@ class RedisBackend:
     async def search(self, scope: ScopeKey, vector: Vector, k: int, *, with_vectors: bool = False) -> list[Match]:
         tag = self._keys.tag(scope.tenant)
         blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+        policy = "HYBRID_POLICY BATCHES " if await self._scope_dominates(scope, tag) else ""
         # The scope and the expiry are a prefilter: KNN ranks only live entries of this scope.
         query = (f"(@{codec.SCOPE}:{{{scope.digest}}} @{codec.EXPIRES}:[{self._now()!r} +inf])"
-                 f"=>[KNN {int(k)} @{codec.VECTOR} $vec EF_RUNTIME {self._ef_runtime} AS __distance]")
+                 f"=>[KNN {int(k)} @{codec.VECTOR} $vec {policy}EF_RUNTIME {self._ef_runtime} AS __distance]")
         returned = [*codec.CONTENT, "__distance", *([codec.VECTOR] if with_vectors else [])]
         async with self._call("search"):
             try:
@@ -318,6 +323,31 @@ class RedisBackend:
             matches.append(Match(entry.id, similarity,
                                  codec.decode_vector(raw_vector) if with_vectors and raw_vector else None, entry))
         return matches
+
+    async def _scope_dominates(self, scope: ScopeKey, tag: str) -> bool:
+        """Whether the scope holds most of its tenant's index, judged at most every SHARE_REFRESH seconds.
+
+        With a filter, the query engine either scores every entry that passes it (ad hoc brute force) or walks
+        the HNSW graph in batches and filters those. Left to itself it brute-forces even a filter that passes
+        the whole index (1.3 ms of Redis CPU per query at 10k entries here, against 0.15 ms in batches); but
+        batches are slow for a small scope in a large index. So: batches when the scope is most of the index.
+        """
+        now = time.monotonic()
+        known = self._shares.get(scope.digest)
+        if known is not None and now - known[0] < SHARE_REFRESH:
+            return known[1]
+        try:
+            async with self._call("size a scope"):
+                in_scope = await self._ft("FT.SEARCH", tag, f"@{codec.SCOPE}:{{{scope.digest}}}", "LIMIT", "0", "0",
+                                          "DIALECT", "2")
+                in_index = await self._ft("FT.SEARCH", tag, "*", "LIMIT", "0", "0", "DIALECT", "2")
+            dominates = int(in_scope[0]) >= BATCHES_MIN_ENTRIES and int(in_scope[0]) * 2 >= int(in_index[0])
+        except (CacheError, rex.ResponseError):
+            dominates = False  # the search itself reports what is wrong
+        if len(self._shares) > 100_000:
+            self._shares.clear()
+        self._shares[scope.digest] = (now, dominates)
+        return dominates
 
     # Inventory
 
