@@ -164,6 +164,10 @@ async def test_touch_counts_hits_and_never_resurrects(backend: Backend, clock: M
     await backend.settle()  # type: ignore[attr-defined]  # hits may be recorded in the background
     got = await backend.get(a.id)
     assert got is not None and got.hit_count == 2 and got.last_used_at == pytest.approx(clock.now())
+    exact = await backend.get_exact(SCOPE, "a")
+    assert exact is not None and exact.hit_count == 2
+    [match] = await backend.search(SCOPE, unit(1), 1)
+    assert match.entry is None or (match.entry.hit_count, match.entry.last_used_at) == (2, got.last_used_at)
     await backend.delete([a.id])
     await backend.touch(a, clock.now())
     await backend.settle()  # type: ignore[attr-defined]

@@ -42,39 +42,54 @@ from cachesvc.records import Entry, Match, ScopeKey, ScopeSelector, Usage
 
 log = logging.getLogger(__name__)
 
-# KEYS: entry, exact key. ARGV: entry id, TTL in ms (0 = none), the tenant's entry key prefix, field, value, ...
-# Returns the replaced entry's fields (same scope and prompt, another id) or nil.
+# KEYS: entry, exact key, hits. ARGV: entry id, TTL in ms (0 = none), the tenant's entry key prefix, its hits key
+# prefix, hit count, last use, then field, value, ... Returns the replaced entry's fields and hits (same scope and
+# prompt, another id) or nil.
 _PUT = """
 local old = redis.call('GET', KEYS[2])
 local replaced = false
 if old and old ~= ARGV[1] then
-  local old_key = ARGV[3] .. old
+  local old_key, old_hits = ARGV[3] .. old, ARGV[4] .. old
   replaced = redis.call('HGETALL', old_key)
-  redis.call('DEL', old_key)
-  if #replaced == 0 then replaced = false end
+  if #replaced == 0 then
+    replaced = false
+  else
+    for _, v in ipairs(redis.call('HGETALL', old_hits)) do table.insert(replaced, v) end
+  end
+  redis.call('DEL', old_key, old_hits)
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[3], 'hits', ARGV[5], 'lu', ARGV[6])
 redis.call('SET', KEYS[2], ARGV[1])
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl)
+  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
 end
 return replaced
 """
 
-# KEYS: entry. ARGV: entry id. Deletes the entry and the exact key that points at it; returns its fields or nil.
+# KEYS: entry, hits. ARGV: entry id. Deletes the entry, its hits and the exact key that points at it; returns its
+# fields or nil.
 _DELETE = """
 local fields = redis.call('HGETALL', KEYS[1])
 if #fields == 0 then return false end
 local exact = redis.call('HGET', KEYS[1], 'xk')
-redis.call('DEL', KEYS[1])
+for _, v in ipairs(redis.call('HGETALL', KEYS[2])) do table.insert(fields, v) end
+redis.call('DEL', KEYS[1], KEYS[2])
 if exact and redis.call('GET', exact) == ARGV[1] then redis.call('DEL', exact) end
 return fields
 """
 
-# KEYS: exact key. ARGV: the tenant's entry key prefix. The entry the exact key points at, in one round trip;
-# a key left pointing at an evicted entry is removed.
+# KEYS: entry, hits. An entry with its hits, or nil.
+_GET = """
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields == 0 then return false end
+for _, v in ipairs(redis.call('HGETALL', KEYS[2])) do table.insert(fields, v) end
+return fields
+"""
+
+# KEYS: exact key. ARGV: the tenant's entry key prefix, its hits key prefix. The entry the exact key points at,
+# with its hits, in one round trip; a key left pointing at an evicted entry is removed.
 _GET_EXACT = """
 local id = redis.call('GET', KEYS[1])
 if not id then return false end
@@ -83,15 +98,24 @@ if #fields == 0 then
   redis.call('DEL', KEYS[1])
   return false
 end
+for _, v in ipairs(redis.call('HGETALL', ARGV[2] .. id)) do table.insert(fields, v) end
 return fields
 """
 
-# KEYS: entry. ARGV: when. Never recreates an entry deleted meanwhile (HINCRBY alone would).
+# KEYS: hits of several entries (one tenant: one slot). Their hit counts and last uses, in order.
+_HITS = """
+local found = {}
+for i, key in ipairs(KEYS) do found[i] = redis.call('HMGET', key, 'hits', 'lu') end
+return found
+"""
+
+# KEYS: entry, hits. ARGV: when. Never recreates an entry deleted meanwhile; the hits expire with the entry.
 _TOUCH = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'hits', 1)
-  redis.call('HSET', KEYS[1], 'lu', ARGV[1])
-end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return 0 end
+redis.call('HINCRBY', KEYS[2], 'hits', 1)
+redis.call('HSET', KEYS[2], 'lu', ARGV[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return 0
 """
 
@@ -135,6 +159,8 @@ class RedisBackend:
         self._put = client.register_script(_PUT)
         self._delete = client.register_script(_DELETE)
         self._get_exact = client.register_script(_GET_EXACT)
+        self._get_one = client.register_script(_GET)
+        self._hits = client.register_script(_HITS)
         self._touch = client.register_script(_TOUCH)
         self._state = State.NEW
 
@@ -219,14 +245,14 @@ class RedisBackend:
         if not self._keys.is_entry_id(entry_id):
             return None
         async with self._call("read an entry"):
-            fields = await self._client.hgetall(self._keys.entry(entry_id))
-        return codec.decode(cast(dict[bytes, bytes], fields)) if fields else None
+            flat = await self._get_one(keys=[self._keys.entry(entry_id), self._keys.hits(entry_id)])
+        return codec.decode(codec.pairs(flat)) if flat else None
 
     async def get_exact(self, scope: ScopeKey, normalized_prompt: str) -> Entry | None:
         tag = self._keys.tag(scope.tenant)
         async with self._call("read an exact entry"):
             flat = await self._get_exact(keys=[self._keys.exact(scope, normalized_prompt)],
-                                         args=[self._keys.entry_prefix(tag)])
+                                         args=[self._keys.entry_prefix(tag), self._keys.hits_prefix(tag)])
         return codec.decode(codec.pairs(flat)) if flat else None
 
     async def put(self, entry: Entry, vector: Vector) -> Entry | None:
@@ -240,12 +266,15 @@ class RedisBackend:
         if entry.expires_at is not None:
             # Relative to the clock the expiry was set by, so Redis' clock (or a test's) cannot shift it.
             ttl_ms = max(1, math.ceil((entry.expires_at - self._now()) * 1000))
-        args: list[Any] = [entry.id, ttl_ms, self._keys.entry_prefix(tag)]
+        hits = codec.encode_hits(entry)
+        args: list[Any] = [entry.id, ttl_ms, self._keys.entry_prefix(tag), self._keys.hits_prefix(tag),
+                           hits[codec.HITS], hits[codec.LAST_USED]]
         for name, value in fields.items():
             args += [name, value]
         async with self._call("store an entry"):
             await self._ensure_index(tag)
-            flat = await self._put(keys=[self._keys.entry(entry.id), exact_key], args=args)
+            flat = await self._put(keys=[self._keys.entry(entry.id), exact_key, self._keys.hits(entry.id)],
+                                   args=args)
         return codec.decode(codec.pairs(flat)) if flat else None
 
     async def delete(self, entry_ids: Collection[str]) -> list[Entry]:
@@ -258,11 +287,12 @@ class RedisBackend:
             async with self._call("delete entries"):
                 if isinstance(self._client, RedisCluster):
                     replies = await asyncio.gather(*(
-                        self._delete(keys=[self._keys.entry(i)], args=[i]) for i in chunk))
+                        self._delete(keys=[self._keys.entry(i), self._keys.hits(i)], args=[i]) for i in chunk))
                 else:
                     async with self._client.pipeline(transaction=False) as pipe:
                         for entry_id in chunk:
-                            await self._delete(keys=[self._keys.entry(entry_id)], args=[entry_id], client=pipe)
+                            await self._delete(keys=[self._keys.entry(entry_id), self._keys.hits(entry_id)],
+                                               args=[entry_id], client=pipe)
                         replies = await pipe.execute()
             deleted += [e for e in (codec.decode(codec.pairs(r)) for r in replies if r) if e is not None]
         return deleted
@@ -281,7 +311,7 @@ class RedisBackend:
     async def _record_hit(self, entry_id: str, now: float) -> None:
         try:
             async with self._call("record a hit"):
-                await self._touch(keys=[self._keys.entry(entry_id)], args=[repr(now)])
+                await self._touch(keys=[self._keys.entry(entry_id), self._keys.hits(entry_id)], args=[repr(now)])
         except CacheError as exc:
             log.debug("hit not recorded: %s", exc)
 
@@ -310,9 +340,17 @@ class RedisBackend:
                     self._indexed.discard(tag)
                     return []
                 raise
+        rows = [codec.pairs(flat) for flat in reply[2::2]]
+        ids = [row[b"id"].decode() for row in rows if b"id" in row]
+        if ids and len(ids) == len(rows):
+            # The hit counts live outside the index: one more read, for the few candidates only.
+            async with self._call("read hit counts"):
+                counts = await self._hits(keys=[self._keys.hits(i) for i in ids])
+            for row, (hits, last_used) in zip(rows, counts, strict=True):
+                if hits is not None:
+                    row[codec.HITS.encode()], row[codec.LAST_USED.encode()] = hits, last_used
         matches = []
-        for _key, flat in zip(reply[1::2], reply[2::2], strict=True):
-            fields = codec.pairs(flat)
+        for fields in rows:
             entry = codec.decode(fields)
             distance = fields.get(b"__distance")
             if entry is None or distance is None:

@@ -38,6 +38,13 @@ class KeySpace:
     def entry(self, entry_id: str) -> str:
         return self.entry_prefix(entry_id[:TAG_CHARS]) + entry_id
 
+    def hits_prefix(self, tag: str) -> str:
+        return f"{self.prefix}:h:{{{tag}}}:"
+
+    def hits(self, entry_id: str) -> str:
+        """An entry's hit count and last use, outside the index (see codec.HITS)."""
+        return self.hits_prefix(entry_id[:TAG_CHARS]) + entry_id
+
     def exact(self, scope: ScopeKey, normalized_prompt: str) -> str:
         digest = hashlib.sha256(f"{scope.digest}\0{normalized_prompt}".encode()).hexdigest()[:32]
         return f"{self.prefix}:x:{{{self.tag(scope.tenant)}}}:{digest}"
