@@ -79,10 +79,11 @@ def redis_usec(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, i
 
 
 class Replica:
-    def __init__(self, *, port: int, url: str, model_dir: Path, prefix: str, log: Path) -> None:
+    def __init__(self, *, port: int, url: str, model_dir: Path, prefix: str, log: Path,
+                 extra: tuple[str, ...] = ()) -> None:
         argv = [sys.executable, "-m", "cachesvc", "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1",
                 "--port", str(port), "--metrics-port", "-1", "--backend", "redis", "--redis-url", url,
-                "--redis-prefix", prefix, "--memo-size", "0", "--log-level", "WARNING", "--redis-timeout", "5"]
+                "--redis-prefix", prefix, "--memo-size", "0", "--log-level", "WARNING", "--redis-timeout", "5", *extra]
         with open(log, "ab") as out:
             self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         self.port = port
@@ -318,6 +319,9 @@ def main() -> int:
         log = args.out.parent / "redis-replicas.log"
         args.out.parent.mkdir(parents=True, exist_ok=True)
         replicas.append(Replica(port=args.port, url=redis.url, model_dir=args.model_dir, prefix=prefix, log=log))
+        unverified = Replica(port=args.port + 2, url=redis.url, model_dir=args.model_dir, prefix=prefix, log=log,
+                             extra=("--verifier", "off"))
+        replicas.append(unverified)  # stopped by the finally below if anything fails
         scope = Scope(namespace=NAMESPACE)
         core_scope = ScopeKey(tenant=TENANT, namespace=NAMESPACE)
         rows = []
@@ -329,10 +333,16 @@ def main() -> int:
                 print(f"filled to {size} entries in {took:.0f} s")
                 filled = size
                 latency = latency_round(client, embedder, probes, scope, redis, redis.process.pid)
+                # The same lookups on a replica without the hit verifier: what the backend and gRPC cost alone.
+                with CacheClient(f"127.0.0.1:{args.port + 2}", timeout=30) as plain_client:
+                    plain = latency_round(plain_client, embedder, probes, scope, redis, redis.process.pid)
                 exact = exact_round(client, args.port, stored, scope, redis, redis.process.pid)
-                rows.append({"entries": size, "semantic": latency, "exact": exact, "uptime": os.getloadavg()})
+                rows.append({"entries": size, "semantic": latency, "semantic_verifier_off": plain, "exact": exact,
+                             "uptime": os.getloadavg()})
                 print(json.dumps(rows[-1], indent=1))
             result["latency"] = rows
+            unverified.stop()
+            replicas.remove(unverified)
             result["throughput"] = [throughput(replicas, probes, scope, redis.process.pid, threads=args.threads,
                                                seconds=args.seconds)]
             replicas.append(Replica(port=args.port + 1, url=redis.url, model_dir=args.model_dir, prefix=prefix,
@@ -360,10 +370,11 @@ def main() -> int:
             print(json.dumps(result["redisvl"], indent=1))
         result["machine_after"] = {"load_average": [round(x, 2) for x in os.getloadavg()]}
         write_json(args.out, result)
-        print(markdown_table(["entries", "semantic p50 ms", "embed p50 ms", "ratio", "exact p50 ms",
-                              "health p50 ms", "ratio"],
+        print(markdown_table(["entries", "semantic p50 ms", "embed p50 ms", "ratio", "ratio, verifier off",
+                              "exact p50 ms", "health p50 ms", "ratio"],
                              [[r["entries"], f"{r['semantic']['lookup_p50_ms']:.2f}",
                                f"{r['semantic']['embed_p50_ms']:.2f}", f"{r['semantic']['ratio']:.2f}",
+                               f"{r['semantic_verifier_off']['ratio']:.2f}",
                                f"{r['exact']['exact_p50_ms']:.2f}", f"{r['exact']['health_p50_ms']:.2f}",
                                f"{r['exact']['ratio']:.2f}"] for r in rows]))
     finally:
