@@ -207,3 +207,26 @@ async def test_a_scope_that_is_most_of_its_index_is_searched_in_batches_with_the
             assert match.similarity == pytest.approx(1.0, abs=1e-5)
     finally:
         await _close(backend)
+
+
+async def test_a_redis_that_lost_its_data_gets_its_index_back_on_the_next_store(redis_prefix: str) -> None:
+    server = redis_stack().start_server()
+    backend = None
+    try:
+        backend = await _backend(server.url, redis_prefix, timeout=5.0)
+        rng, scope, now = np.random.default_rng(5), ScopeKey(tenant="acme"), time.time()
+
+        def entry(i: int) -> Entry:
+            return Entry(id=backend.new_id(scope), scope=scope, prompt=f"p{i}", normalized_prompt=f"p{i}",
+                         completion=f"c{i}", metadata={}, created_at=now, expires_at=None, size_bytes=1)
+
+        await backend.put(entry(0), unit(rng))
+        server.cli("FLUSHALL")  # what a restart without persistence leaves, before any health check noticed
+        second, vector = entry(1), unit(rng)
+        await backend.put(second, vector)
+        [match] = await backend.search(scope, vector, 1)
+        assert match.entry_id == second.id
+    finally:
+        if backend is not None:
+            await _close(backend)
+        server.close()

@@ -42,10 +42,12 @@ from cachesvc.records import Entry, Match, ScopeKey, ScopeSelector, Usage
 
 log = logging.getLogger(__name__)
 
-# KEYS: entry, exact key, hits. ARGV: entry id, TTL in ms (0 = none), the tenant's entry key prefix, its hits key
-# prefix, hit count, last use, then field, value, ... Returns the replaced entry's fields and hits (same scope and
-# prompt, another id) or nil.
+# KEYS: entry, exact key, hits, the tenant's index marker. ARGV: entry id, TTL in ms (0 = none), the tenant's entry
+# key prefix, its hits key prefix, hit count, last use, then field, value, ... Returns the replaced entry's fields
+# and hits (same scope and prompt, another id) or nil; or -1, writing nothing, when the index marker is missing
+# (this shard lost its data, or Redis evicted the marker): the index must be made (again) first.
 _PUT = """
+if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
 local old = redis.call('GET', KEYS[2])
 local replaced = false
 if old and old ~= ARGV[1] then
@@ -271,11 +273,17 @@ class RedisBackend:
                            hits[codec.HITS], hits[codec.LAST_USED]]
         for name, value in fields.items():
             args += [name, value]
+        keys = [self._keys.entry(entry.id), exact_key, self._keys.hits(entry.id), self._keys.index_marker(tag)]
         async with self._call("store an entry"):
             await self._ensure_index(tag)
-            flat = await self._put(keys=[self._keys.entry(entry.id), exact_key, self._keys.hits(entry.id)],
-                                   args=args)
-        return codec.decode(codec.pairs(flat)) if flat else None
+            flat = await self._put(keys=keys, args=args)
+            if flat == -1:
+                # The index is gone with its shard's data (a restart without persistence, a flush): an entry
+                # written now would not be searchable, so make the index first.
+                self._indexed.discard(tag)
+                await self._ensure_index(tag)
+                flat = await self._put(keys=keys, args=args)
+        return codec.decode(codec.pairs(flat)) if isinstance(flat, list) else None
 
     async def delete(self, entry_ids: Collection[str]) -> list[Entry]:
         ids = [i for i in dict.fromkeys(entry_ids) if self._keys.is_entry_id(i)]
@@ -484,6 +492,8 @@ class RedisBackend:
         except rex.ResponseError as exc:
             if "already exists" not in str(exc).lower():
                 raise
+        # On the index's own shard: whoever loses the index loses the marker too, and stores notice.
+        await self._client.set(self._keys.index_marker(tag), b"1")
         await self._client.sadd(self._keys.tenants, tag)
         self._indexed.add(tag)
 

@@ -32,6 +32,10 @@ class KeySpace:
     def index(self, tag: str) -> str:
         return f"{self.prefix}:idx:{{{tag}}}"
 
+    def index_marker(self, tag: str) -> str:
+        """Exists while the tenant's index does (set when it is made), on the same shard."""
+        return f"{self.prefix}:ix:{{{tag}}}"
+
     def entry_prefix(self, tag: str) -> str:
         return f"{self.prefix}:c:{{{tag}}}:"
 
