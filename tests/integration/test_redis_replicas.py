@@ -254,3 +254,33 @@ def test_redis_down_or_slow_means_unavailable_not_serving_then_recovery(own_redi
             assert ca.lookup(PARAPHRASE, scope=scope).completion == "after"  # the index was made again
     finally:
         a.stop()
+
+
+def test_a_cluster_node_killed_and_restarted(model_dir: Path, tmp_path: Path) -> None:
+    with redis_stack().running_cluster(3) as nodes:
+        a = Replica(url=nodes[0].url, cluster=True, prefix="faults", model_dir=model_dir, log_dir=tmp_path,
+                    extra=("--redis-timeout", "0.5"))
+        a.start()
+        scope = Scope(namespace="faults")
+        try:
+            with a.client(timeout=10) as ca:
+                ca.store(PROMPT, "before", scope=scope)
+                for node in nodes:
+                    node.stop()  # the whole cluster down: every call fails fast, health follows
+                with pytest.raises(Unavailable):
+                    ca.lookup(PROMPT, scope=scope)
+                poll(lambda: a.health() == health_pb2.HealthCheckResponse.NOT_SERVING, what="NOT_SERVING")
+                for node in nodes:
+                    node.restart()  # back with their cluster config (nodes.conf), without data
+                poll(lambda: "cluster_state:ok" in nodes[0].cli("CLUSTER", "INFO"), what="cluster ok")
+                poll(lambda: a.health() == health_pb2.HealthCheckResponse.SERVING, timeout=30, what="SERVING")
+
+                def stored_and_found() -> bool:
+                    try:
+                        ca.store(PROMPT, "after", scope=scope)
+                        return ca.lookup(PARAPHRASE, scope=scope).completion == "after"
+                    except Unavailable:
+                        return False  # the client may still be finding the cluster's slots again
+                poll(stored_and_found, timeout=30, what="store and semantic hit after the restart")
+        finally:
+            a.stop()
