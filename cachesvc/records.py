@@ -91,11 +91,12 @@ class Entry:
 @dataclass(frozen=True, slots=True)
 class Match:
     """A nearest-neighbour candidate from a semantic index; `vector` (the stored embedding, a float32 numpy array)
-    only when the search asked for it."""
+    only when the search asked for it; `entry` when the backend read it with the search (saves a round trip)."""
 
     entry_id: str
     similarity: float
     vector: Any = None
+    entry: Entry | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

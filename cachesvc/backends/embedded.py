@@ -21,6 +21,7 @@ import itertools
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -330,6 +331,9 @@ class EmbeddedBackend:
         if self._state is not State.RUNNING or self._index_thread is None:
             raise NotReady("the backend is not running")
         return await asyncio.get_running_loop().run_in_executor(self._index_thread, fn)
+
+    def new_id(self, scope: ScopeKey) -> str:
+        return uuid.uuid4().hex
 
     # ExactStore
 

@@ -15,6 +15,14 @@ class Capabilities:
     semantic_search: bool
     durable: bool
     shared_between_replicas: bool
+    # The store bounds its own memory (e.g. Redis' maxmemory and eviction policy): core enforces no budget.
+    manages_capacity: bool = False
+
+
+class IdMinter(Protocol):
+    def new_id(self, scope: ScopeKey) -> str:
+        """A fresh entry id for `scope`; a backend may encode where the entry lives in it."""
+        ...
 
 
 class Lifecycle(Protocol):
@@ -69,5 +77,5 @@ class Inventory(Protocol):
     async def select(self, selector: ScopeSelector) -> list[Entry]: ...
 
 
-class Backend(Lifecycle, ExactStore, SemanticStore, Inventory, Protocol):
+class Backend(Lifecycle, IdMinter, ExactStore, SemanticStore, Inventory, Protocol):
     """Everything core needs from a backend."""

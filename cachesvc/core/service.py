@@ -8,7 +8,6 @@ import dataclasses
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -18,7 +17,7 @@ from cachesvc.backends.protocol import Backend
 from cachesvc.clock import Clock
 from cachesvc.core.normalize import has_visible_text, normalize_prompt
 from cachesvc.core.policy import SizeLimits, TTLKind, TTLPolicy, checked_similarity, utf8_size
-from cachesvc.core.stats import CounterBook, Counters
+from cachesvc.core.stats import CounterBook, Counters, CounterStore
 from cachesvc.core.types import (
     CandidateOutcome,
     CandidateReport,
@@ -118,13 +117,15 @@ class CacheService:
                  verifier: HitVerifier | None = None,
                  namespace_verifiers: Mapping[str, HitVerifier | None] | None = None,
                  leases: FillLeases | None = None,
-                 tenant_max_bytes: Callable[[str], int | None] | None = None) -> None:
+                 tenant_max_bytes: Callable[[str], int | None] | None = None,
+                 shared_counters: CounterStore | None = None) -> None:
         """Args:
             leases: fill leases for single-flight lookups; None ignores the requests' fill fields.
             verifier: checks each candidate that clears the threshold before it is served; None serves the
                 best candidate that clears it (and uses `min_similarity` as the default threshold).
             namespace_verifiers: a namespace's own verifier (None = off) in place of `verifier`, in every tenant.
             tenant_max_bytes: a tenant's byte quota (None = none); read on every store, so it may change.
+            shared_counters: where counters are shared with other servers of the same cache; Stats reads them there.
         """
         self._encoder = encoder
         self._backend = backend
@@ -134,7 +135,7 @@ class CacheService:
         self._namespace_verifiers = dict(namespace_verifiers or {})
         self._leases = leases
         self._tenant_max_bytes = tenant_max_bytes or (lambda _tenant: None)
-        self._counters = CounterBook(max_namespaces_per_tenant=options.max_namespaces_per_tenant)
+        self._counters = CounterBook(shared_counters, max_namespaces_per_tenant=options.max_namespaces_per_tenant)
         self._sweeper: asyncio.Task[None] | None = None
         self._state = State.NEW
 
@@ -258,7 +259,7 @@ class CacheService:
         best_rejection: RejectReason | None = None
         decided = False  # served, or the walk reached a candidate below the threshold
         for match in matches:  # best first
-            entry = await self._backend.get(match.entry_id)
+            entry = match.entry if match.entry is not None else await self._backend.get(match.entry_id)
             if entry is None:
                 continue
             similarity = min(max(match.similarity, 0.0), 1.0)
@@ -355,19 +356,24 @@ class CacheService:
         if self._options.max_bytes is not None and size > self._options.max_bytes:
             raise InvalidRequest(f"the entry needs {size} bytes, more than the cache's whole budget "
                                  f"({self._options.max_bytes})", field="completion")
-        quota = self._tenant_max_bytes(scope.tenant)
+        # A backend that manages its own capacity (Redis: maxmemory and its eviction policy) has no per-tenant
+        # byte accounting to enforce a quota with, and counting a tenant's namespaces there would scan its whole
+        # index on every store; both limits are the embedded backend's.
+        own_capacity = self._backend.capabilities.manages_capacity
+        quota = None if own_capacity else self._tenant_max_bytes(scope.tenant)
         if quota is not None and size > quota:
             raise InvalidRequest(f"the entry needs {size} bytes, more than this tenant's whole quota ({quota})",
                                  field="completion")
         if write.ttl.kind is TTLKind.SECONDS and write.ttl.seconds > self._options.max_ttl_seconds:
             raise InvalidRequest(f"must be at most {self._options.max_ttl_seconds:.0f} seconds (0 = never expires)",
                                  field="ttl_seconds")
-        await self._admit_namespace(scope)
+        if not own_capacity:
+            await self._admit_namespace(scope)
         now = self._clock.now()
         expires_at = write.ttl.expires_at(now=now, default=self._options.default_ttl)
         vector = await self._encoder.encode(prompt, partition=scope.tenant, deadline=write.deadline)
         entry = Entry(
-            id=uuid.uuid4().hex,
+            id=self._backend.new_id(scope),
             scope=scope,
             prompt=write.prompt,
             normalized_prompt=prompt,
@@ -420,7 +426,7 @@ class CacheService:
 
     async def _enforce_capacity(self) -> None:
         max_bytes, max_entries = self._options.max_bytes, self._options.max_entries
-        if max_bytes is None and max_entries is None:
+        if (max_bytes is None and max_entries is None) or self._backend.capabilities.manages_capacity:
             return
         usage = await self._backend.usage()
         over_entries = 0 if max_entries is None else usage.entries - max_entries
@@ -486,7 +492,7 @@ class CacheService:
         if namespace is not None:
             self._checked_field(namespace, "namespace")
         usage = await self._backend.usage_by_namespace(tenant)
-        counters = self._counters.for_tenant(tenant)
+        counters = await self._counters.read(tenant)
         # One namespace asked for is reported even when it has nothing yet. The list is bounded by the namespace
         # cap (data written before a lower cap can exceed it: then the first names, in order, are shown).
         names = sorted(set(usage) | set(counters)) if namespace is None else [namespace or DEFAULT_NAMESPACE]

@@ -15,6 +15,7 @@ from cachesvc.errors import (
     QuotaExceeded,
     RateLimited,
     Unauthorized,
+    Unavailable,
     Unsupported,
 )
 
@@ -26,6 +27,7 @@ _STATUS: dict[type[CacheError], grpc.StatusCode] = {
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotReady: grpc.StatusCode.UNAVAILABLE,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
     Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     ModelError: grpc.StatusCode.INTERNAL,
 }

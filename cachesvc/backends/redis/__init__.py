@@ -1,0 +1,1 @@
+"""The Redis backend: entries in Redis (Redis Query Engine vector search), shared by every replica."""

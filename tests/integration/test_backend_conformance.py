@@ -1,0 +1,286 @@
+"""The Backend contract, run on every backend (embedded, Redis, Redis Cluster), so that they cannot drift.
+
+Backend-level checks use crafted unit vectors; service-level checks (CacheService over each backend, with the real
+model and an injectable clock) cover what core promises on top: TTL never overrun, exact path, deletes, stats.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cachesvc.backends.embedded import EmbeddedBackend
+from cachesvc.backends.persistence import DataDir, ModelIdentity, PersistenceOptions
+from cachesvc.backends.protocol import Backend
+from cachesvc.backends.redis.backend import RedisBackend
+from cachesvc.backends.redis.connection import RedisOptions, connect
+from cachesvc.backends.redis.counters import RedisCounters
+from cachesvc.clock import ManualClock
+from cachesvc.core.policy import TTLPolicy
+from cachesvc.core.service import CacheOptions, CacheService
+from cachesvc.core.types import DeleteById, HitKind, Lookup, Write
+from cachesvc.embedding.onnx_embedder import OnnxEmbedder
+from cachesvc.embedding.protocol import Vector
+from cachesvc.errors import NotFound
+from cachesvc.records import Entry, ScopeKey, ScopeSelector, TokenUsage
+
+DIM = 384
+KINDS = ["embedded", "redis", "redis-cluster"]
+MODEL = ModelIdentity(name="test-model", dimension=DIM, checksum="0" * 64)
+
+
+def unit(seed: int, near: Vector | None = None, noise: float = 0.0) -> Vector:
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal(DIM).astype(np.float32)
+    if near is not None:
+        v = near + noise * v / np.linalg.norm(v)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def entry(scope: ScopeKey, prompt: str, *, now: float, expires_at: float | None = None,
+          backend: Backend, completion: str = "answer", metadata: dict[str, str] | None = None) -> Entry:
+    return Entry(id=backend.new_id(scope), scope=scope, prompt=prompt, normalized_prompt=prompt.lower(),
+                 completion=completion, metadata=metadata or {}, created_at=now, expires_at=expires_at,
+                 size_bytes=2000 + len(prompt))
+
+
+def redis_url(request: pytest.FixtureRequest, kind: str) -> tuple[str, bool]:
+    if kind == "redis":
+        return request.getfixturevalue("redis_server").url, False
+    nodes = request.getfixturevalue("redis_cluster")
+    return nodes[0].url, True
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(start=time.time())
+
+
+@pytest.fixture(params=KINDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock,
+                  redis_prefix: str) -> AsyncIterator[Backend]:
+    kind = request.param
+    if kind == "embedded":
+        b: Any = EmbeddedBackend(dimension=DIM, data_dir=DataDir(PersistenceOptions(data_dir=tmp_path), MODEL),
+                                 clock_now=clock.now)
+        await b.start()
+        yield b
+        await b.aclose()
+        return
+    url, cluster = redis_url(request, kind)
+    options = RedisOptions(url=url, cluster=cluster, prefix=redis_prefix, timeout=5.0)
+    client = connect(options)
+    b = RedisBackend(client=client, options=options, dimension=DIM, model=MODEL, clock_now=clock.now)
+    await b.start()
+    yield b
+    await b.aclose()
+    await client.aclose()
+
+
+SCOPE = ScopeKey(tenant="acme", namespace="support", model="gpt", context="c1")
+
+
+async def test_put_get_and_exact_round_trip_every_field(backend: Backend, clock: ManualClock) -> None:
+    e = entry(SCOPE, "Où est la gare? {x}", now=clock.now(), expires_at=clock.now() + 60, backend=backend,
+              completion="Tout droit ✓", metadata={"source": "gpt-4", "ключ": "значение"})
+    e.usage = TokenUsage(prompt_tokens=12, completion_tokens=34, cost_usd=0.0015)
+    assert await backend.put(e, unit(1)) is None
+    plain = entry(SCOPE, "no usage", now=clock.now(), backend=backend)
+    await backend.put(plain, unit(2))
+    got = await backend.get(e.id)
+    exact = await backend.get_exact(SCOPE, e.normalized_prompt)
+    (match,) = await backend.search(SCOPE, unit(1), 1)
+    for found in (got, exact, match.entry):
+        if found is match.entry and found is None:
+            continue  # a backend may leave reading the entry to a get()
+        assert found is not None
+        assert (found.id, found.scope, found.prompt, found.normalized_prompt, found.completion, found.metadata,
+                found.created_at, found.expires_at, found.size_bytes, found.usage) == (
+            e.id, SCOPE, e.prompt, e.normalized_prompt, e.completion, e.metadata, e.created_at, e.expires_at,
+            e.size_bytes, e.usage)
+    got_plain = await backend.get(plain.id)
+    assert got_plain is not None and got_plain.usage is None
+    assert await backend.get_exact(SCOPE, "another prompt") is None
+    assert await backend.get("0" * 48) is None and await backend.get("not-an-id") is None
+
+
+async def test_a_store_replaces_the_same_prompt_in_the_same_scope_only(backend: Backend, clock: ManualClock) -> None:
+    first = entry(SCOPE, "same", now=clock.now(), backend=backend, completion="one")
+    other_scope = ScopeKey(tenant="acme", namespace="support", model="gpt", context="c2")
+    elsewhere = entry(other_scope, "same", now=clock.now(), backend=backend, completion="elsewhere")
+    await backend.put(first, unit(1))
+    assert await backend.put(elsewhere, unit(1)) is None
+    second = entry(SCOPE, "same", now=clock.now(), backend=backend, completion="two")
+    replaced = await backend.put(second, unit(2))
+    assert replaced is not None and replaced.id == first.id and replaced.completion == "one"
+    assert await backend.get(first.id) is None
+    exact = await backend.get_exact(SCOPE, "same")
+    assert exact is not None and exact.id == second.id
+    assert [m.entry_id for m in await backend.search(SCOPE, unit(1), 4)] == [second.id]
+    kept = await backend.get_exact(other_scope, "same")
+    assert kept is not None and kept.completion == "elsewhere"
+
+
+async def test_search_ranks_by_cosine_inside_one_scope(backend: Backend, clock: ManualClock) -> None:
+    base = unit(10)
+    near, far = unit(11, base, 0.3), unit(12)
+    e_near = entry(SCOPE, "near", now=clock.now(), backend=backend)
+    e_far = entry(SCOPE, "far", now=clock.now(), backend=backend)
+    await backend.put(e_near, near)
+    await backend.put(e_far, far)
+    # The same vector in another scope, another namespace and another tenant: never a candidate here.
+    for i, scope in enumerate((ScopeKey(tenant="acme", namespace="support", model="gpt", context="c9"),
+                               ScopeKey(tenant="acme", namespace="sales", model="gpt", context="c1"),
+                               ScopeKey(tenant="umbrella", namespace="support", model="gpt", context="c1"))):
+        await backend.put(entry(scope, f"twin {i}", now=clock.now(), backend=backend), base)
+    matches = await backend.search(SCOPE, base, 4)
+    assert [m.entry_id for m in matches] == [e_near.id, e_far.id]
+    assert matches[0].similarity == pytest.approx(float(base @ near), abs=1e-4)
+    assert matches[1].similarity == pytest.approx(float(base @ far), abs=1e-4)
+    assert all(0.0 <= m.similarity <= 1.0 + 1e-6 or m.similarity < 0.2 for m in matches)
+    assert [m.vector for m in matches] == [None, None]
+    with_vectors = await backend.search(SCOPE, base, 1, with_vectors=True)
+    assert with_vectors[0].vector is not None
+    assert np.allclose(with_vectors[0].vector, near, atol=1e-6)
+    assert await backend.search(ScopeKey(tenant="nobody"), base, 4) == []
+
+
+async def test_delete_removes_entry_exact_key_and_candidate(backend: Backend, clock: ManualClock) -> None:
+    a = entry(SCOPE, "a", now=clock.now(), backend=backend)
+    b = entry(SCOPE, "b", now=clock.now(), backend=backend)
+    await backend.put(a, unit(1))
+    await backend.put(b, unit(2))
+    deleted = await backend.delete([a.id, "f" * 48, a.id])
+    assert [e.id for e in deleted] == [a.id]
+    assert await backend.get(a.id) is None
+    assert await backend.get_exact(SCOPE, "a") is None
+    assert [m.entry_id for m in await backend.search(SCOPE, unit(1), 4)] == [b.id]
+    assert await backend.delete([a.id]) == []
+
+
+async def test_touch_counts_hits_and_never_resurrects(backend: Backend, clock: ManualClock) -> None:
+    a = entry(SCOPE, "a", now=clock.now(), backend=backend)
+    await backend.put(a, unit(1))
+    clock.advance(5)
+    await backend.touch(a, clock.now())
+    await backend.touch(a, clock.now())
+    await backend.settle()  # type: ignore[attr-defined]  # hits may be recorded in the background
+    got = await backend.get(a.id)
+    assert got is not None and got.hit_count == 2 and got.last_used_at == pytest.approx(clock.now())
+    exact = await backend.get_exact(SCOPE, "a")
+    assert exact is not None and exact.hit_count == 2
+    [match] = await backend.search(SCOPE, unit(1), 1)
+    assert match.entry is None or (match.entry.hit_count, match.entry.last_used_at) == (2, got.last_used_at)
+    await backend.delete([a.id])
+    await backend.touch(a, clock.now())
+    await backend.settle()  # type: ignore[attr-defined]
+    assert await backend.get(a.id) is None
+    assert await backend.search(SCOPE, unit(1), 4) == []
+
+
+async def test_select_by_namespace_model_and_context(backend: Backend, clock: ManualClock) -> None:
+    scopes = [ScopeKey(tenant="acme", namespace="support", model=m, context=c) for m in ("gpt", "claude")
+              for c in ("c1", "c2")]
+    scopes += [ScopeKey(tenant="acme", namespace="sales", model="gpt", context="c1"),
+               ScopeKey(tenant="umbrella", namespace="support", model="gpt", context="c1")]
+    ids = {}
+    for i, scope in enumerate(scopes):
+        e = entry(scope, f"p{i}", now=clock.now(), backend=backend)
+        await backend.put(e, unit(i))
+        ids[scope] = e.id
+
+    async def selected(**kw: Any) -> set[str]:
+        return {e.id for e in await backend.select(ScopeSelector(tenant="acme", namespace="support", **kw))}
+
+    assert await selected() == {ids[s] for s in scopes[:4]}
+    assert await selected(model="gpt") == {ids[s] for s in scopes[:2]}
+    assert await selected(model="claude", context="c2") == {ids[scopes[3]]}
+    assert await selected(context="c1") == {ids[scopes[0]], ids[scopes[2]]}
+
+
+async def test_usage_by_namespace(backend: Backend, clock: ManualClock) -> None:
+    for i in range(3):
+        await backend.put(entry(SCOPE, f"p{i}", now=clock.now(), backend=backend), unit(i))
+    sales = ScopeKey(tenant="acme", namespace="sales")
+    await backend.put(entry(sales, "s", now=clock.now(), backend=backend), unit(9))
+    usage = await backend.usage_by_namespace("acme")
+    assert {ns: u.entries for ns, u in usage.items()} == {"support": 3, "sales": 1}
+    assert usage["support"].bytes == sum(2000 + len(f"p{i}") for i in range(3))
+    assert await backend.usage_by_namespace("nobody") == {}
+
+
+async def test_a_backend_shared_between_replicas_bounds_its_own_capacity(backend: Backend) -> None:
+    caps = backend.capabilities
+    assert caps.semantic_search
+    # Redis' own memory policy bounds a shared cache; core's budget only ever applies to a private one.
+    assert caps.manages_capacity == caps.shared_between_replicas
+
+
+# ---- CacheService over each backend: what core promises on top of the contract ---------------------------------
+
+
+class _Encoder:
+    def __init__(self, embedder: OnnxEmbedder) -> None:
+        self._embedder = embedder
+        self.calls = 0
+
+    @property
+    def dimension(self) -> int:
+        return self._embedder.dimension
+
+    async def encode(self, text: str, *, partition: str = "", deadline: float | None = None) -> Vector:
+        self.calls += 1
+        return self._embedder.embed([text])[0]
+
+
+@pytest.fixture
+async def service(backend: Backend, clock: ManualClock, real_embedder: OnnxEmbedder,
+                  request: pytest.FixtureRequest) -> AsyncIterator[tuple[CacheService, _Encoder]]:
+    counters = None
+    if isinstance(backend, RedisBackend):
+        counters = RedisCounters(client=backend._client, keys=backend.keys, timeout=5.0)
+        await counters.start()
+    encoder = _Encoder(real_embedder)
+    svc = CacheService(encoder=encoder, backend=backend, clock=clock,
+                       options=CacheOptions(min_similarity=0.9, max_bytes=None), shared_counters=counters)
+    await svc.start()
+    yield svc, encoder
+    await svc.aclose()
+    if counters is not None:
+        await counters.aclose()
+
+
+async def test_service_exact_semantic_ttl_delete_and_stats(service: tuple[CacheService, _Encoder],
+                                                           clock: ManualClock) -> None:
+    svc, encoder = service
+    scope = ScopeKey(tenant="acme", namespace="support")
+    stored = await svc.store(Write(scope=scope, prompt="How do I cancel my subscription?", completion="Billing",
+                                   ttl=TTLPolicy.of(60)))
+    encoder.calls = 0
+    exact = await svc.lookup(Lookup(scope=scope, prompt="  How do I cancel\tmy subscription? "))
+    assert exact.hit_kind is HitKind.EXACT and exact.entry is not None and exact.entry.id == stored.entry.id
+    assert encoder.calls == 0  # the exact path never embeds
+    semantic = await svc.lookup(Lookup(scope=scope, prompt="How can I cancel my subscription?"))
+    assert semantic.hit_kind is HitKind.SEMANTIC and semantic.entry is not None
+    assert semantic.entry.completion == "Billing" and 0.9 <= semantic.similarity < 1.0
+    other_tenant = await svc.lookup(Lookup(scope=ScopeKey(tenant="umbrella", namespace="support"),
+                                           prompt="How do I cancel my subscription?"))
+    assert other_tenant.hit_kind is HitKind.MISS
+    with pytest.raises(NotFound):
+        await svc.delete(DeleteById(tenant="umbrella", entry_id=stored.entry.id))
+
+    clock.advance(61)  # past the TTL: never served, whatever the store's own expiry has done yet
+    for prompt in ("How do I cancel my subscription?", "How can I cancel my subscription?"):
+        assert (await svc.lookup(Lookup(scope=scope, prompt=prompt))).hit_kind is HitKind.MISS
+
+    again = await svc.store(Write(scope=scope, prompt="What is your refund policy?", completion="30 days"))
+    assert await svc.delete(DeleteById(tenant="acme", entry_id=again.entry.id)) == 1
+    assert (await svc.lookup(Lookup(scope=scope, prompt="What is your refund policy?"))).hit_kind is HitKind.MISS
+
+    [stats] = await svc.stats("acme", "support")
+    assert (stats.lookups, stats.exact_hits, stats.semantic_hits, stats.stores) == (5, 1, 1, 2)

@@ -1,0 +1,232 @@
+"""What only the Redis backend has: model binding in Redis, Redis' own eviction, errors of an unreachable Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cachesvc.backends.persistence import ModelIdentity
+from cachesvc.backends.redis import codec
+from cachesvc.backends.redis.backend import ModelMismatch, RedisBackend
+from cachesvc.backends.redis.connection import RedisOptions, connect
+from cachesvc.clock import ManualClock
+from cachesvc.errors import Overloaded, Unavailable
+from cachesvc.records import Entry, ScopeKey
+from tests.conftest import redis_stack
+
+DIM = 384
+MODEL = ModelIdentity(name="all-MiniLM-L6-v2 (fp32)", dimension=DIM, checksum="a" * 64)
+
+
+def unit(rng: np.random.Generator) -> Any:
+    v = rng.standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+async def _backend(url: str, prefix: str, model: ModelIdentity = MODEL, **options: Any) -> RedisBackend:
+    opts = RedisOptions(url=url, prefix=prefix, **options)
+    backend = RedisBackend(client=connect(opts), options=opts, dimension=model.dimension, model=model,
+                           clock_now=ManualClock(start=time.time()).now)
+    try:
+        await backend.start()
+    except BaseException:
+        await _close(backend)
+        raise
+    return backend
+
+
+async def _close(backend: RedisBackend) -> None:
+    await backend.aclose()
+    await backend._client.aclose()
+
+
+async def test_a_replica_with_another_model_refuses_naming_the_fix(redis_server: Any, redis_prefix: str) -> None:
+    first = await _backend(redis_server.url, redis_prefix)
+    try:
+        other = ModelIdentity(name="bge-small-en (fp32)", dimension=DIM, checksum="b" * 64)
+        with pytest.raises(ModelMismatch) as caught:
+            await _backend(redis_server.url, redis_prefix, model=other)
+        message = str(caught.value)
+        assert "all-MiniLM-L6-v2" in message and "bge-small-en" in message
+        assert "--model-dir" in message and "--redis-prefix" in message
+        # The same model (another replica) is welcome; another prefix is another cache.
+        await _close(await _backend(redis_server.url, redis_prefix))
+        await _close(await _backend(redis_server.url, redis_prefix + "x", model=other))
+    finally:
+        await _close(first)
+
+
+async def test_an_unreachable_redis_is_unavailable_fast() -> None:
+    port = redis_stack().free_port()  # nothing listens there
+    opts = RedisOptions(url=f"redis://127.0.0.1:{port}/0", timeout=0.3)
+    backend = RedisBackend(client=connect(opts), options=opts, dimension=DIM, model=MODEL, clock_now=time.time)
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        await backend.start()
+    assert time.monotonic() - started < 3
+    await _close(backend)
+
+
+@pytest.fixture
+def small_redis() -> Iterator[Any]:
+    """A Redis with little memory and allkeys-lru, as a user who lets Redis evict would run it."""
+    server = redis_stack().start_server()
+    used = int(server.cli("MEMORY", "STATS").split("total.allocated\n")[1].split("\n")[0])
+    server.cli("CONFIG", "SET", "maxmemory", str(used + 2 * 1024 * 1024))
+    server.cli("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def evicting(small_redis: Any) -> AsyncIterator[RedisBackend]:
+    backend = await _backend(small_redis.url, "ev", timeout=5.0)
+    yield backend
+    await _close(backend)
+
+
+async def test_redis_eviction_never_serves_half_an_entry(evicting: RedisBackend, small_redis: Any) -> None:
+    backend, rng = evicting, np.random.default_rng(7)
+    scope = ScopeKey(tenant="acme")
+    stored: list[tuple[Entry, Any]] = []
+    now = time.time()
+    for i in range(2000):  # ~7 MB of entries into ~2 MB
+        vector = unit(rng)
+        entry = Entry(id=backend.new_id(scope), scope=scope, prompt=f"prompt {i}", normalized_prompt=f"prompt {i}",
+                      completion=f"completion {i}" * 20, metadata={"i": str(i)}, created_at=now, expires_at=None,
+                      size_bytes=2000)
+        await backend.put(entry, vector)
+        stored.append((entry, vector))
+    info = small_redis.cli("INFO", "stats")
+    assert int(info.split("evicted_keys:")[1].split()[0]) > 0, "the test must make Redis evict"
+    small_redis.cli("CONFIG", "SET", "maxmemory", "0")  # no more evictions while the survivors are checked
+
+    client = backend._client
+    present = 0
+    for entry, vector in stored:
+        has_entry = bool(await client.exists(backend.keys.entry(entry.id)))
+        has_exact = bool(await client.exists(backend.keys.exact(scope, entry.normalized_prompt)))
+        exact = await backend.get_exact(scope, entry.normalized_prompt)
+        # The exact path serves the whole entry it points at, or nothing.
+        assert exact is None or (exact.id == entry.id and exact.completion == entry.completion)
+        assert (exact is not None) == (has_entry and has_exact)
+        [match] = await backend.search(scope, vector, 1) or [None]
+        if has_entry:
+            # A surviving entry is still found by similarity, whole, whether or not its exact key survived.
+            assert match is not None and match.entry_id == entry.id and match.entry == await backend.get(entry.id)
+        else:
+            assert match is None or match.entry_id != entry.id
+        present += has_entry
+    # The index holds exactly the hashes that survived (Redis drops an evicted hash from it at once).
+    info_reply = codec.pairs(await backend._ft("FT.INFO", backend.keys.tag("acme")))
+    assert int(float(info_reply[b"num_docs"])) == present
+    assert 0 < present < len(stored)
+    # Exact keys left pointing at evicted entries read as misses above, and were removed as they were read.
+    for entry, _vector in stored:
+        if await client.exists(backend.keys.exact(scope, entry.normalized_prompt)):
+            assert await client.exists(backend.keys.entry(entry.id))
+
+
+async def test_a_full_redis_without_eviction_refuses_stores_but_serves_lookups(redis_prefix: str) -> None:
+    server = redis_stack().start_server()
+    backend = None
+    try:
+        used = int(server.cli("MEMORY", "STATS").split("total.allocated\n")[1].split("\n")[0])
+        server.cli("CONFIG", "SET", "maxmemory", str(used + 1024 * 1024))
+        server.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        backend = await _backend(server.url, redis_prefix, timeout=5.0)
+        rng, scope, now = np.random.default_rng(3), ScopeKey(tenant="acme"), time.time()
+        first = None
+        with pytest.raises(Overloaded, match="maxmemory"):
+            for i in range(5000):
+                entry = Entry(id=backend.new_id(scope), scope=scope, prompt=f"p{i}", normalized_prompt=f"p{i}",
+                              completion="c" * 500, metadata={}, created_at=now, expires_at=None, size_bytes=2000)
+                await backend.put(entry, unit(rng))
+                first = first or entry
+        assert first is not None
+        found = await backend.get_exact(scope, first.normalized_prompt)
+        assert found is not None and found.id == first.id
+    finally:
+        if backend is not None:
+            await _close(backend)
+        server.close()
+
+
+async def test_a_fill_lease_has_one_holder_until_released_or_expired(redis_server: Any, redis_prefix: str) -> None:
+    from cachesvc.backends.redis.keys import KeySpace
+    from cachesvc.backends.redis.lease import RedisLeases
+
+    client = connect(RedisOptions(url=redis_server.url, prefix=redis_prefix))
+    try:
+        leases = RedisLeases(client=client, keys=KeySpace(redis_prefix), timeout=5.0)
+        scope = ScopeKey(tenant="acme")
+        assert await leases.acquire(scope, "p", holder="a", ttl_seconds=30)
+        assert not await leases.acquire(scope, "p", holder="b", ttl_seconds=30)
+        assert await leases.acquire(scope, "other prompt", holder="b", ttl_seconds=30)
+        assert await leases.acquire(ScopeKey(tenant="umbrella"), "p", holder="b", ttl_seconds=30)
+        assert not await leases.release(scope, "p", holder="b")  # not b's to give back
+        assert await leases.release(scope, "p", holder="a")
+        assert await leases.acquire(scope, "p", holder="b", ttl_seconds=0.05)
+        # A holder that dies without releasing: the lease expires by itself (Redis' clock; bounded poll).
+        deadline = time.monotonic() + 10
+        while not await leases.acquire(scope, "p", holder="c", ttl_seconds=30):
+            assert time.monotonic() < deadline, "the lease never expired"
+            await asyncio.sleep(0.02)
+    finally:
+        await client.aclose()
+
+
+async def test_a_scope_that_is_most_of_its_index_is_searched_in_batches_with_the_same_answers(
+        redis_server: Any, redis_prefix: str) -> None:
+    backend = await _backend(redis_server.url, redis_prefix, timeout=5.0)
+    try:
+        rng, now = np.random.default_rng(11), time.time()
+        big, small = ScopeKey(tenant="acme", namespace="big"), ScopeKey(tenant="acme", namespace="small")
+        vectors = []
+        for first in range(0, 1200, 100):
+            puts = []
+            for i in range(first, first + 100):
+                scope = small if i % 40 == 0 else big
+                vector = unit(rng)
+                vectors.append((scope, vector))
+                puts.append(backend.put(Entry(id=backend.new_id(scope), scope=scope, prompt=f"p{i}",
+                                              normalized_prompt=f"p{i}", completion=f"c{i}", metadata={},
+                                              created_at=now, expires_at=None, size_bytes=1), vector))
+            await asyncio.gather(*puts)
+        assert await backend._scope_dominates(big, backend.keys.tag("acme"))
+        assert not await backend._scope_dominates(small, backend.keys.tag("acme"))
+        for index in (1, 40, 41, 80, 999):  # each scope's own vector comes back first, from either policy
+            scope, vector = vectors[index]
+            [match] = await backend.search(scope, vector, 1)
+            assert match.entry is not None and match.entry.prompt == f"p{index}"
+            assert match.similarity == pytest.approx(1.0, abs=1e-5)
+    finally:
+        await _close(backend)
+
+
+async def test_a_redis_that_lost_its_data_gets_its_index_back_on_the_next_store(redis_prefix: str) -> None:
+    server = redis_stack().start_server()
+    backend = None
+    try:
+        backend = await _backend(server.url, redis_prefix, timeout=5.0)
+        rng, scope, now = np.random.default_rng(5), ScopeKey(tenant="acme"), time.time()
+
+        def entry(i: int) -> Entry:
+            return Entry(id=backend.new_id(scope), scope=scope, prompt=f"p{i}", normalized_prompt=f"p{i}",
+                         completion=f"c{i}", metadata={}, created_at=now, expires_at=None, size_bytes=1)
+
+        await backend.put(entry(0), unit(rng))
+        server.cli("FLUSHALL")  # what a restart without persistence leaves, before any health check noticed
+        second, vector = entry(1), unit(rng)
+        await backend.put(second, vector)
+        [match] = await backend.search(scope, vector, 1)
+        assert match.entry_id == second.id
+    finally:
+        if backend is not None:
+            await _close(backend)
+        server.close()
