@@ -1,0 +1,45 @@
+"""The rule verifier: hard vetoes on mismatches an embedding blurs."""
+
+from __future__ import annotations
+
+from cachesvc.core.verify.protocol import ACCEPT, RejectReason, Verdict, VerifyInput
+from cachesvc.core.verify.signals import Signals, signals
+
+
+class RuleVerifier:
+    """Rejects a candidate whose text differs from the query in a way the embedding blurs.
+
+    Checks, in order (the first that fires is the reason):
+    - NEGATION: one text has a negation cue ("not", "no", "never", "without", "don't", ...), the other none.
+    - NUMBER: both mention numbers (digits or number words, ordinals) or dates (months, weekdays) and they
+      differ: "2 + 2" / "2 + 3", "2015" / "2016", "in May" / "in June".
+    - UNIT: both mention units (length, mass, volume, temperature, currency, time, data size) and they differ.
+    - DIRECTION: "X to Y" (also "into", "than", and "Y from X") in one text is "Y to X" in the other.
+    - OPPOSITE: one text has a word whose antonym is in the other only (more/less, buy/sell, best/worst,
+      before/after, increase/decrease, ...).
+    - ENTITY: each text names something (a capitalised word that does not start the sentence, or an
+      acronym) that the other does not mention at all: "Paris" / "Lyon". Case-blind texts are the model's job.
+    """
+
+    def verify(self, item: VerifyInput) -> Verdict:
+        reason = rule_reason(signals(item.query, item.candidate))
+        return ACCEPT if reason is None else Verdict(accepted=False, reason=reason, score=0.0)
+
+
+def rule_reason(s: Signals) -> RejectReason | None:
+    """The first rule that fires on these signals, or None."""
+    if not s.close:
+        return None
+    if s.negation:
+        return RejectReason.NEGATION
+    if s.number or s.calendar:
+        return RejectReason.NUMBER
+    if s.unit:
+        return RejectReason.UNIT
+    if s.direction:
+        return RejectReason.DIRECTION
+    if s.opposite:
+        return RejectReason.OPPOSITE
+    if s.entity:
+        return RejectReason.ENTITY
+    return None
