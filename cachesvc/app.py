@@ -29,6 +29,7 @@ from cachesvc.backends.reembed import reembed_pending
 from cachesvc.backends.wal import FsyncPolicy
 from cachesvc.clock import Clock, SystemClock
 from cachesvc.config import LogFormat, Settings
+from cachesvc.core.feedback import FeedbackOptions
 from cachesvc.core.policy import SizeLimits, TTLPolicy
 from cachesvc.core.service import CacheOptions, CacheService
 from cachesvc.core.verify import WEIGHTS_FILE, build_verifier
@@ -151,11 +152,15 @@ class App:
             limits=SizeLimits(max_prompt_bytes=s.max_prompt_bytes, max_completion_bytes=s.max_completion_bytes,
                               max_metadata_bytes=s.max_metadata_bytes),
             sweep_interval_seconds=s.sweep_interval,
+            feedback=FeedbackOptions(max_false_hit_rate=s.max_false_hit_rate, confidence=s.feedback_confidence,
+                                     floor_similarity=s.feedback_floor_similarity,
+                                     block_after=s.feedback_block_after),
         )
         self.service = CacheService(encoder=encoder, backend=self.backend, clock=self.clock, options=options,
                                     verifier=verifiers[s.verifier],
                                     namespace_verifiers={ns: verifiers[mode]
-                                                         for ns, mode in s.namespace_verifiers.items()})
+                                                         for ns, mode in s.namespace_verifiers.items()},
+                                    feedback_store=self.backend)
         await self.service.start()
         servicer = SemanticCacheServicer(service=self.service, authenticator=Authenticator(api_keys=s.api_keys),
                                          metrics=self.metrics)

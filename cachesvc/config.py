@@ -98,6 +98,17 @@ class Settings:
     log_format: LogFormat = field(default=LogFormat.TEXT, metadata=_spec("text or json (one line per request)"))
     log_level: str = field(default="INFO", metadata=_spec("DEBUG, INFO, WARNING or ERROR"))
     grace_seconds: float = field(default=10.0, metadata=_spec("how long shutdown waits for in-flight calls"))
+    # Callers' feedback on served hits (the Feedback call): per-entry thresholds under a bound on the false-hit rate.
+    max_false_hit_rate: float = field(default=0.05, metadata=_spec(
+        "bound on an entry's rate of wrong hits that feedback holds it to: an entry reported wrong needs a higher "
+        "similarity to be served, until right reports show its rate is within the bound (Wilson bound), in (0, 1)"))
+    feedback_confidence: float = field(default=0.95, metadata=_spec(
+        "confidence of the bounds feedback is judged by, in (0.5, 1)"))
+    feedback_floor_similarity: float = field(default=0.80, metadata=_spec(
+        "the lowest an entry's threshold can fall on right reports (never below a lookup's own threshold)"))
+    feedback_block_after: int = field(default=3, metadata=_spec(
+        "wrong reports after which an entry whose wrong rate is confidently above the bound serves no paraphrase "
+        "(exact hits still)"))
 
     def __post_init__(self) -> None:
         problems = []
@@ -122,6 +133,14 @@ class Settings:
                 problems.append(f"{name} must be > 0")
         if self.memo_size < 0:
             problems.append("memo_size must be >= 0")
+        if math.isnan(self.max_false_hit_rate) or not 0.0 < self.max_false_hit_rate < 1.0:
+            problems.append(f"max_false_hit_rate {self.max_false_hit_rate} is not in (0, 1)")
+        if math.isnan(self.feedback_confidence) or not 0.5 < self.feedback_confidence < 1.0:
+            problems.append(f"feedback_confidence {self.feedback_confidence} is not in (0.5, 1)")
+        if math.isnan(self.feedback_floor_similarity) or not 0.0 <= self.feedback_floor_similarity <= 1.0:
+            problems.append(f"feedback_floor_similarity {self.feedback_floor_similarity} is not in [0, 1]")
+        if self.feedback_block_after < 1:
+            problems.append("feedback_block_after must be >= 1")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             problems.append(f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
         if problems:

@@ -29,6 +29,8 @@ class RejectReason(Enum):
     DIRECTION = "direction"
     OPPOSITE = "opposite"  # antonyms and comparatives: more/less, buy/sell, best/worst
     MODEL_SCORE = "model_score"
+    DETAIL = "detail"  # long prompts that differ in more than form: an added instruction, other numbers or names
+    FEEDBACK = "feedback"  # callers reported the entry wrong for this prompt, or at this similarity
 
 
 @dataclass(frozen=True, kw_only=True)

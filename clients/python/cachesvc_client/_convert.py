@@ -10,6 +10,7 @@ from cachesvc_client.types import (
     Candidate,
     CandidateOutcome,
     Entry,
+    FeedbackResult,
     LookupResult,
     NamespaceStats,
     RejectReason,
@@ -99,6 +100,12 @@ def lookup_result_from_proto(message: pb.LookupResponse) -> LookupResult:
         candidates=tuple(candidate_from_proto(candidate) for candidate in message.candidates),
         rejected_reason=_reason(int(message.rejected_reason)),
     )
+
+
+def feedback_result_from_proto(message: pb.FeedbackResponse) -> FeedbackResult:
+    """Converts a feedback response."""
+    return FeedbackResult(similarity=f32(message.similarity), entry_min_similarity=f32(message.entry_min_similarity),
+                          serves_paraphrases=message.serves_paraphrases)
 
 
 def store_result_from_proto(message: pb.StoreResponse) -> StoreResult:
