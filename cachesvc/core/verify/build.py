@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cachesvc.core.verify.model import WEIGHTS_FILE, ModelVerifier, ModelWeights
 from cachesvc.core.verify.protocol import HitVerifier, Verdict, VerifierMode, VerifyInput
-from cachesvc.core.verify.rules import RuleVerifier, rule_reason
+from cachesvc.core.verify.rules import RuleVerifier, rules_reason
 from cachesvc.errors import ModelError
 
 
@@ -18,7 +18,7 @@ class CombinedVerifier:
 
     def verify(self, item: VerifyInput) -> Verdict:
         analysed = self._model.signals(item)
-        reason = rule_reason(analysed[2])
+        reason = rules_reason(*analysed)
         if reason is not None:  # vetoed before the model's features are computed
             return Verdict(accepted=False, reason=reason, score=0.0)
         return self._model.decide(self._model.probability(self._model.features(item, analysed)))

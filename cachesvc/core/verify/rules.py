@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from cachesvc.core.verify.detail import detail_changed
 from cachesvc.core.verify.protocol import ACCEPT, RejectReason, Verdict, VerifyInput
-from cachesvc.core.verify.signals import Signals, signals
+from cachesvc.core.verify.signals import Signals, signals_between
+from cachesvc.core.verify.text import Text, analyse
 
 
 class RuleVerifier:
@@ -19,11 +21,22 @@ class RuleVerifier:
       before/after, increase/decrease, ...).
     - ENTITY: each text names something (a capitalised word that does not start the sentence, or an
       acronym) that the other does not mention at all: "Paris" / "Lyon". Case-blind texts are the model's job.
+    - DETAIL: either prompt is long (over 150 characters) and they differ in more than layout, casing,
+      punctuation, typos and filler words (`detail.py`).
     """
 
     def verify(self, item: VerifyInput) -> Verdict:
-        reason = rule_reason(signals(item.query, item.candidate))
+        q, c = analyse(item.query), analyse(item.candidate)
+        reason = rules_reason(q, c, signals_between(q, c))
         return ACCEPT if reason is None else Verdict(accepted=False, reason=reason, score=0.0)
+
+
+def rules_reason(q: Text, c: Text, s: Signals) -> RejectReason | None:
+    """The first rule that fires on two analysed texts and their signals, or None."""
+    reason = rule_reason(s)
+    if reason is None and detail_changed(q, c):
+        return RejectReason.DETAIL
+    return reason
 
 
 def rule_reason(s: Signals) -> RejectReason | None:

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
+_WORD = re.compile(r"\w+")
 _TOKEN = re.compile(r"[A-Za-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*|[$€£¥%°]")
 NEGATIONS = frozenset({
     "not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "without", "cannot", "cant", "dont",
@@ -155,6 +156,12 @@ class Text:
     @cached_property
     def bigrams(self) -> frozenset[tuple[str, str]]:
         return frozenset(zip(self.tokens, self.tokens[1:], strict=False))
+
+    @cached_property
+    def words(self) -> tuple[str, ...]:
+        """Every word and number, lower-cased, in any script (punctuation and layout dropped): what the long-prompt
+        check compares."""
+        return tuple(_WORD.findall(self.text.lower()))
 
     @cached_property
     def question_kind(self) -> int:
