@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cachesvc.core.verify import RejectReason, RuleVerifier, VerifyInput
+from cachesvc.core.verify import RejectReason, RuleVerifier, VerifierMode, VerifyInput, build_verifier
 from cachesvc.core.verify.detail import LONG_PROMPT_CHARS, detail_changed
 from cachesvc.core.verify.text import analyse
 
@@ -51,3 +51,16 @@ def test_long_prompts_that_differ_only_in_form_are_accepted(kept: str) -> None:
 
 def test_short_prompts_are_left_to_the_other_rules() -> None:
     assert not detail_changed(analyse("How do I bake bread?"), analyse("How do I bake a cake?"))
+
+
+def test_the_combined_verifier_leaves_long_prompts_to_the_detail_check() -> None:
+    combined = build_verifier(VerifierMode.COMBINED)
+    assert combined is not None
+    zeros = np.zeros(384, dtype=np.float32)
+
+    def accepted(query: str, candidate: str) -> bool:
+        return combined.verify(VerifyInput(query=query, candidate=candidate, query_vector=zeros,
+                                           candidate_vector=zeros, similarity=0.9)).accepted
+
+    assert accepted(STORY.upper(), STORY)  # the model, trained on short questions, is not asked
+    assert not accepted(STORY + " Also include a moral at the end.", STORY)

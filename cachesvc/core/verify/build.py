@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cachesvc.core.verify.detail import is_long
 from cachesvc.core.verify.model import WEIGHTS_FILE, ModelVerifier, ModelWeights
-from cachesvc.core.verify.protocol import HitVerifier, Verdict, VerifierMode, VerifyInput
+from cachesvc.core.verify.protocol import ACCEPT, HitVerifier, Verdict, VerifierMode, VerifyInput
 from cachesvc.core.verify.rules import RuleVerifier, rules_reason
 from cachesvc.errors import ModelError
 
 
 class CombinedVerifier:
-    """Rules first (a hard veto, score 0), then the model on what they let through."""
+    """Rules first (a hard veto, score 0), then the model on what they let through; long prompts that differ in
+    form only are accepted without the model (it was trained on short questions)."""
 
     def __init__(self, model: ModelVerifier) -> None:
         self._model = model
@@ -21,6 +23,8 @@ class CombinedVerifier:
         reason = rules_reason(*analysed)
         if reason is not None:  # vetoed before the model's features are computed
             return Verdict(accepted=False, reason=reason, score=0.0)
+        if is_long(analysed[0], analysed[1]):
+            return ACCEPT
         return self._model.decide(self._model.probability(self._model.features(item, analysed)))
 
 

@@ -7,6 +7,10 @@ swapped variables, other numbers. For prompts over LONG_PROMPT_CHARS the check c
 whitespace, line breaks, punctuation and casing (gone before the diff), words split or joined ("can not" /
 "cannot"), one-word typo fixes ("recieve" / "receive"), and filler ("please", articles). Any other inserted,
 deleted or replaced word is a different request.
+
+For long prompts this check decides alone: the other rules and the model were built on short questions, and on
+two long prompts that differ only in form they fire on noise (a casing change read as new acronyms, a typo read
+as a new name).
 """
 
 from __future__ import annotations
@@ -28,9 +32,13 @@ def _typo(a: str, b: str) -> bool:
             and SequenceMatcher(None, a, b).ratio() >= _TYPO_RATIO)
 
 
+def is_long(q: Text, c: Text) -> bool:
+    return max(len(q.text), len(c.text)) > LONG_PROMPT_CHARS
+
+
 def detail_changed(q: Text, c: Text) -> bool:
     """True when two prompts, at least one of them long, differ in more than form (see the module's docstring)."""
-    if max(len(q.text), len(c.text)) <= LONG_PROMPT_CHARS:
+    if not is_long(q, c):
         return False
     a, b = q.words[:_MAX_WORDS], c.words[:_MAX_WORDS]
     if a == b:

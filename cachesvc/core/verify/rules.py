@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cachesvc.core.verify.detail import detail_changed
+from cachesvc.core.verify.detail import detail_changed, is_long
 from cachesvc.core.verify.protocol import ACCEPT, RejectReason, Verdict, VerifyInput
 from cachesvc.core.verify.signals import Signals, signals_between
 from cachesvc.core.verify.text import Text, analyse
@@ -22,7 +22,8 @@ class RuleVerifier:
     - ENTITY: each text names something (a capitalised word that does not start the sentence, or an
       acronym) that the other does not mention at all: "Paris" / "Lyon". Case-blind texts are the model's job.
     - DETAIL: either prompt is long (over 150 characters) and they differ in more than layout, casing,
-      punctuation, typos and filler words (`detail.py`).
+      punctuation, typos and filler words (`detail.py`). For long prompts this is the only check: when they
+      differ in form only, nothing above applies.
     """
 
     def verify(self, item: VerifyInput) -> Verdict:
@@ -32,11 +33,11 @@ class RuleVerifier:
 
 
 def rules_reason(q: Text, c: Text, s: Signals) -> RejectReason | None:
-    """The first rule that fires on two analysed texts and their signals, or None."""
-    reason = rule_reason(s)
-    if reason is None and detail_changed(q, c):
-        return RejectReason.DETAIL
-    return reason
+    """The first rule that fires on two analysed texts and their signals, or None. Long prompts are judged by
+    `detail_changed` alone (a more specific reason is given when a rule names one)."""
+    if is_long(q, c):
+        return (rule_reason(s) or RejectReason.DETAIL) if detail_changed(q, c) else None
+    return rule_reason(s)
 
 
 def rule_reason(s: Signals) -> RejectReason | None:
