@@ -115,7 +115,8 @@ class App:
         manifest = manifest_of(embedder)
         verifiers = {mode: build_verifier(mode, embedding_model=manifest.name if manifest else type(embedder).__name__,
                                           dimension=embedder.dimension,
-                                          weights_path=Path(s.verifier_weights) if s.verifier_weights else WEIGHTS_FILE)
+                                          weights_path=Path(s.verifier_weights) if s.verifier_weights else WEIGHTS_FILE,
+                                          min_score=s.verifier_min_score)
                      for mode in {s.verifier, *s.namespace_verifiers.values()}}
         self.batcher = MicroBatcher(embedder=embedder, options=BatcherOptions(
             max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,

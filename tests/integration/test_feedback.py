@@ -34,7 +34,7 @@ async def served(client: AsyncCacheClient, prompt: str, scope: Scope | None = No
 
 async def test_wrong_reports_stop_the_pair_lift_the_threshold_and_finally_stop_paraphrases(
         start_app: StartApp) -> None:
-    app: App = await start_app(verifier="off", min_similarity=0.8)
+    app: App = await start_app(verifier="off", min_similarity=0.8, recall_similarity=0.8)
     async with AsyncCacheClient(f"127.0.0.1:{app.port}") as client:
         stored = await client.store(STORED, "Use the 'Forgot password' link.")
         far, mid, steps, please, near = await similarities(client, FAR, MID, STEPS, PLEASE, NEAR)
@@ -92,7 +92,7 @@ async def test_right_reports_relax_an_entrys_threshold_to_the_bound_they_prove(s
 
 
 async def test_feedback_survives_a_restart(start_app: StartApp, tmp_path: Path) -> None:
-    settings = {"data_dir": tmp_path / "data", "verifier": "off", "min_similarity": 0.8}
+    settings = {"data_dir": tmp_path / "data", "verifier": "off", "min_similarity": 0.8, "recall_similarity": 0.8}
     app: App = await start_app(**settings)
     async with AsyncCacheClient(f"127.0.0.1:{app.port}") as client:
         stored = await client.store(STORED, "Use the 'Forgot password' link.")
@@ -111,7 +111,8 @@ async def test_feedback_survives_a_restart(start_app: StartApp, tmp_path: Path) 
 
 
 async def test_a_tenant_cannot_report_on_another_tenants_entry(start_app: StartApp) -> None:
-    app: App = await start_app(verifier="off", min_similarity=0.8, api_keys={"key-a": "tenant-a", "key-b": "tenant-b"})
+    app: App = await start_app(verifier="off", min_similarity=0.8, recall_similarity=0.8,
+                               api_keys={"key-a": "tenant-a", "key-b": "tenant-b"})
     target = f"127.0.0.1:{app.port}"
     async with AsyncCacheClient(target, api_key="key-a") as a, AsyncCacheClient(target, api_key="key-b") as b:
         stored = await a.store(STORED, "Use the 'Forgot password' link.")

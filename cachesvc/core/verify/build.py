@@ -29,9 +29,10 @@ class CombinedVerifier:
 
 
 def build_verifier(mode: VerifierMode, *, embedding_model: str | None = None, dimension: int | None = None,
-                   weights_path: Path = WEIGHTS_FILE) -> HitVerifier | None:
+                   weights_path: Path = WEIGHTS_FILE, min_score: float | None = None) -> HitVerifier | None:
     """The verifier for `mode` (None for OFF), for a server embedding with `embedding_model` (a manifest name; None
-    = the one the weights were trained on).
+    = the one the weights were trained on); `min_score` is the model's probability a candidate needs (None = the
+    one the weights record).
 
     Raises:
         ModelError: `model` or `combined` with an embedding model the weights were not trained on. Their features
@@ -52,5 +53,5 @@ def build_verifier(mode: VerifierMode, *, embedding_model: str | None = None, di
             f"the hit verifier's model ({weights_path.name}) was trained on {weights.embedding_model} "
             f"({weights.dimension}-d) vectors, and this server embeds with {embedding_model} ({dimension}-d): train "
             "one for this model (bench/train_verifier.py, then --verifier-weights), or choose --verifier rules or off")
-    model = ModelVerifier(weights)
+    model = ModelVerifier(weights, accept_threshold=min_score)
     return model if mode is VerifierMode.MODEL else CombinedVerifier(model)
