@@ -45,17 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import DEFAULT_MODEL_DIR, OUT_DIR
 from bench.verifier_data import QQP, STATIC_BASELINE, EmbeddingCache, pair_vectors, split_pairs
 from cachesvc.core.normalize import normalize_prompt
-from cachesvc.core.verify import (
-    WEIGHTS_FILE,
-    Idf,
-    ModelWeights,
-    _analyse,
-    _signals,
-    _Text,
-    features,
-    lexical_features,
-    rule_reason,
-)
+from cachesvc.core.verify import WEIGHTS_FILE, Idf, ModelWeights, features, lexical_features, rule_reason
+from cachesvc.core.verify.signals import signals_between
+from cachesvc.core.verify.text import Text, analyse
 from cachesvc.embedding.manifest import read_manifest
 
 TRAIN_MARGIN = 0.05
@@ -75,13 +67,13 @@ class Pairs:
         self.components = np.array([p["component"] for p in pairs])
         self.queries = [normalize_prompt(p["b"]) for p in pairs]
         self.candidates = [normalize_prompt(p["a"]) for p in pairs]
-        self.q_texts = [_analyse(t) for t in self.queries]
-        self.c_texts = [_analyse(t) for t in self.candidates]
-        self.signals = [_signals(qt, ct) for qt, ct in zip(self.q_texts, self.c_texts, strict=True)]
+        self.q_texts = [analyse(t) for t in self.queries]
+        self.c_texts = [analyse(t) for t in self.candidates]
+        self.signals = [signals_between(qt, ct) for qt, ct in zip(self.q_texts, self.c_texts, strict=True)]
         self.vetoed = np.array([rule_reason(s) is not None for s in self.signals])
 
 
-def fit_idf(texts: Sequence[_Text]) -> Idf:
+def fit_idf(texts: Sequence[Text]) -> Idf:
     """Smoothed IDF over distinct texts."""
     counts: Counter[str] = Counter()
     for t in texts:
@@ -98,9 +90,9 @@ def fit_topics(vectors: NDArray[np.float32], k: int) -> tuple[NDArray[np.float32
     return mean.astype(np.float32), axes[:k].astype(np.float32)
 
 
-def texts_of(data: Pairs, rows: NDArray[np.intp]) -> tuple[list[_Text], NDArray[np.float32]]:
+def texts_of(data: Pairs, rows: NDArray[np.intp]) -> tuple[list[Text], NDArray[np.float32]]:
     """Distinct texts of `rows` and their vectors."""
-    seen: dict[str, tuple[_Text, NDArray[np.float32]]] = {}
+    seen: dict[str, tuple[Text, NDArray[np.float32]]] = {}
     for i in rows:
         seen.setdefault(data.queries[i], (data.q_texts[i], data.query_vectors[i]))
         seen.setdefault(data.candidates[i], (data.c_texts[i], data.candidate_vectors[i]))

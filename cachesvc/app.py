@@ -35,6 +35,7 @@ from cachesvc.backends.reembed import reembed_pending
 from cachesvc.backends.wal import FsyncPolicy
 from cachesvc.clock import Clock, SystemClock
 from cachesvc.config import BackendKind, LogFormat, Settings
+from cachesvc.core.feedback import FeedbackOptions
 from cachesvc.core.limits import RateLimiter
 from cachesvc.core.policy import SizeLimits, TTLPolicy
 from cachesvc.core.service import CacheOptions, CacheService
@@ -129,7 +130,8 @@ class App:
         manifest = manifest_of(embedder)
         verifiers = {mode: build_verifier(mode, embedding_model=manifest.name if manifest else type(embedder).__name__,
                                           dimension=embedder.dimension,
-                                          weights_path=Path(s.verifier_weights) if s.verifier_weights else WEIGHTS_FILE)
+                                          weights_path=Path(s.verifier_weights) if s.verifier_weights else WEIGHTS_FILE,
+                                          min_score=s.verifier_min_score)
                      for mode in {s.verifier, *s.namespace_verifiers.values()}}
         self.batcher = MicroBatcher(embedder=embedder, options=BatcherOptions(
             max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
@@ -157,6 +159,9 @@ class App:
             max_fill_wait_seconds=s.max_fill_wait,
             max_ttl_seconds=s.max_ttl,
             max_namespaces_per_tenant=s.max_namespaces,
+            feedback=FeedbackOptions(max_false_hit_rate=s.max_false_hit_rate, confidence=s.feedback_confidence,
+                                     floor_similarity=s.feedback_floor_similarity,
+                                     block_after=s.feedback_block_after),
         )
         keys = load_key_file(Path(s.api_keys_file), default=s.default_limits) if s.api_keys_file else KeyFile()
         self.authenticator = Authenticator(api_keys=s.api_keys, key_hashes=keys.key_hashes)
@@ -167,7 +172,8 @@ class App:
                                                          for ns, mode in s.namespace_verifiers.items()},
                                     leases=InMemoryFillLeases(),
                                     tenant_max_bytes=lambda tenant: limiter.limits_for(tenant).max_bytes,
-                                    shared_counters=self.redis_counters)
+                                    shared_counters=self.redis_counters,
+                                    feedback_store=self.backend if isinstance(self.backend, EmbeddedBackend) else None)
         await self.service.start()
         servicer = SemanticCacheServicer(service=self.service, authenticator=self.authenticator,
                                          metrics=self.metrics, limiter=self.limiter)

@@ -87,7 +87,9 @@ class Settings:
     namespace_verifiers: Mapping[str, VerifierMode] = field(default_factory=dict, metadata=_spec(
         "a namespace's own hit verifier, in every tenant, as namespace=mode pairs, comma-separated (e.g. "
         "support=off,billing=rules); other namespaces use --verifier"))
-    recall_similarity: float = field(default=0.80, metadata=_spec(
+    # 0.82 with verifier_min_score 0.50: chosen on the development domains (bench/RESULTS.md, "Hit quality across
+    # domains"): at least the right hits of `rules` at 0.85 on every one, and more precise on adversarial pairs.
+    recall_similarity: float = field(default=0.82, metadata=_spec(
         "default threshold while a verifier runs: cosine similarity in [0, 1] a candidate needs to be verified "
         "(and served if accepted); <= min_similarity"))
     default_ttl: float = field(default=0.0, metadata=_spec("TTL in seconds for stores that set none (0 = never)"))
@@ -155,6 +157,20 @@ class Settings:
         "first part of every Redis key; caches under different prefixes share a Redis without seeing each other"))
     redis_timeout: float = field(default=0.5, metadata=_spec(
         "seconds a Redis operation may take before the call fails with UNAVAILABLE"))
+    verifier_min_score: float = field(default=0.50, metadata=_spec(
+        "the probability the learned model (verifier model or combined) must give a candidate to serve it, in "
+        "[0, 1]; the shipped weights were tuned to 0.76 for QQP, which costs a third of the right hits elsewhere"))
+    # Callers' feedback on served hits (the Feedback call): per-entry thresholds under a bound on the false-hit rate.
+    max_false_hit_rate: float = field(default=0.05, metadata=_spec(
+        "bound on an entry's rate of wrong hits that feedback holds it to: an entry reported wrong needs a higher "
+        "similarity to be served, until right reports show its rate is within the bound (Wilson bound), in (0, 1)"))
+    feedback_confidence: float = field(default=0.95, metadata=_spec(
+        "confidence of the bounds feedback is judged by, in (0.5, 1)"))
+    feedback_floor_similarity: float = field(default=0.80, metadata=_spec(
+        "the lowest an entry's threshold can fall on right reports (never below a lookup's own threshold)"))
+    feedback_block_after: int = field(default=3, metadata=_spec(
+        "wrong reports after which an entry whose wrong rate is confidently above the bound serves no paraphrase "
+        "(exact hits still)"))
 
     def __post_init__(self) -> None:
         problems = []
@@ -186,6 +202,16 @@ class Settings:
             problems.append("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS first)")
         if self.memo_size < 0:
             problems.append("memo_size must be >= 0")
+        if math.isnan(self.verifier_min_score) or not 0.0 <= self.verifier_min_score <= 1.0:
+            problems.append(f"verifier_min_score {self.verifier_min_score} is not in [0, 1]")
+        if math.isnan(self.max_false_hit_rate) or not 0.0 < self.max_false_hit_rate < 1.0:
+            problems.append(f"max_false_hit_rate {self.max_false_hit_rate} is not in (0, 1)")
+        if math.isnan(self.feedback_confidence) or not 0.5 < self.feedback_confidence < 1.0:
+            problems.append(f"feedback_confidence {self.feedback_confidence} is not in (0.5, 1)")
+        if math.isnan(self.feedback_floor_similarity) or not 0.0 <= self.feedback_floor_similarity <= 1.0:
+            problems.append(f"feedback_floor_similarity {self.feedback_floor_similarity} is not in [0, 1]")
+        if self.feedback_block_after < 1:
+            problems.append("feedback_block_after must be >= 1")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             problems.append(f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
         problems += self._backend_problems()

@@ -66,6 +66,50 @@ class TokenUsage:
         return self.prompt_tokens + self.completion_tokens
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedbackReport:
+    """A caller's report on one served hit: was `entry`'s completion a right answer for `prompt`?
+
+    Attributes:
+        prompt: the normalised prompt that was looked up and served the entry.
+        similarity: the cosine similarity of that prompt to the entry's (1.0 for an exact hit).
+        correct: the caller's verdict.
+    """
+
+    prompt: str
+    similarity: float
+    correct: bool
+
+
+# Reports kept per entry for its threshold: the newest win. Prompts reported wrong are kept apart and all of them.
+FEEDBACK_REPORTS_KEPT = 256
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntryFeedback:
+    """What callers reported about one entry's hits. Immutable: a report makes a new one (`with_report`), so a
+    snapshot written on another thread always reads one consistent state.
+
+    Attributes:
+        reports: the newest reports (at most FEEDBACK_REPORTS_KEPT), oldest first.
+        wrong_prompts: every prompt the entry was reported wrong for: never served that entry again.
+        wrong, right: report counts over the entry's life.
+        lsn: the log sequence number of the last report applied (so replaying the log adds none twice).
+    """
+
+    reports: tuple[FeedbackReport, ...] = ()
+    wrong_prompts: frozenset[str] = frozenset()
+    wrong: int = 0
+    right: int = 0
+    lsn: int = 0
+
+    def with_report(self, report: FeedbackReport, lsn: int) -> EntryFeedback:
+        return EntryFeedback(
+            reports=(*self.reports, report)[-FEEDBACK_REPORTS_KEPT:],
+            wrong_prompts=self.wrong_prompts if report.correct else self.wrong_prompts | {report.prompt},
+            wrong=self.wrong + (not report.correct), right=self.right + report.correct, lsn=lsn)
+
+
 @dataclass(slots=True, kw_only=True)
 class Entry:
     """One cached completion. Content fields never change; `hit_count` and `last_used_at` are bumped by the
@@ -83,6 +127,7 @@ class Entry:
     hit_count: int = 0
     last_used_at: float = field(default=0.0)
     usage: TokenUsage | None = None  # None: stored without usage (or before usage was recorded)
+    feedback: EntryFeedback | None = None  # None until a caller reports on one of its hits
 
     def is_expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at

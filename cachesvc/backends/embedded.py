@@ -37,6 +37,7 @@ from cachesvc.backends.persistence import (
     SnapshotChunk,
     encode_chunk,
     encode_delete,
+    encode_feedback,
     encode_hits,
     encode_put,
 )
@@ -45,7 +46,7 @@ from cachesvc.backends.wal import WalWriter, list_segments, segment_number
 from cachesvc.embedding.protocol import Vector
 from cachesvc.errors import InvalidRequest, NotReady
 from cachesvc.lifecycle import State
-from cachesvc.records import Entry, Match, ScopeKey, ScopeSelector, Usage
+from cachesvc.records import Entry, EntryFeedback, FeedbackReport, Match, ScopeKey, ScopeSelector, Usage
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -205,6 +206,12 @@ class _Loader:
             if entry is not None:
                 entry.hit_count, entry.last_used_at = hit_count, used_at
                 backend._lru.move_to_end(entry_id)
+
+    def replay_feedback(self, entry_id: str, report: FeedbackReport, lsn: int) -> None:
+        self._check()
+        entry = self._backend._entries.get(entry_id)
+        if entry is not None and (entry.feedback is None or entry.feedback.lsn < lsn):
+            entry.feedback = (entry.feedback or EntryFeedback()).with_report(report, lsn)
 
 
 class EmbeddedBackend:
@@ -427,6 +434,39 @@ class EmbeddedBackend:
         if touched:
             lsn = await self._log(lambda lsn: encode_hits(touched, lsn), wait=False)
             self._unapplied.discard(lsn)
+
+    # FeedbackStore
+
+    async def add_feedback(self, entry: Entry, report: FeedbackReport) -> bool:
+        if entry.id not in self._entries:
+            return False
+        return await _uncancellable(self._add_feedback(entry, report))
+
+    async def _add_feedback(self, entry: Entry, report: FeedbackReport) -> bool:
+        lsn = await self._log(lambda lsn: encode_feedback(entry.id, report, lsn)) if self._wal is not None else 0
+        try:
+            if self._entries.get(entry.id) is not entry:
+                return False  # deleted or replaced while the record was written; replay skips it the same way
+            entry.feedback = (entry.feedback or EntryFeedback()).with_report(report, lsn)
+            return True
+        finally:
+            self._unapplied.discard(lsn)
+
+    async def vector_of(self, entry_id: str) -> Vector | None:
+        label = self._labels.get(entry_id)
+        entry = self._entries.get(entry_id)
+        if label is None or entry is None:
+            return None
+        held = self._scopes.get(entry.scope.digest)
+        if held is None:
+            return None
+
+        def read() -> Vector | None:
+            if held.label_to_id.get(label) != entry_id:
+                return None  # removed while waiting for the index thread
+            return np.asarray(held.index.vectors_of(np.array([label], dtype=np.int64))[0], dtype=np.float32)
+
+        return await self._on_index_thread(read)
 
     def _forget(self, entry_id: str) -> Entry | None:
         """Removes an entry from every map at once (so it can never be served again) and queues the index

@@ -40,7 +40,7 @@ from cachesvc.backends.wal import (
     segment_number,
 )
 from cachesvc.embedding.protocol import Vector
-from cachesvc.records import Entry, ScopeKey, TokenUsage
+from cachesvc.records import Entry, EntryFeedback, FeedbackReport, ScopeKey, TokenUsage
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,25 @@ class PersistenceOptions:
 # Fields added later are appended at the end of a record and may be missing when it is read (files written
 # before them): a put's and a chunk's usage.
 PUT, DELETE, HIT, CHUNK = "p", "d", "h", "c"
+FEEDBACK = "f"  # one caller's report on one entry's hit; older data directories simply have none
+
+
+def _encode_feedback_state(feedback: EntryFeedback | None) -> list[Any] | None:
+    if feedback is None:
+        return None
+    reports = feedback.reports
+    return [[r.prompt for r in reports], [r.similarity for r in reports], [r.correct for r in reports],
+            sorted(feedback.wrong_prompts), feedback.wrong, feedback.right, feedback.lsn]
+
+
+def _decode_feedback_state(row: list[Any] | None) -> EntryFeedback | None:
+    if row is None:
+        return None
+    prompts, similarities, correct, wrong_prompts, wrong, right, lsn = row
+    return EntryFeedback(
+        reports=tuple(FeedbackReport(prompt=p, similarity=s, correct=c)
+                      for p, s, c in zip(prompts, similarities, correct, strict=True)),
+        wrong_prompts=frozenset(wrong_prompts), wrong=wrong, right=right, lsn=lsn)
 
 
 def _usage_row(usage: TokenUsage | None) -> list[Any] | None:
@@ -113,8 +132,11 @@ def encode_chunk(entries: list[Entry], vectors: np.ndarray) -> bytes:
         [e.hit_count for e in entries],
         [e.last_used_at for e in entries],
         np.ascontiguousarray(vectors, dtype=np.float32).tobytes(),
-        # None rather than a column of Nones when no entry of the chunk has usage.
+        # Columns added after the first format (older snapshots end at the vectors); each is None rather than a
+        # column of Nones when no entry of the chunk has one.
         [_usage_row(e.usage) for e in entries] if any(e.usage is not None for e in entries) else None,
+        [_encode_feedback_state(e.feedback) for e in entries] if any(e.feedback is not None for e in entries)
+        else None,
     ]))
 
 
@@ -135,6 +157,10 @@ def encode_hits(entries: Iterable[Entry], lsn: int) -> bytes:
     """Hit counts and last-use times of many entries: hits are logged in batches, not one record per hit."""
     rows = [(e.id, e.hit_count, e.last_used_at) for e in entries]
     return cast(bytes, msgpack.packb([HIT, lsn, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]]))
+
+
+def encode_feedback(entry_id: str, report: FeedbackReport, lsn: int) -> bytes:
+    return cast(bytes, msgpack.packb([FEEDBACK, lsn, entry_id, report.prompt, report.similarity, report.correct]))
 
 
 def _decode_put(r: list[Any], scopes: dict[tuple[str, str, str, str], ScopeKey]) -> tuple[Entry, Vector]:
@@ -175,11 +201,13 @@ def _decode_chunk(record: list[Any], dimension: int,
     _kind, scope_rows, scope_of, ids, prompts, norms, completions, metadata, created, expires, sizes, hits, \
         last_used, blob = record[:14]
     usages = record[14] if len(record) > 14 and record[14] is not None else [None] * len(ids)
+    feedback = record[15] if len(record) > 15 and record[15] is not None else [None] * len(ids)
     chunk_scopes = [_scope(scopes, *row) for row in scope_rows]
     entries = [
         Entry(id=ids[i], scope=chunk_scopes[scope_of[i]], prompt=prompts[i], normalized_prompt=norms[i],
               completion=completions[i], metadata=metadata[i], created_at=created[i], expires_at=expires[i],
-              size_bytes=sizes[i], hit_count=hits[i], last_used_at=last_used[i], usage=_usage(usages[i]))
+              size_bytes=sizes[i], hit_count=hits[i], last_used_at=last_used[i], usage=_usage(usages[i]),
+              feedback=_decode_feedback_state(feedback[i]))
         for i in range(len(ids))
     ]
     return SnapshotChunk(entries=entries, scopes=chunk_scopes, scope_of=np.asarray(scope_of, dtype=np.intp),
@@ -204,6 +232,10 @@ class RecoverySink(Protocol):
     def replay_delete(self, entry_ids: list[str]) -> None: ...
 
     def replay_hits(self, entry_ids: list[str], hit_counts: list[int], last_used_at: list[float]) -> None: ...
+
+    def replay_feedback(self, entry_id: str, report: FeedbackReport, lsn: int) -> None:
+        """Adds a report to the entry's feedback, if the entry is still there and its feedback is older than `lsn`
+        (a snapshot may hold an entry's state from after the LSN it covers)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -372,6 +404,9 @@ class DataDir:
                     sink.replay_delete(record[2])
                 elif kind == HIT:
                     sink.replay_hits(record[2], record[3], record[4])
+                elif kind == FEEDBACK:
+                    sink.replay_feedback(record[2], FeedbackReport(prompt=record[3], similarity=record[4],
+                                                                   correct=record[5]), lsn)
                 else:
                     raise StorageError(f"{segment}: unknown record kind {kind!r} at LSN {lsn}")
         log.info("read %s in %.2f s: %d entries from the snapshot (up to LSN %d), %d log records replayed",

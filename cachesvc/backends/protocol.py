@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cachesvc.embedding.protocol import Vector
-from cachesvc.records import Entry, Match, ScopeKey, ScopeSelector, Usage
+from cachesvc.records import Entry, FeedbackReport, Match, ScopeKey, ScopeSelector, Usage
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +75,19 @@ class Inventory(Protocol):
     async def expired(self, now: float, limit: int) -> list[Entry]: ...
 
     async def select(self, selector: ScopeSelector) -> list[Entry]: ...
+
+
+class FeedbackStore(Protocol):
+    """Callers' reports on served hits, kept with the entry (`Entry.feedback`) and gone with it."""
+
+    async def add_feedback(self, entry: Entry, report: FeedbackReport) -> bool:
+        """Adds a report to `entry`'s feedback, durable per the fsync policy before it takes effect; False when
+        the entry is gone (deleted or replaced) by then."""
+        ...
+
+    async def vector_of(self, entry_id: str) -> Vector | None:
+        """The entry's stored vector (None when it is gone)."""
+        ...
 
 
 class Backend(Lifecycle, IdMinter, ExactStore, SemanticStore, Inventory, Protocol):

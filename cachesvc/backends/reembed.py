@@ -19,7 +19,7 @@ from cachesvc.backends.embedded import EmbeddedBackend
 from cachesvc.backends.persistence import DataDir, SnapshotChunk
 from cachesvc.embedding.protocol import Embedder, Matrix, Vector
 from cachesvc.errors import InvalidRequest
-from cachesvc.records import Entry
+from cachesvc.records import Entry, FeedbackReport
 
 log = logging.getLogger(__name__)
 BATCH = 64
@@ -33,6 +33,7 @@ class _Entries:
         self._holder: dict[tuple[str, str], str] = {}
 
     def _add(self, entry: Entry) -> None:
+        entry.feedback = None  # its similarities belong to the old model's vectors
         key = (entry.scope.digest, entry.normalized_prompt)
         replaced = self._holder.get(key)
         if replaced is not None:
@@ -64,12 +65,16 @@ class _Entries:
                 entry.hit_count, entry.last_used_at = hit_count, used_at
                 self.entries[entry_id] = entry  # most recently used last
 
+    def replay_feedback(self, entry_id: str, report: FeedbackReport, lsn: int) -> None:
+        pass  # reports measure similarities of the old model's vectors: the new model starts without them
+
 
 async def reembed_pending(data_dir: DataDir, *, embedder: Embedder, backend: EmbeddedBackend, now: float) -> int:
     """Embeds the entries left in `data_dir`'s pending directory with `embedder` and stores them in the started
     `backend`, oldest use first (so the eviction order carries over); then deletes the pending directory.
 
-    Entries keep their ids, texts, metadata, times, hit counts and absolute expiry; expired ones are dropped.
+    Entries keep their ids, texts, metadata, times, hit counts and absolute expiry; expired ones are dropped, and
+    callers' feedback is not carried over (it measured similarities of the old model).
     An entry whose prompt the new model cannot take (too long for it) is dropped with a warning.
 
     Returns:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from cachesvc.backends.leases import FillLeases, LeaseKey
-from cachesvc.backends.protocol import Backend
+from cachesvc.backends.protocol import Backend, FeedbackStore
 from cachesvc.clock import Clock
+from cachesvc.core.feedback import FeedbackOptions, entry_threshold, pair_blocked, serves_paraphrases
 from cachesvc.core.normalize import has_visible_text, normalize_prompt
 from cachesvc.core.policy import SizeLimits, TTLKind, TTLPolicy, checked_similarity, utf8_size
 from cachesvc.core.stats import CounterBook, Counters, CounterStore
@@ -23,6 +24,8 @@ from cachesvc.core.types import (
     CandidateReport,
     DeleteById,
     DeleteTarget,
+    Feedback,
+    FeedbackResult,
     FillOutcome,
     FillRequest,
     HitKind,
@@ -37,7 +40,7 @@ from cachesvc.core.verify import HitVerifier, RejectReason, VerifyInput
 from cachesvc.embedding.protocol import PartitionedEncoder
 from cachesvc.errors import InvalidRequest, NotFound, QuotaExceeded, Unsupported
 from cachesvc.lifecycle import State
-from cachesvc.records import DEFAULT_NAMESPACE, Entry, ScopeKey, ScopeSelector, TokenUsage, Usage
+from cachesvc.records import DEFAULT_NAMESPACE, Entry, FeedbackReport, ScopeKey, ScopeSelector, TokenUsage, Usage
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ class CacheOptions:
     max_fill_wait_seconds: float = 60.0
     max_ttl_seconds: float = 10 * 366 * 86400
     max_namespaces_per_tenant: int | None = 1000
+    feedback: FeedbackOptions = FeedbackOptions()
 
     def __post_init__(self) -> None:
         checked_similarity(self.min_similarity, field="min_similarity")
@@ -118,7 +122,8 @@ class CacheService:
                  namespace_verifiers: Mapping[str, HitVerifier | None] | None = None,
                  leases: FillLeases | None = None,
                  tenant_max_bytes: Callable[[str], int | None] | None = None,
-                 shared_counters: CounterStore | None = None) -> None:
+                 shared_counters: CounterStore | None = None,
+                 feedback_store: FeedbackStore | None = None) -> None:
         """Args:
             leases: fill leases for single-flight lookups; None ignores the requests' fill fields.
             verifier: checks each candidate that clears the threshold before it is served; None serves the
@@ -126,6 +131,8 @@ class CacheService:
             namespace_verifiers: a namespace's own verifier (None = off) in place of `verifier`, in every tenant.
             tenant_max_bytes: a tenant's byte quota (None = none); read on every store, so it may change.
             shared_counters: where counters are shared with other servers of the same cache; Stats reads them there.
+            feedback_store: where callers' reports are kept (the backend, when it can); None: `feedback` raises
+                Unsupported.
         """
         self._encoder = encoder
         self._backend = backend
@@ -135,6 +142,7 @@ class CacheService:
         self._namespace_verifiers = dict(namespace_verifiers or {})
         self._leases = leases
         self._tenant_max_bytes = tenant_max_bytes or (lambda _tenant: None)
+        self._feedback_store = feedback_store
         self._counters = CounterBook(shared_counters, max_namespaces_per_tenant=options.max_namespaces_per_tenant)
         self._sweeper: asyncio.Task[None] | None = None
         self._state = State.NEW
@@ -232,7 +240,7 @@ class CacheService:
         )
         now = self._clock.now()
         exact = await self._backend.get_exact(scope, prompt)
-        if exact is not None and not exact.is_expired(now):
+        if exact is not None and not exact.is_expired(now) and not pair_blocked(exact.feedback, prompt):
             await self._backend.touch(exact, now)
             return self._finish_lookup(
                 scope, HitKind.EXACT, exact, 1.0, threshold, started, StageTimings(), (), exact.id
@@ -257,7 +265,10 @@ class CacheService:
         served: Entry | None = None
         best: tuple[str, float] | None = None
         best_rejection: RejectReason | None = None
-        decided = False  # served, or the walk reached a candidate below the threshold
+        decided = False  # served, or the walk reached a candidate below any threshold feedback can set
+        feedback = self._options.feedback
+        relax = request.min_similarity is None  # right reports never go below a threshold the caller set
+        cut = min(threshold, feedback.floor_similarity) if relax else threshold
         for match in matches:  # best first
             entry = match.entry if match.entry is not None else await self._backend.get(match.entry_id)
             if entry is None:
@@ -273,8 +284,18 @@ class CacheService:
                 first = best is None
                 if first:
                     best = (entry.id, similarity)
-                if similarity < threshold:
+                own = entry_threshold(entry.feedback, base=threshold, options=feedback, relax=relax)
+                if similarity < cut:
                     outcome, decided = CandidateOutcome.BELOW_THRESHOLD, True
+                elif similarity < min(own, threshold):
+                    outcome = CandidateOutcome.BELOW_THRESHOLD
+                elif (similarity < own or pair_blocked(entry.feedback, prompt)
+                      or not serves_paraphrases(entry.feedback, feedback)):
+                    # Callers said this entry is wrong here: the walk goes on to the next candidate.
+                    outcome, reason = CandidateOutcome.REJECTED, RejectReason.FEEDBACK
+                    self._counters.rejected(scope.tenant, scope.namespace, reason)
+                    if first:
+                        best_rejection = reason
                 elif verifier is None or match.vector is None:
                     outcome, decided = CandidateOutcome.SERVED, True
                 else:
@@ -482,6 +503,46 @@ class CacheService:
         selector = dataclasses.replace(target, namespace=target.namespace or DEFAULT_NAMESPACE)
         entries = await self._backend.select(selector)
         return len(await self._backend.delete([e.id for e in entries]))
+
+    # Feedback
+
+    async def feedback(self, report: Feedback) -> FeedbackResult:
+        """Records a caller's verdict on a served hit; later lookups learn from it (see `core.feedback`).
+
+        Returns:
+            the report's similarity, and the entry's threshold (at the scope's default) and paraphrase serving
+            after it.
+
+        Raises:
+            InvalidRequest: bad prompt or scope.
+            NotFound: no entry with that id in the caller's scope (another tenant's entry is reported the same way).
+            Unsupported: the backend cannot keep feedback.
+        """
+        scope = self._checked_scope(report.scope)
+        prompt = self._checked_prompt(report.prompt)
+        if self._feedback_store is None:
+            raise Unsupported("this backend does not keep feedback")
+        entry = await self._backend.get(report.entry_id)
+        if entry is None or entry.scope != scope:
+            raise NotFound(f"no entry with id {report.entry_id!r} in this scope")
+        if prompt == entry.normalized_prompt:
+            similarity = 1.0
+        else:
+            # The lookup that served it has just embedded the same prompt: usually the memo's vector.
+            vector = await self._encoder.encode(prompt)
+            stored = await self._feedback_store.vector_of(entry.id)
+            if stored is None:
+                raise NotFound(f"no entry with id {report.entry_id!r} in this scope")
+            similarity = min(max(float(vector @ stored), 0.0), 1.0)
+        kept = FeedbackReport(prompt=prompt, similarity=similarity, correct=report.correct)
+        if not await self._feedback_store.add_feedback(entry, kept):
+            raise NotFound(f"no entry with id {report.entry_id!r} in this scope")
+        _verifier, default_threshold = self._verifier_for(scope)
+        options = self._options.feedback
+        return FeedbackResult(
+            similarity=similarity,
+            entry_min_similarity=entry_threshold(entry.feedback, base=default_threshold, options=options),
+            serves_paraphrases=serves_paraphrases(entry.feedback, options))
 
     # Stats
 

@@ -79,6 +79,25 @@ class Write:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Feedback:
+    """A caller's verdict on a served hit: `entry_id` was served for `prompt` in `scope`."""
+
+    scope: ScopeKey
+    prompt: str
+    entry_id: str
+    correct: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeedbackResult:
+    """What a report changed: its similarity, and the entry's threshold and paraphrase serving after it."""
+
+    similarity: float
+    entry_min_similarity: float
+    serves_paraphrases: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class CandidateReport:
     entry_id: str
     prompt: str

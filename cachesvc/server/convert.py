@@ -14,6 +14,8 @@ from cachesvc.core.types import (
     CandidateReport,
     DeleteById,
     DeleteTarget,
+    Feedback,
+    FeedbackResult,
     FillRequest,
     Lookup,
     LookupResult,
@@ -41,6 +43,8 @@ _REASONS = {
     RejectReason.DIRECTION: pb.REJECT_REASON_DIRECTION,
     RejectReason.OPPOSITE: pb.REJECT_REASON_OPPOSITE,
     RejectReason.MODEL_SCORE: pb.REJECT_REASON_MODEL_SCORE,
+    RejectReason.DETAIL: pb.REJECT_REASON_DETAIL,
+    RejectReason.FEEDBACK: pb.REJECT_REASON_FEEDBACK,
 }
 
 
@@ -116,6 +120,18 @@ def write_from_proto(tenant: str, request: pb.StoreRequest, *, deadline: float |
         usage=usage_from_proto(request.usage) if request.HasField("usage") else None,
         deadline=deadline,
     )
+
+
+def feedback_from_proto(tenant: str, request: pb.FeedbackRequest) -> Feedback:
+    if not request.entry_id:
+        raise InvalidRequest("must not be empty", field="entry_id")
+    return Feedback(scope=scope_key(tenant, request.scope), prompt=request.prompt, entry_id=request.entry_id,
+                    correct=request.correct)
+
+
+def feedback_to_proto(result: FeedbackResult) -> pb.FeedbackResponse:
+    return pb.FeedbackResponse(similarity=result.similarity, entry_min_similarity=result.entry_min_similarity,
+                               serves_paraphrases=result.serves_paraphrases)
 
 
 def delete_from_proto(tenant: str, request: pb.DeleteRequest) -> DeleteTarget:

@@ -109,6 +109,18 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
 
         return await self._call("Stats", context, handle)
 
+    async def Feedback(self, request: pb.FeedbackRequest,
+                       context: grpc.aio.ServicerContext[Any, Any]) -> pb.FeedbackResponse:
+        async def handle(tenant: str, fields: dict[str, object]) -> pb.FeedbackResponse:
+            report = convert.feedback_from_proto(tenant, request)  # the tenant from the credentials, never the body
+            result = await self._service.feedback(report)
+            fields.update(scope=report.scope.digest, entry=report.entry_id, correct=report.correct,
+                          similarity=round(result.similarity, 4),
+                          entry_min_similarity=round(result.entry_min_similarity, 4))
+            return convert.feedback_to_proto(result)
+
+        return await self._call("Feedback", context, handle)
+
     async def _call(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any], handler: Handler[Response],
         kind: CallKind | None = None,

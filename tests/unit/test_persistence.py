@@ -403,7 +403,7 @@ def test_usage_survives_the_log_and_snapshots(tmp_path: Path) -> None:
 def test_records_written_before_usage_existed_still_load(tmp_path: Path) -> None:
     # The put and chunk layouts of files written before entries carried usage: no trailing usage field.
     old_put = msgpack.unpackb(encode_put(entry(4), vector(4), 11))[:-1]
-    old_chunk = msgpack.unpackb(encode_chunk([entry(1)], vector(1)))[:-1]
+    old_chunk = msgpack.unpackb(encode_chunk([entry(1)], vector(1)))[:14]
     directory = data_dir(tmp_path)
     directory.lock()
     directory.write_snapshot(10, iter([(1, msgpack.packb(old_chunk))]))

@@ -159,9 +159,10 @@ def test_features_do_not_depend_on_the_string_hash_seed() -> None:
     # "walked" and "walks" share the stem "walk"; which of them stands for it decides the IDF the features use.
     # Each process gets its own hash seed, and so its own set iteration order: all must compute the same input.
     script = (
-        "import json; from cachesvc.core.verify import Idf, _analyse, lexical_features; "
+        "import json; from cachesvc.core.verify import Idf, lexical_features; "
+        "from cachesvc.core.verify.text import analyse; "
         "idf = Idf({'walked': 1.0, 'walks': 6.0, 'park': 2.0}, 3.0); "
-        "q = _analyse('How far have you walked or walks to the park'); c = _analyse('How far is the park'); "
+        "q = analyse('How far have you walked or walks to the park'); c = analyse('How far is the park'); "
         "print(json.dumps(lexical_features(q, c, idf).tolist()))"
     )
     outputs = {

@@ -10,6 +10,7 @@ from cachesvc_client.types import (
     Candidate,
     CandidateOutcome,
     Entry,
+    FeedbackResult,
     LookupResult,
     NamespaceStats,
     RejectReason,
@@ -116,6 +117,12 @@ def lookup_result_from_proto(message: pb.LookupResponse) -> LookupResult:
         fill_pending=message.fill_pending,
         waited_for_fill=message.waited_for_fill,
     )
+
+
+def feedback_result_from_proto(message: pb.FeedbackResponse) -> FeedbackResult:
+    """Converts a feedback response."""
+    return FeedbackResult(similarity=f32(message.similarity), entry_min_similarity=f32(message.entry_min_similarity),
+                          serves_paraphrases=message.serves_paraphrases)
 
 
 def store_result_from_proto(message: pb.StoreResponse) -> StoreResult:

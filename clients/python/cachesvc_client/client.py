@@ -20,6 +20,7 @@ import grpc
 import grpc.aio
 
 from cachesvc_client._convert import (
+    feedback_result_from_proto,
     lookup_result_from_proto,
     scope_to_proto,
     stats_result_from_proto,
@@ -28,7 +29,7 @@ from cachesvc_client._convert import (
 )
 from cachesvc_client._validate import check_min_similarity, check_timeout, check_ttl_seconds
 from cachesvc_client.errors import map_grpc_errors
-from cachesvc_client.types import LookupResult, Scope, StatsResult, StoreResult, Usage
+from cachesvc_client.types import FeedbackResult, LookupResult, Scope, StatsResult, StoreResult, Usage
 from cachesvc_client.v1 import cache_pb2 as pb
 from cachesvc_client.v1 import cache_pb2_grpc as pb_grpc
 
@@ -176,6 +177,12 @@ class BaseClient:
         if context is not None:
             selector.context = context
         return pb.DeleteRequest(scope=selector)
+
+    @staticmethod
+    def _feedback_request(prompt: str, entry_id: str, *, correct: bool, scope: Scope | None) -> pb.FeedbackRequest:
+        if not entry_id:
+            raise ValueError("entry_id must be non-empty")
+        return pb.FeedbackRequest(scope=scope_to_proto(scope), prompt=prompt, entry_id=entry_id, correct=correct)
 
     @staticmethod
     def _stats_request(namespace: str | None) -> pb.StatsRequest:
@@ -371,6 +378,32 @@ class CacheClient(BaseClient):
         """
         request = self._delete_scope_request(namespace, model=model, context=context)
         return int(self._call(self._stub.Delete, request, timeout).deleted)
+
+    def feedback(self, prompt: str, entry_id: str, *, correct: bool, scope: Scope | None = None,
+                 timeout: Timeout = USE_DEFAULT) -> FeedbackResult:
+        """Reports whether a served hit was a right answer; the server learns from it.
+
+        A pair reported wrong is never served again; the entry needs a higher similarity for other paraphrases
+        (within the server's --max-false-hit-rate), and one reported wrong often enough serves exact repeats only.
+        Right reports let its threshold fall back.
+
+        Args:
+            prompt: The prompt that was looked up (as sent to `lookup`).
+            entry_id: The served entry's id (`LookupResult.entry.id`).
+            correct: True if the served completion was a right answer for `prompt`.
+            scope: The scope of that lookup.
+            timeout: Deadline in seconds for this call; None for none; USE_DEFAULT for the client's.
+
+        Returns:
+            The recorded similarity and the entry's threshold after the report.
+
+        Raises:
+            ValueError: An empty entry_id or a bad timeout; nothing is sent.
+            RuntimeError: The client is closed.
+            CacheClientError: The call failed (`NotFoundError`: no such entry in this scope of the caller's tenant).
+        """
+        request = self._feedback_request(prompt, entry_id, correct=correct, scope=scope)
+        return feedback_result_from_proto(self._call(self._stub.Feedback, request, timeout))
 
     def stats(self, namespace: str | None = None, *, timeout: Timeout = USE_DEFAULT) -> StatsResult:
         """Reads the counters of the caller's tenant.
@@ -585,6 +618,32 @@ class AsyncCacheClient(BaseClient):
         """
         request = self._delete_scope_request(namespace, model=model, context=context)
         return int((await self._call(self._stub.Delete, request, timeout)).deleted)
+
+    async def feedback(self, prompt: str, entry_id: str, *, correct: bool, scope: Scope | None = None,
+                       timeout: Timeout = USE_DEFAULT) -> FeedbackResult:
+        """Reports whether a served hit was a right answer; the server learns from it.
+
+        A pair reported wrong is never served again; the entry needs a higher similarity for other paraphrases
+        (within the server's --max-false-hit-rate), and one reported wrong often enough serves exact repeats only.
+        Right reports let its threshold fall back.
+
+        Args:
+            prompt: The prompt that was looked up (as sent to `lookup`).
+            entry_id: The served entry's id (`LookupResult.entry.id`).
+            correct: True if the served completion was a right answer for `prompt`.
+            scope: The scope of that lookup.
+            timeout: Deadline in seconds for this call; None for none; USE_DEFAULT for the client's.
+
+        Returns:
+            The recorded similarity and the entry's threshold after the report.
+
+        Raises:
+            ValueError: An empty entry_id or a bad timeout; nothing is sent.
+            RuntimeError: The client is closed.
+            CacheClientError: The call failed (`NotFoundError`: no such entry in this scope of the caller's tenant).
+        """
+        request = self._feedback_request(prompt, entry_id, correct=correct, scope=scope)
+        return feedback_result_from_proto(await self._call(self._stub.Feedback, request, timeout))
 
     async def stats(self, namespace: str | None = None, *, timeout: Timeout = USE_DEFAULT) -> StatsResult:
         """Reads the counters of the caller's tenant.

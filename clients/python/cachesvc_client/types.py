@@ -51,6 +51,8 @@ class RejectReason(enum.Enum):
     DIRECTION = 5
     OPPOSITE = 6
     MODEL_SCORE = 7
+    FEEDBACK = 20  # callers reported this entry wrong for the prompt, or at this similarity (see `feedback`)
+    DETAIL = 21  # long prompts that differ in more than form: an added instruction, other numbers or names
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -192,6 +194,22 @@ class StoreResult:
     id: str
     replaced: bool
     expires_at: datetime | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FeedbackResult:
+    """The answer to a feedback report.
+
+    Attributes:
+        similarity: The similarity of the reported prompt to the entry, as the server recorded it.
+        entry_min_similarity: What a paraphrase now needs to be served this entry at the server's default
+            threshold (above 1.0: only exact repeats are).
+        serves_paraphrases: False once the entry was reported wrong often enough to serve exact repeats only.
+    """
+
+    similarity: float
+    entry_min_similarity: float
+    serves_paraphrases: bool
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

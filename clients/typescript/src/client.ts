@@ -224,7 +224,8 @@ export class CacheClient {
   /**
    * Tells the server whether a served hit was a right answer for the prompt it was served to.
    *
-   * Servers that do not support feedback yet answer UNIMPLEMENTED (`Unimplemented` is thrown).
+   * An entry the caller cannot see is NOT_FOUND (`NotFoundError`); a server without feedback support (the Redis
+   * backend today) answers UNIMPLEMENTED (`Unimplemented`).
    *
    * @throws RangeError - An empty entryId.
    * @throws CacheClientError - The call failed.

@@ -13,7 +13,6 @@ import {
   NotFoundError,
   Unauthenticated,
   Unavailable,
-  Unimplemented,
 } from "../src/index.js";
 import { closedPort, PYTHON, REPO_ROOT, startServer, startSilentServer, type RunningServer } from "./server.js";
 
@@ -115,7 +114,7 @@ describe("CacheClient against a real server", () => {
     assert.equal(empty.retryable, false);
 
     const feedback = await cache.feedback("q", "some-id", true).catch((error: unknown) => error);
-    assert.ok(feedback instanceof Unimplemented, String(feedback));
+    assert.ok(feedback instanceof NotFoundError, String(feedback));
     assert.ok(feedback instanceof CacheClientError);
   });
 

@@ -29,6 +29,8 @@ class RejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_REASON_DIRECTION: _ClassVar[RejectReason]
     REJECT_REASON_OPPOSITE: _ClassVar[RejectReason]
     REJECT_REASON_MODEL_SCORE: _ClassVar[RejectReason]
+    REJECT_REASON_FEEDBACK: _ClassVar[RejectReason]
+    REJECT_REASON_DETAIL: _ClassVar[RejectReason]
 CANDIDATE_OUTCOME_UNSPECIFIED: CandidateOutcome
 CANDIDATE_OUTCOME_SERVED: CandidateOutcome
 CANDIDATE_OUTCOME_BELOW_THRESHOLD: CandidateOutcome
@@ -43,6 +45,8 @@ REJECT_REASON_ENTITY: RejectReason
 REJECT_REASON_DIRECTION: RejectReason
 REJECT_REASON_OPPOSITE: RejectReason
 REJECT_REASON_MODEL_SCORE: RejectReason
+REJECT_REASON_FEEDBACK: RejectReason
+REJECT_REASON_DETAIL: RejectReason
 
 class Scope(_message.Message):
     __slots__ = ("namespace", "model", "context")
@@ -273,8 +277,14 @@ class FeedbackRequest(_message.Message):
     def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., correct: _Optional[bool] = ...) -> None: ...
 
 class FeedbackResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("similarity", "entry_min_similarity", "serves_paraphrases")
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    SERVES_PARAPHRASES_FIELD_NUMBER: _ClassVar[int]
+    similarity: float
+    entry_min_similarity: float
+    serves_paraphrases: bool
+    def __init__(self, similarity: _Optional[float] = ..., entry_min_similarity: _Optional[float] = ..., serves_paraphrases: _Optional[bool] = ...) -> None: ...
 
 class ReleaseFillRequest(_message.Message):
     __slots__ = ("scope", "prompt", "fill_token")
