@@ -26,11 +26,13 @@ RUN /opt/cachesvc/bin/python -m pip install --no-deps /wheelhouse/project/*.whl 
  && /opt/cachesvc/bin/python -c "import cachesvc.app, cachesvc.cli, cachesvc_client, onnxruntime, tokenizers, \
 faiss, grpc_health.v1.health, grpc_reflection.v1alpha.reflection, prometheus_client, msgpack"
 
-# The export's own packages go to a throwaway directory of this stage (the base image's pip installs them there);
-# the venv copied into the runtime stage below is the build stage's, without them.
+# The default model, exported by the torch-free route. The export's own packages go to a throwaway directory of
+# this stage (installed by a throwaway venv's pip: a Debian-based stand-in for BASE has no system pip); the
+# runtime stage below copies the build stage's venv, without them, and only /model from here.
 FROM build AS model
 COPY build/wheelhouse/export/ /wheelhouse/export/
-RUN python -m pip install -q --no-deps --target /opt/export --find-links /wheelhouse/export \
+RUN python -m venv /opt/pip \
+ && /opt/pip/bin/python -m pip install -q --no-deps --target /opt/export --find-links /wheelhouse/export \
         -r /wheelhouse/export/requirements.txt \
  && PYTHONPATH=/opt/export /opt/cachesvc/bin/python -m cachesvc model export --out /model
 
