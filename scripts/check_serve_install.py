@@ -4,7 +4,7 @@ Serving and the default, torch-free model export need onnxruntime, tokenizers, n
 torch pulled in by a new requirement would cost a fresh user's machine several GB (pip resolves a bare `torch` to
 the CUDA build). The check walks the requirements of the installed distributions (the closure `make wheelhouse`
 uses), so it means the same in a venv where `make test` has also installed torch for the dev parity tests.
-With --installed it also checks that torch is not importable (right after the serve install on a fresh venv).
+With --installed it also checks that torch is not importable (right after the serve install on a new venv).
 
 Usage: .venv/bin/python scripts/check_serve_install.py [--installed]
 """
