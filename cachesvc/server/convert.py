@@ -12,6 +12,7 @@ from cachesvc.core.types import (
     CandidateReport,
     DeleteById,
     DeleteTarget,
+    HitKind,
     Lookup,
     LookupResult,
     NamespaceStats,
@@ -98,35 +99,41 @@ def delete_from_proto(tenant: str, request: pb.DeleteRequest) -> DeleteTarget:
 
 
 def entry_to_proto(entry: Entry) -> pb.Entry:
-    message = pb.Entry(
-        id=entry.id,
-        prompt=entry.prompt,
-        completion=entry.completion,
-        metadata=entry.metadata,
-        created_at=_timestamp(entry.created_at),
-        hit_count=entry.hit_count,
-    )
-    if entry.expires_at is not None:
-        message.expires_at.CopyFrom(_timestamp(entry.expires_at))
+    message = pb.Entry()
+    _fill_entry(message, entry)
     return message
+
+
+def _fill_entry(message: pb.Entry, entry: Entry) -> None:
+    """Fills a message in place: every lookup hit pays for this, so no intermediate messages are copied."""
+    message.id = entry.id
+    message.prompt = entry.prompt
+    message.completion = entry.completion
+    if entry.metadata:
+        message.metadata.update(entry.metadata)
+    message.created_at.FromNanoseconds(round(entry.created_at * 1e9))
+    message.hit_count = entry.hit_count
+    if entry.expires_at is not None:
+        message.expires_at.FromNanoseconds(round(entry.expires_at * 1e9))
 
 
 def lookup_to_proto(result: LookupResult) -> pb.LookupResponse:
     response = pb.LookupResponse(
         hit=result.hit,
         similarity=result.similarity,
-        exact=result.hit_kind.value == "exact",
+        exact=result.hit_kind is HitKind.EXACT,
         min_similarity=result.min_similarity,
         nearest_id=result.nearest_id or "",
-        timings=pb.Timings(
-            embed_ms=result.timings.embed_ms, search_ms=result.timings.search_ms, total_ms=result.timings.total_ms
-        ),
-        candidates=[_candidate(c) for c in result.candidates],
         rejected_reason=(_REASONS[result.rejected_reason] if result.rejected_reason is not None
                          else pb.REJECT_REASON_UNSPECIFIED),
     )
+    timings = response.timings
+    timings.embed_ms, timings.search_ms, timings.total_ms = (
+        result.timings.embed_ms, result.timings.search_ms, result.timings.total_ms)
+    if result.candidates:
+        response.candidates.extend(_candidate(c) for c in result.candidates)
     if result.entry is not None:
-        response.entry.CopyFrom(entry_to_proto(result.entry))
+        _fill_entry(response.entry, result.entry)
     return response
 
 
