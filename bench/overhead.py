@@ -16,7 +16,9 @@ noise falls on every kind alike, --probes rounds of:
 
 Then the server CPU time per call of each kind in short runs of one kind (from /proc/<pid>/stat: robust to the
 box's load, unlike wall time), and the throughput with --callers concurrent callers on unseen prompts against the
-2-core ceiling: cores / the per-item time of a 32-prompt batch through the plain session. Prints a table and writes
+2-core ceiling: cores / the per-item time of a 32-prompt batch through the plain session. With --baseline-tree,
+a second server from another source tree (an earlier commit) runs on its own copy of the data and every probe,
+CPU run and throughput window alternates between the two: before and after in one run. Prints a table and writes
 JSON to --out. Runs are bounded (--probes, --throughput-seconds); the server is stopped at the end.
 """
 
@@ -24,14 +26,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +55,7 @@ from common import (
     write_json,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from load import COMPLETION, SCOPE, preload, proc_sample, server
+from load import COMPLETION, SCOPE, free_port, preload, proc_sample, server, wait_serving
 from tokenizers import Tokenizer
 
 from cachesvc_client.v1 import cache_pb2 as pb
@@ -164,25 +169,53 @@ def fill_server(args: argparse.Namespace, data_dir: str, stored: list[str]) -> d
                 "stores_per_second": round(rate, 1)}
 
 
+@contextlib.contextmanager
+def baseline_server(args: argparse.Namespace, data_dir: str) -> Iterator[tuple[str, int]]:
+    """The same server from another source tree (--baseline-tree: e.g. `git archive <commit>` unpacked)."""
+    tree = args.baseline_tree.resolve()
+    port = free_port()
+    argv = [sys.executable, "-m", "cachesvc", "serve", "--host=127.0.0.1", f"--port={port}", "--metrics-port=-1",
+            f"--data-dir={data_dir}", f"--model-dir={args.model_dir.resolve()}", f"--log-level={args.server_log_level}"]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    with (Path(data_dir) / "server.log").open("ab") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tree, env=env)
+        try:
+            wait_serving(f"127.0.0.1:{port}", timeout=900)
+            yield f"127.0.0.1:{port}", process.pid
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
 def measure(args: argparse.Namespace, entries: int, base_dir: Path, stored: list[str], plain: PlainSession,
             questions: list[str]) -> dict[str, Any]:
-    """Figures on a copy of `base_dir` (the prompts stored through gRPC) grown to `entries` with filler."""
+    """Figures on a copy of `base_dir` (the prompts stored through gRPC) grown to `entries` with filler; with
+    --baseline-tree, a second server from that tree on its own copy, probed alternately with this one."""
     from filler import extend
     from load import synthetic_prompt
 
     result: dict[str, Any] = {"entries": entries, "load_before": os.getloadavg()}
-    with tempfile.TemporaryDirectory(prefix="cachesvc-overhead-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="cachesvc-overhead-") as scratch, contextlib.ExitStack() as stack:
         data_dir = Path(scratch) / "data"
         shutil.copytree(base_dir, data_dir, ignore=shutil.ignore_patterns("LOCK", "overhead-fill.json", "*.log"))
         if entries > len(stored):
             result["filler"] = extend(data_dir, total=entries, prompt=synthetic_prompt, completion=COMPLETION,
                                       seed=0)
+        servers: dict[str, tuple[str, int]] = {}
+        if args.baseline_tree is not None:
+            shutil.copytree(data_dir, Path(scratch) / "baseline")
+            servers["baseline"] = stack.enter_context(baseline_server(args, str(Path(scratch) / "baseline")))
         started = time.perf_counter()
-        with server(args, data_dir=str(data_dir)) as srv:
-            assert srv.pid is not None
-            result["restart_to_serving_seconds"] = round(time.perf_counter() - started, 1)
-            result["idle_wait_seconds"] = round(settle(srv.target, srv.pid, entries), 1)
-            result.update(probe(args, srv.target, srv.pid, plain, stored, questions))
+        srv = stack.enter_context(server(args, data_dir=str(data_dir)))
+        assert srv.pid is not None
+        result["restart_to_serving_seconds"] = round(time.perf_counter() - started, 1)
+        servers["current"] = (srv.target, srv.pid)
+        result["idle_wait_seconds"] = round(sum(settle(t, pid, entries) for t, pid in servers.values()), 1)
+        result.update(probe(args, servers, plain, stored, questions))
     result["load_after"] = os.getloadavg()
     return result
 
@@ -210,62 +243,78 @@ def settle(target: str, pid: int, entries: int, *, timeout: float = 1800.0) -> f
     return time.monotonic() - started
 
 
-def probe(args: argparse.Namespace, target: str, pid: int, plain: PlainSession, stored: list[str],
+def probe(args: argparse.Namespace, servers: dict[str, tuple[str, int]], plain: PlainSession, stored: list[str],
           questions: list[str]) -> dict[str, Any]:
+    """The figures of each server; with two, every kind of call alternates between them (order swapped each
+    round), so the box's noise falls on both alike."""
     rng = random.Random(1)
     unseen = iter(questions)
-    times: dict[str, list[float]] = {k: [] for k in ("lookup", "embed", "exact", "health")}
-    reported: dict[str, list[float]] = {k: [] for k in ("embed_ms", "search_ms", "total_ms")}
+    names = list(servers)
+    times: dict[str, dict[str, list[float]]] = {n: {k: [] for k in ("lookup", "exact", "health")} for n in names}
+    reported: dict[str, dict[str, list[float]]] = {n: {k: [] for k in ("embed_ms", "search_ms", "total_ms")}
+                                                   for n in names}
+    embeds: list[float] = []
     embed_cpu: list[float] = []
-    with grpc.insecure_channel(target) as channel:
-        cache = pb_grpc.SemanticCacheStub(channel)
-        health = health_pb2_grpc.HealthStub(channel)
-        check = health_pb2.HealthCheckRequest(service="")
+    channels = {n: grpc.insecure_channel(target) for n, (target, _pid) in servers.items()}
+    caches = {n: pb_grpc.SemanticCacheStub(c) for n, c in channels.items()}
+    healths = {n: health_pb2_grpc.HealthStub(c) for n, c in channels.items()}
+    check = health_pb2.HealthCheckRequest(service="")
 
-        def lookup(prompt: str) -> pb.LookupResponse:
-            return cache.Lookup(pb.LookupRequest(scope=WIRE_SCOPE, prompt=prompt), timeout=10.0)
+    def lookup(name: str, prompt: str) -> pb.LookupResponse:
+        return caches[name].Lookup(pb.LookupRequest(scope=WIRE_SCOPE, prompt=prompt), timeout=10.0)
 
+    def timed(name: str, kind: str, call: Any) -> Any:
+        t = time.perf_counter()
+        reply = call()
+        times[name][kind].append((time.perf_counter() - t) * 1000)
+        return reply
+
+    for n in names:
         for _ in range(10):  # warm-up: channel, lazy set-up, caches
-            lookup(next(unseen))
-            plain.embed([stored[0]])
-            health.Check(check, timeout=10.0)
-        for _ in range(args.probes):
-            prompt = next(unseen)
-            t = time.perf_counter()
-            reply = lookup(prompt)
-            times["lookup"].append((time.perf_counter() - t) * 1000)
-            reported["embed_ms"].append(reply.timings.embed_ms)
-            reported["search_ms"].append(reply.timings.search_ms)
-            reported["total_ms"].append(reply.timings.total_ms)
-            t, c = time.perf_counter(), time.thread_time()
-            plain.embed([prompt])
-            times["embed"].append((time.perf_counter() - t) * 1000)
-            embed_cpu.append((time.thread_time() - c) * 1000)
-            t = time.perf_counter()
-            reply = lookup(stored[rng.randrange(len(stored))])
-            times["exact"].append((time.perf_counter() - t) * 1000)
+            lookup(n, next(unseen))
+            healths[n].Check(check, timeout=10.0)
+    for _ in range(10):
+        plain.embed([stored[0]])
+    for i in range(args.probes):
+        order = names if i % 2 == 0 else names[::-1]
+        prompt = next(unseen)  # unseen by every server: each has its own vector memo
+        for n in order:
+            reply = timed(n, "lookup", lambda n=n, p=prompt: lookup(n, p))
+            for k in ("embed_ms", "search_ms", "total_ms"):
+                reported[n][k].append(getattr(reply.timings, k))
+        t, c = time.perf_counter(), time.thread_time()
+        plain.embed([prompt])
+        embeds.append((time.perf_counter() - t) * 1000)
+        embed_cpu.append((time.thread_time() - c) * 1000)
+        stored_prompt = stored[rng.randrange(len(stored))]
+        for n in order:
+            reply = timed(n, "exact", lambda n=n, p=stored_prompt: lookup(n, p))
             assert reply.exact, "a stored prompt must be an exact hit"
-            t = time.perf_counter()
-            health.Check(check, timeout=10.0)
-            times["health"].append((time.perf_counter() - t) * 1000)
-        # Server CPU per call, one kind at a time (CPU time does not grow with the box's load as wall time does).
-        n = args.cpu_calls
-        cpu = {
-            "health": cpu_per_call(pid, n, lambda i: health.Check(check, timeout=10.0)),
-            "exact": cpu_per_call(pid, n, lambda i: lookup(stored[i % len(stored)])),
-            "lookup": cpu_per_call(pid, n, lambda i: lookup(next(unseen))),
+        for n in order:
+            timed(n, "health", lambda n=n: healths[n].Check(check, timeout=10.0))
+    # Server CPU per call, one kind at a time (CPU time does not grow with the box's load as wall time does).
+    cpu: dict[str, dict[str, float]] = {n: {} for n in names}
+    calls = args.cpu_calls
+    for n in names:
+        pid = servers[n][1]
+        cpu[n]["health"] = cpu_per_call(pid, calls, lambda i, n=n: healths[n].Check(check, timeout=10.0))
+        cpu[n]["exact"] = cpu_per_call(pid, calls, lambda i, n=n: lookup(n, stored[i % len(stored)]))
+        cpu[n]["lookup"] = cpu_per_call(pid, calls, lambda i, n=n: lookup(n, next(unseen)))
+    for c in channels.values():
+        c.close()
+    embed_p50 = statistics.median(embeds)
+    out: dict[str, Any] = {"embed_p50_ms": embed_p50, "embed_alone_cpu_p50_ms": statistics.median(embed_cpu),
+                           "load_at_probes": os.getloadavg(), "servers": {}}
+    for n in names:
+        p50 = {k: statistics.median(v) for k, v in times[n].items()}
+        out["servers"][n] = {
+            "p50_ms": p50, "p99_ms": {k: percentile(v, 99) for k, v in times[n].items()},
+            "server_reported_p50_ms": {k: statistics.median(v) for k, v in reported[n].items()},
+            "server_cpu_ms_per_call": cpu[n],
+            "lookup_over_embed": p50["lookup"] / embed_p50, "exact_over_health": p50["exact"] / p50["health"],
         }
-    p50 = {k: statistics.median(v) for k, v in times.items()}
-    out: dict[str, Any] = {
-        "p50_ms": p50, "p99_ms": {k: percentile(v, 99) for k, v in times.items()},
-        "server_reported_p50_ms": {k: statistics.median(v) for k, v in reported.items()},
-        "embed_alone_cpu_p50_ms": statistics.median(embed_cpu),
-        "server_cpu_ms_per_call": cpu,
-        "lookup_over_embed": p50["lookup"] / p50["embed"],
-        "exact_over_health": p50["exact"] / p50["health"],
-        "load_at_probes": os.getloadavg(),
-    }
-    # Throughput: the 2-core ceiling first (server idle), then --callers closed-loop callers on unseen prompts.
+    # Throughput: the 2-core ceiling first (servers idle), then --callers closed-loop callers on unseen prompts,
+    # in windows that alternate between the servers.
     batch = [next(unseen) for _ in range(32)]
     plain.embed(batch)
     per_item = []
@@ -275,43 +324,51 @@ def probe(args: argparse.Namespace, target: str, pid: int, plain: PlainSession, 
         per_item.append((time.perf_counter() - t) / 32)
     cores = os.cpu_count() or 2
     ceiling = cores / statistics.median(per_item)
-    flood = [f"{q} ({i})" for i, q in enumerate(unseen)]
-    out["throughput"] = asyncio.run(closed_loop_lookups(target, flood, callers=args.callers,
-                                                        seconds=args.throughput_seconds))
     out["ceiling_per_second"] = ceiling
     out["ceiling_batch32_per_item_ms"] = statistics.median(per_item) * 1000
-    out["throughput_over_ceiling"] = out["throughput"]["per_second"] / ceiling
+    windows: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for w in range(args.throughput_windows):
+        for n in (names if w % 2 == 0 else names[::-1]):
+            flood = [f"{next(unseen)} ({n} {w})" for _ in range(20 * int(args.throughput_seconds) * args.callers)]
+            windows[n].append(asyncio.run(closed_loop_lookups(servers[n][0], flood, callers=args.callers,
+                                                              seconds=args.throughput_seconds)))
+    for n in names:
+        done = sum(w["lookups"] for w in windows[n])
+        rate = done / sum(w["seconds"] for w in windows[n])
+        out["servers"][n]["throughput"] = {"per_second": rate, "windows": windows[n]}
+        out["servers"][n]["throughput_over_ceiling"] = rate / ceiling
     out["load_after_throughput"] = os.getloadavg()
     return out
 
 
 def report(results: list[dict[str, Any]]) -> str:
-    headers = ["figure", *[f"{r['entries']:,} entries" for r in results], "target"]
+    columns = [(r, n) for r in results for n in r["servers"]]
+    headers = ["figure", *[f"{r['entries']:,} entries{'' if len(r['servers']) == 1 else ', ' + n}"
+                           for r, n in columns], "target"]
 
     def row(name: str, fn: Any, target: str = "") -> list[object]:
-        return [name, *[fn(r) for r in results], target]
+        return [name, *[fn(r, r["servers"][n]) for r, n in columns], target]
 
     rows = [
         row("lookup p50 / embed-alone p50",
-            lambda r: f"{r['p50_ms']['lookup']:.2f} / {r['p50_ms']['embed']:.2f} ms = "
-                      f"**{r['lookup_over_embed']:.2f}x**",
-            "<= 1.2x"),
+            lambda r, s: f"{s['p50_ms']['lookup']:.2f} / {r['embed_p50_ms']:.2f} ms = "
+                         f"**{s['lookup_over_embed']:.2f}x**", "<= 1.2x"),
         row("server-reported p50: embed / search / total",
-            lambda r: " / ".join(f"{r['server_reported_p50_ms'][k]:.2f}" for k in ("embed_ms", "search_ms",
-                                                                                   "total_ms")) + " ms"),
+            lambda r, s: " / ".join(f"{s['server_reported_p50_ms'][k]:.2f}" for k in ("embed_ms", "search_ms",
+                                                                                     "total_ms")) + " ms"),
         row("exact hit p50 / health check p50",
-            lambda r: f"{r['p50_ms']['exact']:.3f} / {r['p50_ms']['health']:.3f} ms = "
-                      f"**{r['exact_over_health']:.2f}x**", "<= 1.2x"),
+            lambda r, s: f"{s['p50_ms']['exact']:.3f} / {s['p50_ms']['health']:.3f} ms = "
+                         f"**{s['exact_over_health']:.2f}x**", "<= 1.2x"),
         row("server CPU per call: health / exact / lookup",
-            lambda r: " / ".join(f"{r['server_cpu_ms_per_call'][k]:.2f}" for k in ("health", "exact", "lookup"))
+            lambda r, s: " / ".join(f"{s['server_cpu_ms_per_call'][k]:.2f}" for k in ("health", "exact", "lookup"))
             + " ms"),
-        row("embed-alone CPU p50 (this process)", lambda r: f"{r['embed_alone_cpu_p50_ms']:.2f} ms"),
-        row("lookup p99", lambda r: f"{r['p99_ms']['lookup']:.2f} ms"),
+        row("embed-alone CPU p50 (this process)", lambda r, s: f"{r['embed_alone_cpu_p50_ms']:.2f} ms"),
+        row("lookup p99", lambda r, s: f"{s['p99_ms']['lookup']:.2f} ms"),
         row("lookups/s, 16 callers / ceiling",
-            lambda r: f"{r['throughput']['per_second']:.0f} / {r['ceiling_per_second']:.0f} = "
-                      f"**{r['throughput_over_ceiling']:.2f}**", ">= 0.85"),
+            lambda r, s: f"{s['throughput']['per_second']:.0f} / {r['ceiling_per_second']:.0f} = "
+                         f"**{s['throughput_over_ceiling']:.2f}**", ">= 0.85"),
         row("load average (1 min) at probes / after throughput",
-            lambda r: f"{r['load_at_probes'][0]:.2f} / {r['load_after_throughput'][0]:.2f}"),
+            lambda r, s: f"{r['load_at_probes'][0]:.2f} / {r['load_after_throughput'][0]:.2f}"),
     ]
     return markdown_table(headers, rows)
 
@@ -323,7 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probes", type=int, default=400)
     parser.add_argument("--cpu-calls", type=int, default=300, help="calls per kind for the server CPU figures")
     parser.add_argument("--callers", type=int, default=16)
-    parser.add_argument("--throughput-seconds", type=float, default=15.0)
+    parser.add_argument("--throughput-seconds", type=float, default=8.0, help="per window")
+    parser.add_argument("--throughput-windows", type=int, default=2, help="per server (alternating with two)")
+    parser.add_argument("--baseline-tree", type=Path, default=None,
+                        help="also run the server from this source tree (e.g. an unpacked `git archive` of an "
+                             "earlier commit) on its own copy of the data, probed alternately: before and after "
+                             "in one run")
     parser.add_argument("--ceiling-repeats", type=int, default=15)
     parser.add_argument("--max-chars", type=int, default=500, help="stored ShareGPT prompts are cut to this")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
@@ -364,9 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             r = measure(args, entries, Path(base), stored, plain, questions)
             r["fill"] = fill
             results.append(r)
-            print(json.dumps({k: r[k] for k in ("p50_ms", "lookup_over_embed", "exact_over_health",
-                                                 "server_cpu_ms_per_call", "throughput_over_ceiling")},
-                             default=str), flush=True)
+            print(report([r]), flush=True)
     table = report(results)
     print()
     print(table)

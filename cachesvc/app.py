@@ -7,13 +7,10 @@ embedder -> health (NOT_SERVING) -> warm-up -> batcher -> memo -> backend -> cac
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import gc
 import json
 import logging
-import logging.handlers
-import queue
 import signal
 import sys
 from dataclasses import dataclass
@@ -246,43 +243,15 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
-class _HandOff(logging.handlers.QueueHandler):
-    """Hands records to the writer thread as they are: formatting (time stamps, JSON) and the write to stderr
-    happen there, off the event loop that answers requests. The record stays in this process, so it keeps its
-    exception info for the formatter; only the message is fixed now, while its arguments are as logged."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        record.msg, record.args = record.getMessage(), None
-        return record
-
-
 def configure_logging(settings: Settings) -> None:
-    """Logs to stderr through one writer thread (one line per request at INFO costs the loop only the record)."""
-    global _log_writer
-    _stop_log_writer()
     handler = logging.StreamHandler(sys.stderr)
     if settings.log_format is LogFormat.JSON:
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    _log_writer = logging.handlers.QueueListener(records, handler)
-    _log_writer.start()
-    atexit.register(_stop_log_writer)  # drains what is queued at exit
     root = logging.getLogger()
-    root.handlers[:] = [_HandOff(records)]
+    root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
-
-
-_log_writer: logging.handlers.QueueListener | None = None
-
-
-def _stop_log_writer() -> None:
-    global _log_writer
-    if _log_writer is not None:
-        _log_writer.stop()
-        _log_writer = None
-        atexit.unregister(_stop_log_writer)
 
 
 async def serve(settings: Settings) -> None:
