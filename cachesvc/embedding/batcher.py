@@ -2,8 +2,7 @@
 
 One task owns the bounded queue. It waits for a free worker slot first and only then takes from the queue, so
 a lone caller runs at once (no added latency) while callers that arrive during a run form the next batches,
-shared among the idle workers. A caller that finds the model idle (nothing running, nothing queued) skips the
-queue and runs its text alone on a free worker.
+shared among the idle workers.
 Each item carries its own future; cancelled items are skipped. The model runs on dedicated worker threads,
 never on the event loop.
 """
@@ -119,43 +118,12 @@ class MicroBatcher:
         if self._state is not State.RUNNING:
             raise NotReady("the embedder is not running")
         text = checked_text(text, max_bytes=self._options.max_text_bytes, field="prompt")
-        if self._busy == 0 and self._queue.empty() and not self._slots.locked() and not self._options.max_wait_ms:
-            return await self._embed_alone(text)
         future: asyncio.Future[Vector] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Item(text, future))
         except asyncio.QueueFull:
             raise Overloaded(f"embedding queue is full ({self._options.max_queue} waiting)") from None
         return await future
-
-    async def _embed_alone(self, text: str) -> Vector:
-        """The lone-request fast path: nothing runs or is queued, a worker is free and batches are not asked to
-        linger, so the text runs at once as its own batch (what the batching loop would make of it too), without
-        the hops through the queue and the loop's task. The worker slot is held until the model run ends, even if
-        the caller gives up, so no more than `workers` runs ever overlap."""
-        await self._slots.acquire()  # free (checked by the caller), so this returns without waiting
-        self._busy += 1
-
-        def release(_done: object) -> None:
-            self._busy -= 1
-            self._slots.release()
-
-        run = asyncio.get_running_loop().run_in_executor(self._executor, self._embedder.embed, [text])
-        run.add_done_callback(release)
-        try:
-            vectors = await asyncio.shield(run)
-            if len(vectors) != 1:
-                raise ModelError(f"the embedder returned {len(vectors)} vectors for 1 texts")
-        except CacheError:
-            raise
-        except Exception as exc:
-            log.exception("embedding a lone text failed")
-            raise ModelError(f"embedding failed: {exc}") from exc
-        self.batches_run += 1
-        self.items_embedded += 1
-        vector: Vector = vectors[0]
-        vector.flags.writeable = False
-        return vector
 
     async def _batching_loop(self) -> None:
         while True:
