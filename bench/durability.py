@@ -8,6 +8,11 @@
 2. Times a snapshot of the loaded backend and the worst lookup (index search) latency seen while it runs.
 3. Store throughput with fsync=always: 16 concurrent writers (group commit) against one writer at a time
    (one fsync per store), at the log level and through the backend's put.
+
+    .venv/bin/python bench/durability.py --graph-restart 100000 --json-out bench/out/graph-restart.json
+
+only times restarts of one HNSW scope: with the graph saved beside the snapshot, and without it (rebuilt in the
+background while flat search answers), each with the search p99 of its first minute against steady state.
 """
 
 from __future__ import annotations
@@ -146,6 +151,104 @@ async def group_commit(path: Path, stores: int) -> dict[str, float]:
     return results
 
 
+def build_hnsw_directory(path: Path, entries: int) -> dict[str, float]:
+    """One scope of `entries` clustered vectors (prompt-like, unlike uniform noise), stored through a backend
+    that builds its HNSW graph and writes it with its final snapshot."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((max(entries // 20, 1), DIM)).astype(np.float32)
+    scope = ScopeKey(tenant="bench", namespace="hnsw")
+    directory = DataDir(PersistenceOptions(data_dir=path), MODEL)
+    directory.lock()
+    directory.check_model()
+
+    def chunks() -> Any:
+        for start in tqdm(range(0, entries, SNAPSHOT_CHUNK), desc="building snapshot", unit="chunk"):
+            n = min(SNAPSHOT_CHUNK, entries - start)
+            vectors = centres[rng.integers(0, len(centres), n)] + 0.5 * rng.standard_normal((n, DIM)).astype(
+                np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            yield n, encode_chunk([make_entry(start + i, [scope]) for i in range(n)], vectors)
+
+    directory.write_snapshot(1, chunks())
+    directory.unlock()
+
+    async def build() -> dict[str, float]:
+        backend = EmbeddedBackend(dimension=DIM, data_dir=DataDir(PersistenceOptions(data_dir=path), MODEL))
+        started = time.perf_counter()
+        await backend.start()
+        await backend.settle()  # the HNSW build, as a server does it in the background
+        built = time.perf_counter() - started
+        closing = time.perf_counter()
+        await backend.aclose()  # the final snapshot, with the graph beside it
+        return {"hnsw_build_s": built, "final_snapshot_with_graph_s": time.perf_counter() - closing}
+
+    return asyncio.run(build())
+
+
+async def graph_restart(path: Path, seconds: float) -> dict[str, Any]:
+    """A restart on `path` (the child process of --graph-restart): time to ready, the index it serves from at
+    that moment, then searches for `seconds` (the first minute after a restart) and the same after the index
+    has settled (steady state)."""
+    scope = ScopeKey(tenant="bench", namespace="hnsw")
+    queries = np.random.default_rng(3).standard_normal((512, DIM)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    started = time.perf_counter()
+    backend = EmbeddedBackend(dimension=DIM, data_dir=DataDir(PersistenceOptions(data_dir=path), MODEL))
+    gc.disable()
+    try:
+        await backend.start()
+    finally:
+        gc.freeze()
+        gc.enable()
+    ready = time.perf_counter() - started
+    index = backend.index_of(scope)
+    assert index is not None
+    at_ready = {"kind": index.kind.value, "graphs_loaded": index.graphs_loaded, "building": index.building}
+
+    async def searches(duration: float) -> list[float]:
+        out: list[float] = []
+        end = time.perf_counter() + duration
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            await backend.search(scope, queries[len(out) % len(queries)], 4)
+            out.append((time.perf_counter() - t) * 1000)
+            await asyncio.sleep(0.002)  # ~one lookup's other work
+        return out
+
+    first = await searches(seconds)
+    await backend.settle()
+    steady = await searches(min(seconds, 15.0))
+    await backend.aclose()
+
+    def p(values: list[float], q: int) -> float:
+        return statistics.quantiles(values, n=100)[q - 1]
+
+    return {"ready_s": ready, "at_ready": at_ready, "first_searches": len(first), "first_p50_ms": p(first, 50),
+            "first_p99_ms": p(first, 99), "first_max_ms": max(first), "steady_p50_ms": p(steady, 50),
+            "steady_p99_ms": p(steady, 99), "first_over_steady_p99": p(first, 99) / p(steady, 99),
+            "load_average": os.getloadavg()}
+
+
+def graph_restarts(entries: int, seconds: float, scratch: Path) -> dict[str, Any]:
+    """Restart figures with the saved graph and, for comparison, without it (the file removed)."""
+    results: dict[str, Any] = {"entries": entries, "load_before": os.getloadavg()}
+    results.update(build_hnsw_directory(scratch / "hnsw", entries))
+    graphs = list((scratch / "hnsw").glob("snapshot-*.graphs"))
+    results["graph_file_bytes"] = sum(g.stat().st_size for g in graphs)
+    os.sync()
+    for name in ("with_graph", "without_graph"):
+        if name == "without_graph":
+            for g in graphs:
+                g.unlink()
+        print(f"restart {name.replace('_', ' ')} ...", flush=True)
+        child = subprocess.run([sys.executable, __file__, "--restart-from", str(scratch / "hnsw"), "--graph-child",
+                                "--first-seconds", str(seconds)], check=True, capture_output=True, text=True)
+        results[name] = json.loads(child.stdout.strip().splitlines()[-1])
+        # The restart rewrote the snapshot (and graph) on close: restore the comparison's condition.
+        graphs = list((scratch / "hnsw").glob("snapshot-*.graphs"))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=1_000_000)
@@ -155,8 +258,27 @@ def main() -> None:
     parser.add_argument("--drop-caches", action="store_true",
                         help="drop the page cache before the restart (root only): time a cold start")
     parser.add_argument("--json-out", type=Path, default=Path("bench/out/durability.json"))
+    parser.add_argument("--graph-restart", type=int, default=0, metavar="N",
+                        help="only the restart figures of one HNSW scope of N entries, with its saved graph and "
+                             "without it: time to ready, the index served from, search p99 in the first "
+                             "--first-seconds against steady state")
+    parser.add_argument("--first-seconds", type=float, default=60.0)
     parser.add_argument("--restart-from", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--graph-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.restart_from is not None and args.graph_child:
+        print(json.dumps(asyncio.run(graph_restart(args.restart_from, args.first_seconds))))
+        return
+    if args.graph_restart:
+        scratch = Path(tempfile.mkdtemp(prefix="cachesvc-graph-restart-", dir=args.dir))
+        try:
+            results = graph_restarts(args.graph_restart, args.first_seconds, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        print(json.dumps(results, indent=2))
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(results, indent=2))
+        return
     if args.restart_from is not None:  # the child process of a timed restart: prints its figures as JSON
         probe = np.random.default_rng(7).standard_normal(DIM).astype(np.float32)
         print(json.dumps(asyncio.run(restart(args.restart_from, probe / np.linalg.norm(probe)))))

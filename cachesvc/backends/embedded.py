@@ -26,12 +26,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from cachesvc.backends.faiss_index import IndexOptions, ScopeIndex, use_one_thread
+from cachesvc.backends.faiss_index import IndexKind, IndexOptions, ScopeIndex, use_one_thread
+from cachesvc.backends.graphs import GraphFileError, SavedGraph, graph_path, read_graphs, write_graphs
 from cachesvc.backends.persistence import (
     DataDir,
     SnapshotChunk,
@@ -118,8 +120,13 @@ class _Loader:
 
     BLOCK = 8192  # vectors per index call: few calls, each a few MB
 
-    def __init__(self, backend: EmbeddedBackend) -> None:
+    def __init__(self, backend: EmbeddedBackend, *, graphs: Path | None = None, graphs_lsn: int = 0) -> None:
+        """Args:
+            graphs: the graph file saved with the snapshot being read (covering `graphs_lsn`), if any.
+        """
         self._backend = backend
+        self._graphs = graphs
+        self._graphs_lsn = graphs_lsn
         self._blocks: dict[str, _Block] = {}
         self._loaded: dict[str, _Scope] = {}
         self._stopping = threading.Event()
@@ -184,9 +191,37 @@ class _Loader:
     def snapshot_loaded(self) -> None:
         for digest in list(self._blocks):
             self._flush(digest)
+        for digest in self._install_graphs():
+            del self._loaded[digest]
         for scope in self._loaded.values():
             self._submit(scope.index.maybe_rebuild)
         self._loaded.clear()
+
+    def _install_graphs(self) -> list[str]:
+        """Queues the saved graphs of loaded scopes for installation (behind their vectors, on the index thread);
+        returns the scopes they cover. A scope whose graph turns out not to fit is rebuilt instead."""
+        if self._graphs is None or not self._graphs.exists():
+            return []
+        backend = self._backend
+        covered: list[str] = []
+        try:
+            for graph in read_graphs(self._graphs, lsn=self._graphs_lsn, dimension=backend._dimension):
+                self._check()
+                scope = self._loaded.get(graph.scope)
+                if scope is None:
+                    continue  # emptied since the graph was saved
+                labels_of = backend._labels
+                labels = np.fromiter((labels_of.get(entry_id, 0) for entry_id in graph.entry_ids), dtype=np.int64,
+                                     count=len(graph.entry_ids))
+                gone = np.flatnonzero(labels == 0)
+                # Positions whose entry is gone keep a label of their own, never reused: tombstones.
+                labels[gone] = np.fromiter(itertools.islice(backend._next_label, len(gone)), dtype=np.int64,
+                                           count=len(gone))
+                self._submit(functools.partial(_install_graph, scope, graph.index, labels, set(labels[gone].tolist())))
+                covered.append(graph.scope)
+        except GraphFileError as exc:
+            log.warning("%s; the scopes it would have covered are rebuilt in the background", exc)
+        return covered
 
     def replay_put(self, entry: Entry, vector: Vector) -> None:
         self._check()
@@ -212,6 +247,13 @@ class _Loader:
         entry = self._backend._entries.get(entry_id)
         if entry is not None and (entry.feedback is None or entry.feedback.lsn < lsn):
             entry.feedback = (entry.feedback or EntryFeedback()).with_report(report, lsn)
+
+
+def _install_graph(scope: _Scope, graph: Any, labels: NDArray[np.int64], dead: set[int]) -> None:
+    """Runs on the index thread, after the scope's vectors were added."""
+    if not scope.index.install_graph(graph, labels, dead):
+        log.warning("the saved graph of scope %s does not match its entries; rebuilding it", scope.key.digest)
+        scope.index.maybe_rebuild()
 
 
 class EmbeddedBackend:
@@ -268,7 +310,9 @@ class EmbeddedBackend:
         await asyncio.to_thread(data_dir.check_model)
         # Read straight into the maps and indexes on a worker thread: nothing else touches the backend before
         # start() returns, and index additions run on the index thread (in order) while reading goes on.
-        loader = _Loader(self)
+        snapshots = data_dir.snapshots()
+        loader = _Loader(self, graphs=graph_path(snapshots[-1]) if snapshots else None,
+                         graphs_lsn=data_dir.snapshot_lsn(snapshots[-1]) if snapshots else 0)
         reading = asyncio.ensure_future(asyncio.to_thread(data_dir.replay, loader))
         try:
             recovery = await asyncio.shield(reading)
@@ -569,11 +613,46 @@ class EmbeddedBackend:
             loop = asyncio.get_running_loop()
             path, count, size = await loop.run_in_executor(
                 self._snapshot_thread, lambda: data_dir.write_snapshot(covered, self._snapshot_chunks(entries)))
+            graphs = await self._save_graphs(path, covered)
             pruned = await loop.run_in_executor(
                 self._snapshot_thread, data_dir.prune, path, covered, self._wal.segment_max_lsn, segment)
             self.snapshots_written += 1
-            log.info("snapshot %s: %d entries, %.1f MB in %.2f s; %d log segments removed", path.name, count,
-                     size / 1e6, time.monotonic() - started, pruned)
+            log.info("snapshot %s: %d entries, %.1f MB, %d HNSW graphs, %.1f MB, in %.2f s; %d log segments removed",
+                     path.name, count, size / 1e6, graphs[0], graphs[1] / 1e6, time.monotonic() - started, pruned)
+
+    async def _save_graphs(self, snapshot: Path, covered: int) -> tuple[int, int]:
+        """Writes the HNSW graphs beside `snapshot`, so that a restart need not rebuild them; returns (graphs,
+        bytes). Each graph is frozen while it is written (searched as usual; additions wait beside it)."""
+        assert self._snapshot_thread is not None
+        scopes = [scope for scope in self._scopes.values() if scope.index.kind is IndexKind.HNSW]
+        if not scopes:
+            return 0, 0
+
+        def freeze() -> list[tuple[_Scope, Any, NDArray[np.int64]]]:
+            frozen = [(scope, scope.index.freeze()) for scope in scopes]
+            return [(scope, graph[0], graph[1]) for scope, graph in frozen if graph is not None]
+
+        frozen = await self._on_index_thread(freeze)
+        try:
+            def write() -> int:
+                # Labels to entry ids here, off the loop (a million lookups); a label deleted meanwhile reads as
+                # "", a tombstone when loaded.
+                graphs = [SavedGraph(scope=scope.key.digest, index=graph,
+                                     entry_ids=[scope.label_to_id.get(label, "") for label in labels.tolist()])
+                          for scope, graph, labels in frozen]
+                return write_graphs(graph_path(snapshot), lsn=covered, dimension=self._dimension, graphs=graphs)
+
+            size = await asyncio.get_running_loop().run_in_executor(self._snapshot_thread, write)
+        except OSError:
+            log.exception("saving the HNSW graphs failed; a restart rebuilds them")
+            size = 0
+        finally:
+            def thaw() -> None:
+                for scope, _graph, _labels in frozen:
+                    scope.index.thaw()
+
+            await self._on_index_thread(thaw)
+        return len(frozen), size
 
     def _snapshot_chunks(self, entries: list[Entry]) -> Iterator[tuple[int, bytes]]:
         """Runs on the snapshot thread; reads vectors back on the index thread a chunk at a time, so a lookup

@@ -11,6 +11,7 @@ index remembers them), and the graph is rebuilt once tombstones pass `max_tombst
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
@@ -73,11 +74,18 @@ class ScopeIndex:
         self.kind = IndexKind.FLAT
         self._dead: set[int] = set()  # HNSW tombstones
         self._build: _Build | None = None
+        # While a saved copy of the graph is being written (`freeze`), the graph is not changed: additions wait
+        # in this small flat index, searched alongside it, and join the graph at `thaw`.
+        self._side: Any = None
         self.rebuilds = 0
+        self.graphs_loaded = 0
 
     @property
     def live(self) -> int:
-        return int(self._index.ntotal) - len(self._dead)
+        return self._total() - len(self._dead)
+
+    def _total(self) -> int:
+        return int(self._index.ntotal) + (0 if self._side is None else int(self._side.ntotal))
 
     @property
     def tombstones(self) -> int:
@@ -88,7 +96,8 @@ class ScopeIndex:
         return self._build is not None
 
     def add(self, label: int, vector: Vector) -> None:
-        self._index.add_with_ids(vector.reshape(1, -1), np.array([label], dtype=np.int64))
+        target = self._index if self._side is None else self._side
+        target.add_with_ids(vector.reshape(1, -1), np.array([label], dtype=np.int64))
         if self._build is not None:
             self._build.added[label] = vector
         self.maybe_rebuild()
@@ -97,7 +106,7 @@ class ScopeIndex:
         """Bulk add (recovery); starts an HNSW build if the scope is large, unless `build` is False (more blocks
         follow: call `maybe_rebuild` after the last, so that one build covers them all)."""
         if len(labels):
-            self._index.add_with_ids(vectors, labels)
+            (self._index if self._side is None else self._side).add_with_ids(vectors, labels)
             if self._build is not None:
                 self._build.added.update(zip(labels.tolist(), vectors, strict=True))
             if build:
@@ -105,6 +114,15 @@ class ScopeIndex:
 
     def vectors_of(self, labels: NDArray[np.int64]) -> NDArray[np.float32]:
         """The stored vectors of `labels`, which must all be held (tombstones count): what snapshots save."""
+        if self._side is not None and self._side.ntotal:
+            side = faiss.vector_to_array(self._side.id_map)
+            out = np.empty((len(labels), self._dimension), dtype=np.float32)
+            in_side = np.isin(labels, side)
+            if in_side.any():
+                out[in_side] = self._side.reconstruct_batch(labels[in_side]).reshape(-1, self._dimension)
+            if (~in_side).any():
+                out[~in_side] = self._index.reconstruct_batch(labels[~in_side]).reshape(-1, self._dimension)
+            return out
         return np.asarray(self._index.reconstruct_batch(labels), dtype=np.float32).reshape(len(labels), -1)
 
     def remove(self, label: int) -> None:
@@ -126,8 +144,13 @@ class ScopeIndex:
         # dropping the dead ones leaves k live results in all but pathological cases.
         want = min(int(self._index.ntotal), k if not self._dead else 2 * k + 16)
         scores, labels = self._index.search(vector.reshape(1, -1), want)
+        pairs: Iterable[tuple[int, float]] = zip(labels[0].tolist(), scores[0].tolist(), strict=True)
+        if self._side is not None and self._side.ntotal:
+            side_scores, side_labels = self._side.search(vector.reshape(1, -1), min(int(self._side.ntotal), want))
+            pairs = sorted([*pairs, *zip(side_labels[0].tolist(), side_scores[0].tolist(), strict=True)],
+                           key=lambda p: -p[1])
         found: list[tuple[int, float]] = []
-        for label, score in zip(labels[0].tolist(), scores[0].tolist(), strict=True):
+        for label, score in pairs:
             if label >= 0 and label not in self._dead:
                 found.append((label, score))
                 if len(found) == k:
@@ -143,7 +166,7 @@ class ScopeIndex:
     def finish_build(self) -> None:
         """Swaps in a background-built index once it is ready; never waits for it."""
         build = self._build
-        if build is None or not build.future.done():
+        if build is None or not build.future.done() or self._side is not None:
             return
         self._build = None
         new = build.future.result()
@@ -160,6 +183,8 @@ class ScopeIndex:
         if self._build is not None:
             self.finish_build()
             return
+        if self._side is not None:
+            return  # the graph is being saved; `thaw` looks again
         total = int(self._index.ntotal)
         if self.kind is IndexKind.FLAT:
             due = total >= self._options.hnsw_threshold
@@ -167,6 +192,54 @@ class ScopeIndex:
             due = len(self._dead) > self._options.max_tombstone_ratio * max(total, 1)
         if due:
             self._start_build()
+
+    # Saving and loading the graph (bench/RESULTS.md: a restart serves from HNSW at once)
+
+    def freeze(self) -> tuple[Any, NDArray[np.int64]] | None:
+        """For saving: the HNSW graph and the label at each of its positions, or None (flat, or being rebuilt).
+        The graph is not changed until `thaw`, so another thread may write it out while this one searches it."""
+        if self.kind is not IndexKind.HNSW or self._build is not None or self._side is not None:
+            return None
+        self._side = faiss.IndexIDMap2(faiss.IndexFlatIP(self._dimension))
+        return self._index, faiss.vector_to_array(self._index.id_map).astype(np.int64)
+
+    def thaw(self) -> None:
+        """Ends `freeze`: what was added meanwhile joins the graph."""
+        side, self._side = self._side, None
+        if side is not None and side.ntotal:
+            labels = faiss.vector_to_array(side.id_map).astype(np.int64)
+            self._index.add_with_ids(side.index.reconstruct_n(0, int(side.ntotal)), labels)
+        self.maybe_rebuild()
+
+    def install_graph(self, graph: Any, labels: NDArray[np.int64], dead: set[int]) -> bool:
+        """Replaces this (flat, freshly loaded) index by a saved HNSW graph (an `IndexIDMap2` as `freeze` gave it)
+        whose position i now holds `labels[i]`; labels in `dead` are tombstones, and vectors held here but not in
+        the graph are added to it. Returns False, changing nothing, when the graph's vectors are not the ones
+        held here under the same labels (a graph that does not belong to these entries)."""
+        if self.kind is not IndexKind.FLAT or self._build is not None or len(labels) != graph.ntotal:
+            return False
+        inner = faiss.downcast_index(graph.index)
+        if not isinstance(inner, faiss.IndexHNSWFlat):
+            return False
+        held = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        live = np.flatnonzero(np.isin(labels, held))
+        # Spot checks: the same label must carry the same vector, bit for bit.
+        sample = live[np.linspace(0, len(live) - 1, num=min(len(live), 64)).astype(np.int64)] if len(live) else live
+        for position in sample.tolist():
+            if not np.array_equal(inner.reconstruct(position), self._index.reconstruct(int(labels[position]))):
+                return False
+        faiss.copy_array_to_vector(labels, graph.id_map)
+        graph.construct_rev_map()
+        missing = held[~np.isin(held, labels)]
+        if len(missing):
+            graph.add_with_ids(self.vectors_of(missing), missing)
+        inner.hnsw.efSearch = self._options.hnsw_ef_search
+        self._index = graph
+        self.kind = IndexKind.HNSW
+        self._dead = set(dead)
+        self.graphs_loaded += 1
+        self.maybe_rebuild()
+        return True
 
     def _start_build(self) -> None:
         labels = faiss.vector_to_array(self._index.id_map).astype(np.int64)

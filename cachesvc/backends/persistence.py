@@ -31,6 +31,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cachesvc.backends.framing import Damage, FrameReader, ReadResult, frame, read_frames
+from cachesvc.backends.graphs import SUFFIX as GRAPHS_SUFFIX
+from cachesvc.backends.graphs import graph_path
 from cachesvc.backends.wal import (
     PRIVATE_FILE_MODE,
     FsyncPolicy,
@@ -497,7 +499,12 @@ class DataDir:
 
     def snapshots(self) -> list[Path]:
         found = self.path.glob(f"{SNAPSHOT_PREFIX}*{SNAPSHOT_SUFFIX}")
-        return sorted(found, key=lambda p: int(p.name[len(SNAPSHOT_PREFIX):-len(SNAPSHOT_SUFFIX)]))
+        return sorted(found, key=self.snapshot_lsn)
+
+    @staticmethod
+    def snapshot_lsn(path: Path) -> int:
+        """The LSN a snapshot covers, from its name."""
+        return int(path.name[len(SNAPSHOT_PREFIX):-len(SNAPSHOT_SUFFIX)])
 
     def write_snapshot(self, lsn: int, chunks: Iterator[tuple[int, bytes]]) -> tuple[Path, int, int]:
         """Writes `chunks` ((entry count, encoded chunk) pairs) to a temporary file, fsyncs it and renames it
@@ -537,6 +544,10 @@ class DataDir:
         for old in self.snapshots():
             if old != keep:
                 old.unlink()
+        # Graphs saved beside older snapshots go with them (and any a crash left half written).
+        for extra in self.path.glob(f"{SNAPSHOT_PREFIX}*{GRAPHS_SUFFIX}*"):
+            if extra != graph_path(keep):
+                extra.unlink()
         deleted = 0
         for segment in list_segments(self.path):
             number = segment_number(segment)

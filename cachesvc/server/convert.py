@@ -17,6 +17,7 @@ from cachesvc.core.types import (
     Feedback,
     FeedbackResult,
     FillRequest,
+    HitKind,
     Lookup,
     LookupResult,
     NamespaceStats,
@@ -66,12 +67,17 @@ def _timestamp(seconds: float) -> Timestamp:
     """A Timestamp, clamped into the range the type can hold: an absurd time (e.g. an expiry stored before TTLs
     were bounded) is shown as the far end of that range rather than failing the whole response."""
     ts = Timestamp()
+    _set_timestamp(ts, seconds)
+    return ts
+
+
+def _set_timestamp(ts: Timestamp, seconds: float) -> None:
+    """Sets `ts` in place (a field of a message being built), clamped as `_timestamp` says."""
     if math.isnan(seconds):
         seconds = 0.0
     whole = min(max(math.floor(seconds), _TIMESTAMP_MIN_SECONDS), _TIMESTAMP_MAX_SECONDS)
     nanos = min(max(round((seconds - whole) * 1e9), 0), 999_999_999) if math.isfinite(seconds) else 0
     ts.seconds, ts.nanos = whole, nanos
-    return ts
 
 
 def scope_key(tenant: str, scope: pb.Scope) -> ScopeKey:
@@ -152,40 +158,46 @@ def delete_from_proto(tenant: str, request: pb.DeleteRequest) -> DeleteTarget:
 
 
 def entry_to_proto(entry: Entry) -> pb.Entry:
-    message = pb.Entry(
-        id=entry.id,
-        prompt=entry.prompt,
-        completion=entry.completion,
-        metadata=entry.metadata,
-        created_at=_timestamp(entry.created_at),
-        hit_count=entry.hit_count,
-    )
+    message = pb.Entry()
+    _fill_entry(message, entry)
+    return message
+
+
+def _fill_entry(message: pb.Entry, entry: Entry) -> None:
+    """Fills a message in place: every lookup hit pays for this, so no intermediate messages are copied."""
+    message.id = entry.id
+    message.prompt = entry.prompt
+    message.completion = entry.completion
+    if entry.metadata:
+        message.metadata.update(entry.metadata)
+    _set_timestamp(message.created_at, entry.created_at)
+    message.hit_count = entry.hit_count
     if entry.expires_at is not None:
-        message.expires_at.CopyFrom(_timestamp(entry.expires_at))
+        _set_timestamp(message.expires_at, entry.expires_at)
     if entry.usage is not None:
         message.usage.CopyFrom(usage_to_proto(entry.usage))
-    return message
 
 
 def lookup_to_proto(result: LookupResult) -> pb.LookupResponse:
     response = pb.LookupResponse(
         hit=result.hit,
         similarity=result.similarity,
-        exact=result.hit_kind.value == "exact",
+        exact=result.hit_kind is HitKind.EXACT,
         min_similarity=result.min_similarity,
         nearest_id=result.nearest_id or "",
-        timings=pb.Timings(
-            embed_ms=result.timings.embed_ms, search_ms=result.timings.search_ms, total_ms=result.timings.total_ms
-        ),
-        candidates=[_candidate(c) for c in result.candidates],
         rejected_reason=(_REASONS[result.rejected_reason] if result.rejected_reason is not None
                          else pb.REJECT_REASON_UNSPECIFIED),
         fill_token=result.fill.token or "",
         fill_pending=result.fill.pending,
         waited_for_fill=result.fill.waited,
     )
+    timings = response.timings
+    timings.embed_ms, timings.search_ms, timings.total_ms = (
+        result.timings.embed_ms, result.timings.search_ms, result.timings.total_ms)
+    if result.candidates:
+        response.candidates.extend(_candidate(c) for c in result.candidates)
     if result.entry is not None:
-        response.entry.CopyFrom(entry_to_proto(result.entry))
+        _fill_entry(response.entry, result.entry)
     return response
 
 

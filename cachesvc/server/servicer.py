@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -55,6 +56,12 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
         self._auth = authenticator
         self._metrics = metrics
         self._limiter = limiter
+        # Per-call costs kept small (every call pays them, hit or miss): request ids are a random per-server
+        # prefix and a counter rather than a uuid4 each, and labelled metric children are looked up once.
+        self._id_prefix = uuid.uuid4().hex[:12]
+        self._ids = itertools.count(1)
+        self._request_seconds: dict[tuple[str, grpc.StatusCode], Any] = {}
+        self._similarity: dict[HitKind, Any] = {}
 
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.LookupResponse:
         async def handle(tenant: str, fields: dict[str, object]) -> pb.LookupResponse:
@@ -69,7 +76,11 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
             if result.hit_kind is not HitKind.EXACT:
                 self._metrics.embed_seconds.observe(result.timings.embed_ms / 1000)
                 if result.nearest_id is not None:
-                    self._metrics.lookup_similarity.labels(result.hit_kind.value).observe(result.similarity)
+                    similarity = self._similarity.get(result.hit_kind)
+                    if similarity is None:
+                        similarity = self._similarity[result.hit_kind] = \
+                            self._metrics.lookup_similarity.labels(result.hit_kind.value)
+                    similarity.observe(result.similarity)
             return convert.lookup_to_proto(result)
 
         return await self._call("Lookup", context, handle, CallKind.LOOKUP)
@@ -127,7 +138,7 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
     ) -> Response:
         started = time.perf_counter()
         metadata = context.invocation_metadata()
-        request_id = _loggable_request_id(metadata) or uuid.uuid4().hex
+        request_id = _loggable_request_id(metadata) or f"{self._id_prefix}{next(self._ids):08x}"
         fields: dict[str, object] = {"request_id": request_id, "method": method}
         code = grpc.StatusCode.OK
         message = ""
@@ -145,7 +156,10 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
             code, message = grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
         elapsed = time.perf_counter() - started
         fields.update(code=code.name, ms=round(elapsed * 1000, 3))
-        self._metrics.request_seconds.labels(method, code.name).observe(elapsed)
+        histogram = self._request_seconds.get((method, code))
+        if histogram is None:
+            histogram = self._request_seconds[(method, code)] = self._metrics.request_seconds.labels(method, code.name)
+        histogram.observe(elapsed)
         if log.isEnabledFor(logging.INFO):  # the line is built on every call otherwise, even when not shown
             log.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields})
         if code is not grpc.StatusCode.OK:

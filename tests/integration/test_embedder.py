@@ -583,6 +583,16 @@ async def test_the_micro_batcher_over_the_real_model_matches_embedding_alone(emb
     assert cos.min() >= 0.99999
 
 
+async def test_a_lone_text_gets_the_vector_it_gets_inside_a_batch(embedder: OnnxEmbedder) -> None:
+    texts = TEXTS[:12]
+    async with MicroBatcher(embedder=embedder, options=BatcherOptions(workers=2, max_batch_size=16)) as batcher:
+        alone = [await asyncio.wait_for(batcher.encode(t), 60) for t in texts]  # one at a time: each runs alone
+        assert (batcher.batches_run, batcher.items_embedded) == (len(texts), len(texts))
+        batched = await asyncio.wait_for(asyncio.gather(*(batcher.encode(t) for t in texts)), 60)
+        assert batcher.batches_run < 2 * len(texts)  # the concurrent callers shared model runs
+    assert cosines(np.stack(alone), np.stack(batched)).min() >= 0.99999
+
+
 # -- serving never imports torch --------------------------------------------------------------------------------
 
 
