@@ -1,17 +1,24 @@
 /** cachedOpenAI: the real `openai` SDK against a local stub LLM, with a real cachesvc server as the cache. */
 
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
 
 import OpenAI from "openai";
 import { ChatCompletionStream } from "openai/lib/ChatCompletionStream";
-import type { ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam } from "openai/resources/chat/completions";
+import type {
+  ChatCompletion,
+  ChatCompletionChunk,
+  ChatCompletionCreateParamsNonStreaming,
+  ChatCompletionMessageParam,
+} from "openai/resources/chat/completions";
 import { Stream } from "openai/streaming";
 
 import { CacheClient, contextKey, Unavailable, type LookupOptions, type StoreOptions } from "../src/index.js";
 import { cacheableRequest, cacheInfo, cachedOpenAI, type CachedOpenAIOptions, type SupportsCache } from "../src/openai.js";
 import { startStub, type Stub } from "./openai-stub.js";
-import { closedPort, startServer, startSilentServer, type RunningServer } from "./server.js";
+import { closedPort, PYTHON, REPO_ROOT, startServer, startSilentServer, type RunningServer } from "./server.js";
 
 const SYSTEM: ChatCompletionMessageParam = { role: "system", content: "You are a terse assistant." };
 
@@ -101,6 +108,56 @@ describe("cachedOpenAI", () => {
     const otherModel = await client.chat.completions.create({ model: "gpt-other", messages: ask(question), temperature: 0, max_tokens: 50 });
     assert.equal(cacheInfo(otherModel)?.outcome, "miss");
     assert.equal(stub.requests.length, before + 3);
+  });
+
+  it("serves what the Python wrapper cached and the other way round (same request, each SDK's spelling)", async () => {
+    // The Python child runs its LLM calls against this process's stub, so it must not block the event loop.
+    const script = `
+import json, sys
+from openai import OpenAI
+from cachesvc_client import CacheClient
+from cachesvc_client.openai import CachedOpenAI, cache_info
+args = json.loads(sys.argv[1])
+with CacheClient(args["target"]) as cache:
+    llm = CachedOpenAI(OpenAI(base_url=args["base_url"], api_key="test", max_retries=0), cache=cache,
+                       namespace=args["namespace"], lookup_timeout=10.0)
+    reply = llm.chat.completions.create(**args["request"])
+    info = cache_info(reply)
+    print(json.dumps({"outcome": info.outcome.value, "entry_id": info.entry_id}))
+`;
+    const client = wrapped();
+    const namespace = `ns-${namespaceCount}`;
+    const python = async (request: object): Promise<{ outcome: string; entry_id: string | null }> => {
+      const input = JSON.stringify({ target: server.target, base_url: stub.baseURL, namespace, request });
+      const { stdout } = await promisify(execFile)(PYTHON, ["-c", script, input], { cwd: REPO_ROOT, encoding: "utf8" });
+      return JSON.parse(stdout) as { outcome: string; entry_id: string | null };
+    };
+    const prefix = (question: string, nulls: boolean) => [
+      SYSTEM,
+      { role: "user", content: "Hi", ...(nulls ? { name: null } : {}) },
+      { role: "assistant", content: "Hello! How can I help?", ...(nulls ? { refusal: null, tool_calls: null } : {}) },
+      { role: "user", content: [{ type: "text", text: question }] },
+    ];
+    // Python passes unknown body fields in extra_body and request options beside them; TypeScript in the body.
+    const pythonRequest = (question: string) => ({
+      model: "gpt-test", messages: prefix(question, true), temperature: 0.1, extra_body: { top_k: 40 }, user: "u-py", timeout: 30,
+    });
+    const typescriptRequest = (question: string) => ({
+      model: "gpt-test", messages: prefix(question, false), temperature: 0.1, top_k: 40,
+    }) as unknown as ChatCompletionCreateParamsNonStreaming;
+
+    const before = stub.requests.length;
+    const stored = await python(pythonRequest("How long does a refund take?"));
+    assert.equal(stored.outcome, "miss");
+    const hit = await client.chat.completions.create(typescriptRequest("How long does a refund take?"));
+    assert.equal(cacheInfo(hit)?.outcome, "hit");
+    assert.equal(cacheInfo(hit)?.entryId, stored.entry_id);
+
+    const miss = await client.chat.completions.create(typescriptRequest("Can I change my delivery address?"));
+    assert.equal(cacheInfo(miss)?.outcome, "miss");
+    await client.cachesvc.flush();
+    assert.equal((await python(pythonRequest("Can I change my delivery address?"))).outcome, "hit");
+    assert.equal(stub.requests.length, before + 2);
   });
 
   it("leaves every other part of the client as it was", async () => {
