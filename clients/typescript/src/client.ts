@@ -24,7 +24,7 @@ import {
 import { fromRpcError } from "./errors.js";
 import * as pb from "./gen/cachesvc/v1/cache_pb.js";
 import type { LookupResult, Scope, StatsResult, StoreResult, Usage } from "./types.js";
-import { checkCostUsd, checkMinSimilarity, checkTimeoutMs, checkTokens, checkTtlSeconds } from "./validate.js";
+import { checkCostUsd, checkFillMs, checkMinSimilarity, checkTimeoutMs, checkTokens, checkTtlSeconds } from "./validate.js";
 
 export const DEFAULT_TARGET = "127.0.0.1:50051";
 export const DEFAULT_TIMEOUT_MS = 5000;
@@ -52,6 +52,16 @@ export interface LookupOptions extends CallTimeout {
   readonly minSimilarity?: number;
   /** Also return the nearest candidates and why each was or was not served. */
   readonly explain?: boolean;
+  /**
+   * Single-flight: on a miss, take the fill lease on this prompt for this many ms (`LookupResult.fillToken`),
+   * unless another caller holds it (`LookupResult.fillPending`). Absent: no lease.
+   */
+  readonly fillLeaseMs?: number;
+  /**
+   * With `fillLeaseMs`: when another caller holds the lease, wait up to this many ms (capped by the server and
+   * the call's deadline) for its store and answer from it (`LookupResult.waitedForFill`).
+   */
+  readonly fillWaitMs?: number;
 }
 
 export interface StoreOptions extends CallTimeout {
@@ -63,6 +73,11 @@ export interface StoreOptions extends CallTimeout {
   readonly ttlSeconds?: number;
   /** What producing the completion cost; the server counts it as saved on every hit. */
   readonly usage?: Usage;
+}
+
+export interface ReleaseFillOptions extends CallTimeout {
+  /** The scope of the lookup that took the lease. */
+  readonly scope?: Scope;
 }
 
 export interface DeleteScopeOptions extends CallTimeout {
@@ -139,15 +154,21 @@ export class CacheClient {
    * Looks for a cached completion of `prompt`, or of a prompt that means the same, in the scope.
    *
    * @returns The hit (with its entry) or the miss (with the best similarity seen).
-   * @throws RangeError - minSimilarity outside [0, 1] or a bad timeoutMs; nothing is sent.
+   * @throws RangeError - minSimilarity outside [0, 1], a bad fill time, fillWaitMs without fillLeaseMs or a bad
+   *   timeoutMs; nothing is sent.
    * @throws CacheClientError - The call failed.
    */
   async lookup(prompt: string, options: LookupOptions = {}): Promise<LookupResult> {
+    if (options.fillWaitMs !== undefined && options.fillLeaseMs === undefined) {
+      throw new RangeError("fillWaitMs needs fillLeaseMs: only single-flight lookups wait for a fill");
+    }
     const request = create(pb.LookupRequestSchema, {
       scope: scopeToProto(options.scope),
       prompt,
       explain: options.explain ?? false,
       ...(options.minSimilarity === undefined ? {} : { minSimilarity: checkMinSimilarity(options.minSimilarity) }),
+      ...(options.fillLeaseMs === undefined ? {} : { fillLeaseMs: checkFillMs("fillLeaseMs", options.fillLeaseMs) }),
+      ...(options.fillWaitMs === undefined ? {} : { fillWaitMs: checkFillMs("fillWaitMs", options.fillWaitMs) }),
     });
     return lookupResultFromProto(await this.call((call) => this.client.lookup(request, call), options));
   }
@@ -177,6 +198,24 @@ export class CacheClient {
       ...(usage === undefined ? {} : { usage: usageToProto(usage) }),
     });
     return storeResultFromProto(await this.call((call) => this.client.store(request, call), options));
+  }
+
+  /**
+   * Ends a fill lease taken by a single-flight lookup without storing (e.g. the LLM call failed), so callers
+   * waiting for it stop waiting at once. A store of the prompt in the scope ends the lease too.
+   *
+   * @param prompt - The prompt of the lookup that took the lease.
+   * @param fillToken - `LookupResult.fillToken`.
+   * @returns False when the lease had already ended or passed to another caller.
+   * @throws RangeError - An empty fillToken.
+   * @throws CacheClientError - The call failed.
+   */
+  async releaseFill(prompt: string, fillToken: string, options: ReleaseFillOptions = {}): Promise<boolean> {
+    if (fillToken === "") {
+      throw new RangeError("fillToken must be non-empty");
+    }
+    const request = create(pb.ReleaseFillRequestSchema, { scope: scopeToProto(options.scope), prompt, fillToken });
+    return (await this.call((call) => this.client.releaseFill(request, call), options)).released;
   }
 
   /**

@@ -134,6 +134,9 @@ export function lookupResultFromProto(message: pb.LookupResponse): LookupResult 
     },
     candidates: message.candidates.map(candidateFromProto),
     rejectedReason: reason(message.rejectedReason),
+    fillToken: message.fillToken === "" ? null : message.fillToken,
+    fillPending: message.fillPending,
+    waitedForFill: message.waitedForFill,
   };
 }
 

@@ -15,6 +15,7 @@ export {
   type DeleteScopeOptions,
   type FeedbackOptions,
   type LookupOptions,
+  type ReleaseFillOptions,
   type StatsOptions,
   type StoreOptions,
 } from "./client.js";

@@ -50,12 +50,31 @@ function textOf(content: unknown): string | null {
   return texts.join("\n");
 }
 
+/** Content other than none, a string or text parts (images, audio, files...). */
 function hasNonTextParts(message: unknown): boolean {
   if (typeof message !== "object" || message === null) {
     return true;
   }
   const content = (message as { content?: unknown }).content;
-  return Array.isArray(content) && textOf(content) === null;
+  return content !== undefined && content !== null && textOf(content) === null;
+}
+
+/**
+ * `value` with every null-valued (or undefined) object key dropped, at any depth: a message written with
+ * `content: null` hashes like one without the key, as the Python wrapper's SDK message objects do.
+ */
+function withoutNulls(value: unknown): unknown {
+  if (Array.isArray(value)) {
+    return value.map(withoutNulls);
+  }
+  if (typeof value === "object" && value !== null && Object.getPrototypeOf(value) === Object.prototype) {
+    return Object.fromEntries(
+      Object.entries(value)
+        .filter(([, item]) => item !== null && item !== undefined)
+        .map(([key, item]) => [key, withoutNulls(item)]),
+    );
+  }
+  return value;
 }
 
 /**
@@ -90,7 +109,7 @@ export function cacheableRequest(body: Readonly<Record<string, unknown>>, namesp
   }
   let context: string;
   try {
-    context = contextKey({ params, messages: messages.slice(0, -1) as object[] });
+    context = contextKey({ params, messages: messages.slice(0, -1).map(withoutNulls) as object[] });
   } catch {
     // A parameter without a stable text form: a miss would be safe, a wrong hit would not; skip the cache.
     return null;

@@ -11,9 +11,9 @@
  *
  * Same semantics as the Python wrapper (`cachesvc_client.openai`): the same scope for the same request (see
  * openai-scope.ts), stores only complete answers, hits replayed as the SDK's own types (a `Stream` of chunks for
- * `stream: true`), and the cache never fails the application by default: a slow (past `lookupTimeoutMs`) or
- * failing cache means the request goes to the LLM, and after repeated failures a circuit breaker skips the cache
- * for a while.
+ * `stream: true`), single-flight (concurrent identical misses make one LLM call, the others wait for its store),
+ * and the cache never fails the application by default: a slow (past `lookupTimeoutMs`) or failing cache means
+ * the request goes to the LLM, and after repeated failures a circuit breaker skips the cache for a while.
  */
 
 import type OpenAI from "openai";
@@ -28,20 +28,26 @@ import type {
 import { Stream } from "openai/streaming";
 
 import { CircuitBreaker, type BreakerOptions, type BreakerState } from "./breaker.js";
-import type { LookupOptions, StoreOptions } from "./client.js";
+import type { LookupOptions, ReleaseFillOptions, StoreOptions } from "./client.js";
 import { CacheClientError } from "./errors.js";
 import { cacheableRequest, type CacheableRequest } from "./openai-scope.js";
 import type { Entry, LookupResult, StoreResult, Usage } from "./types.js";
-import { checkMinSimilarity, checkTimeoutMs, checkTtlSeconds } from "./validate.js";
+import { checkFillMs, checkMinSimilarity, checkTimeoutMs, checkTtlSeconds } from "./validate.js";
 
 export { CircuitBreaker, type BreakerOptions, type BreakerState } from "./breaker.js";
 export { cacheableRequest, NON_SCOPE_PARAMS, type CacheableRequest } from "./openai-scope.js";
 
-/** The part of `CacheClient` the wrapper uses. */
+/** The part of `CacheClient` the wrapper uses (without `releaseFill`, a failed fill's lease runs out instead). */
 export interface SupportsCache {
   lookup(prompt: string, options?: LookupOptions): Promise<LookupResult>;
   store(prompt: string, completion: string, options?: StoreOptions): Promise<StoreResult>;
+  releaseFill?(prompt: string, fillToken: string, options?: ReleaseFillOptions): Promise<boolean>;
 }
+
+/** Default of `fillLeaseMs`: how long a miss may hold the fill lease (the Python wrapper's `fill_lease`). */
+export const DEFAULT_FILL_LEASE_MS = 60_000;
+/** Default of `fillWaitMs`: how long a call waits for another caller's identical miss (Python: `fill_wait`). */
+export const DEFAULT_FILL_WAIT_MS = 30_000;
 
 /** Prices of one model, in US dollars per million tokens. */
 export interface ModelPrice {
@@ -63,6 +69,12 @@ export interface CachedOpenAIOptions {
   readonly lookupTimeoutMs?: number;
   /** Deadline of a store in ms (default 1000). */
   readonly storeTimeoutMs?: number;
+  /** Concurrent identical misses (in any process) make one LLM call, the others wait for its answer (default true). */
+  readonly singleFlight?: boolean;
+  /** How long a miss may hold the fill lease before others stop waiting for it, in ms (default 60000). */
+  readonly fillLeaseMs?: number;
+  /** How long a call waits for another caller's identical miss at most, in ms (default 30000; 0: never waits). */
+  readonly fillWaitMs?: number;
   /** Also cache answers that are tool calls (kept in entry metadata as `openai.tool_calls`); default false. */
   readonly cacheToolCalls?: boolean;
   /** Prices per model (the response's model, else the request's), to store `costUsd` with each answer. */
@@ -72,8 +84,11 @@ export interface CachedOpenAIOptions {
   /** "bypass" (default): a failed cache call sends the request to the LLM; "raise": the error is thrown. */
   readonly onCacheError?: "bypass" | "raise";
   /** Called with every cache error that was bypassed (for logging). */
-  readonly onError?: (error: unknown, step: "lookup" | "store") => void;
+  readonly onError?: (error: unknown, step: CacheStep) => void;
 }
+
+/** The cache call that failed. */
+export type CacheStep = "lookup" | "store" | "release";
 
 /** Where a reply came from; read it with `cacheInfo(reply)`. */
 export interface CacheInfo {
@@ -89,6 +104,8 @@ export interface CacheInfo {
   readonly similarity: number | null;
   /** The hit came from the exact path (same normalised prompt). */
   readonly exact: boolean;
+  /** The lookup waited for another caller's identical miss to be answered (single-flight). */
+  readonly waitedForFill: boolean;
 }
 
 /** What the wrapper counted since it was made. */
@@ -147,7 +164,13 @@ function tagged<T extends object>(reply: T, info: CacheInfo): T {
   return reply;
 }
 
-const PASS_THROUGH = { entryId: null, similarity: null, exact: false } as const;
+const PASS_THROUGH = { entryId: null, similarity: null, exact: false, waitedForFill: false } as const;
+
+/** A miss being answered: where to store, and the fill lease token when this call took the lease. */
+interface Fill {
+  readonly request: CacheableRequest;
+  readonly token: string | null;
+}
 
 interface Answer {
   readonly id: string;
@@ -199,6 +222,9 @@ class Wrapper {
   private readonly namespace: string;
   private readonly lookupTimeoutMs: number;
   private readonly storeTimeoutMs: number;
+  private readonly singleFlight: boolean;
+  private readonly fillLeaseMs: number;
+  private readonly fillWaitMs: number;
   readonly controls: CachedOpenAIControls;
 
   constructor(private readonly openai: OpenAI, private readonly options: CachedOpenAIOptions) {
@@ -210,6 +236,10 @@ class Wrapper {
     }
     this.lookupTimeoutMs = checkTimeoutMs(options.lookupTimeoutMs ?? 50) ?? 50;
     this.storeTimeoutMs = checkTimeoutMs(options.storeTimeoutMs ?? 1000) ?? 1000;
+    this.singleFlight = options.singleFlight ?? true;
+    this.fillLeaseMs = checkFillMs("fillLeaseMs", options.fillLeaseMs ?? DEFAULT_FILL_LEASE_MS);
+    const fillWaitMs = options.fillWaitMs ?? DEFAULT_FILL_WAIT_MS;
+    this.fillWaitMs = fillWaitMs === 0 ? 0 : checkFillMs("fillWaitMs", fillWaitMs);
     this.namespace = options.namespace ?? "";
     this.breaker = new CircuitBreaker(options.breaker);
     const self = this;
@@ -237,18 +267,30 @@ class Wrapper {
       this.counters.bypassed += 1;
       return tagged(await this.callLlm(body, requestOptions), { outcome: "bypassed", ...PASS_THROUGH });
     }
+    const waitedForFill = found.waitedForFill;
     if (found.hit && found.entry !== null) {
       this.counters.hits += 1;
-      const info: CacheInfo = { outcome: "hit", entryId: found.entry.id, similarity: found.similarity, exact: found.exact };
+      const info: CacheInfo = { outcome: "hit", entryId: found.entry.id, similarity: found.similarity, exact: found.exact, waitedForFill };
       return tagged(body.stream === true ? replayStream(found.entry, body) : replayCompletion(found.entry, body), info);
     }
     this.counters.misses += 1;
-    const info: CacheInfo = { outcome: "miss", entryId: null, similarity: found.similarity, exact: false };
-    const reply = await this.callLlm(body, requestOptions);
-    if (body.stream === true) {
-      return tagged(this.recordingStream(reply as Stream<ChatCompletionChunk>, request), info);
+    const info: CacheInfo = { outcome: "miss", entryId: null, similarity: found.similarity, exact: false, waitedForFill };
+    const fill: Fill = { request, token: found.fillToken };
+    // A streamed answer's usage comes in a last chunk the caller may not have asked for: ask for it (to store the
+    // usage), and hide it from the caller.
+    const hideUsage = body.stream === true && body.stream_options?.include_usage !== true;
+    const llmBody = hideUsage ? { ...body, stream_options: { ...body.stream_options, include_usage: true } } : body;
+    let reply: ChatCompletion | Stream<ChatCompletionChunk>;
+    try {
+      reply = await this.callLlm(llmBody, requestOptions);
+    } catch (error) {
+      this.release(fill);
+      throw error;
     }
-    this.maybeStore(request, answerOf(reply as ChatCompletion));
+    if (body.stream === true) {
+      return tagged(this.recordingStream(reply as Stream<ChatCompletionChunk>, fill, hideUsage), info);
+    }
+    this.maybeStore(fill, answerOf(reply as ChatCompletion));
     return tagged(reply, info);
   }) as CachedCreate;
 
@@ -261,12 +303,22 @@ class Wrapper {
     if (!this.breaker.allow()) {
       return null;
     }
+    const options: LookupOptions = {
+      scope: request.scope,
+      timeoutMs: this.lookupTimeoutMs,
+      ...(this.options.minSimilarity === undefined ? {} : { minSimilarity: this.options.minSimilarity }),
+      ...(this.singleFlight ? { fillLeaseMs: this.fillLeaseMs } : {}),
+    };
     try {
-      const found = await this.options.cache.lookup(request.prompt, {
-        scope: request.scope,
-        timeoutMs: this.lookupTimeoutMs,
-        ...(this.options.minSimilarity === undefined ? {} : { minSimilarity: this.options.minSimilarity }),
-      });
+      let found = await this.options.cache.lookup(request.prompt, options);
+      if (this.singleFlight && found.fillPending && this.fillWaitMs > 0) {
+        // Another caller is answering this prompt: wait for its store (or take the lease when it gives up).
+        found = await this.options.cache.lookup(request.prompt, {
+          ...options,
+          fillWaitMs: this.fillWaitMs,
+          timeoutMs: this.fillWaitMs + this.lookupTimeoutMs,
+        });
+      }
       this.breaker.success();
       return found;
     } catch (error) {
@@ -275,7 +327,7 @@ class Wrapper {
     }
   }
 
-  private failed(error: unknown, step: "lookup" | "store"): void {
+  private failed(error: unknown, step: CacheStep): void {
     this.counters.errors += 1;
     this.breaker.failure();
     if (this.options.onCacheError === "raise" || !(error instanceof CacheClientError)) {
@@ -284,7 +336,7 @@ class Wrapper {
     this.options.onError?.(error, step);
   }
 
-  private recordingStream(reply: Stream<ChatCompletionChunk>, request: CacheableRequest): Stream<ChatCompletionChunk> {
+  private recordingStream(reply: Stream<ChatCompletionChunk>, fill: Fill, hideUsage: boolean): Stream<ChatCompletionChunk> {
     const self = this;
     async function* recorded(): AsyncGenerator<ChatCompletionChunk> {
       const answer = new StreamedAnswer();
@@ -292,28 +344,58 @@ class Wrapper {
       try {
         for await (const chunk of reply) {
           answer.add(chunk);
-          yield chunk;
+          if (!(hideUsage && chunk.choices.length === 0 && chunk.usage)) {
+            yield chunk;
+          }
         }
         completed = true;
       } finally {
         // An abandoned (the consumer stopped reading) or failed stream is never stored.
         if (completed) {
-          self.maybeStore(request, answer.answer());
+          self.maybeStore(fill, answer.answer());
         } else {
           self.counters.skippedStores += 1;
+          self.release(fill);
         }
       }
     }
     return new Stream(() => recorded(), reply.controller);
   }
 
-  private maybeStore(request: CacheableRequest, answer: Answer): void {
+  /** Gives the fill lease back (when this call took it) so that callers waiting for it stop waiting. */
+  private release(fill: Fill): void {
+    const cache = this.options.cache;
+    if (fill.token === null || cache.releaseFill === undefined) {
+      return;
+    }
+    const released = cache
+      .releaseFill(fill.request.prompt, fill.token, { scope: fill.request.scope, timeoutMs: this.storeTimeoutMs })
+      .then(
+        () => undefined,
+        (error: unknown) => {
+          this.counters.errors += 1;
+          this.breaker.failure();
+          // Nobody awaits a release, and the lease runs out by itself: report it, never throw.
+          this.options.onError?.(error, "release");
+        },
+      );
+    this.track(released);
+  }
+
+  private track(work: Promise<void>): void {
+    const tracked: Promise<void> = work.finally(() => this.pending.delete(tracked));
+    this.pending.add(tracked);
+  }
+
+  private maybeStore(fill: Fill, answer: Answer): void {
+    const request = fill.request;
     const toolCalls = answer.toolCalls.length > 0;
     const complete = toolCalls
       ? this.options.cacheToolCalls === true && (answer.finishReason === "tool_calls" || answer.finishReason === "stop")
       : answer.finishReason === "stop" && answer.content !== "";
     if (!complete || (answer.refusal !== null && answer.refusal !== "")) {
       this.counters.skippedStores += 1;
+      this.release(fill);
       return;
     }
     if (!this.breaker.allow()) {
@@ -349,10 +431,10 @@ class Wrapper {
             // A store runs after the reply was returned: nobody awaits it, so "raise" can only report it.
             this.options.onError?.(raised, "store");
           }
+          this.release(fill);
         },
       );
-    const tracked: Promise<void> = stored.finally(() => this.pending.delete(tracked));
-    this.pending.add(tracked);
+    this.track(stored);
   }
 
   private usageOf(answer: Answer, request: CacheableRequest): Usage | undefined {

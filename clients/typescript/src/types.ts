@@ -107,6 +107,15 @@ export interface LookupResult {
   readonly candidates: readonly Candidate[];
   /** On a miss, why the verifier rejected the best candidate although it cleared the threshold; else null. */
   readonly rejectedReason: RejectReason | null;
+  /**
+   * On a miss of a single-flight lookup (`fillLeaseMs`), this caller holds the fill lease: store the answer (that
+   * ends the lease) or `releaseFill(...)` with this token. null otherwise.
+   */
+  readonly fillToken: string | null;
+  /** A miss while another caller holds the fill lease on this prompt (look up again with `fillWaitMs` to wait). */
+  readonly fillPending: boolean;
+  /** The lookup waited for another caller's fill (a hit then came from that caller's store). */
+  readonly waitedForFill: boolean;
 }
 
 /** The answer to a store. */

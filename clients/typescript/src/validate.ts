@@ -63,3 +63,16 @@ export function checkCostUsd(value: number): number {
   }
   return value;
 }
+
+/**
+ * Returns `value` rounded to whole milliseconds if it is a fill lease or wait in (0, 3600000] ms (as the
+ * Python client's `fill_lease` / `fill_wait` in (0, 3600] seconds).
+ *
+ * @throws RangeError - Not a number in (0, 3600000].
+ */
+export function checkFillMs(name: string, value: number): number {
+  if (typeof value !== "number" || !(value > 0 && value <= 3_600_000)) {
+    throw new RangeError(`${name} must lie in (0, 3600000] milliseconds, got ${String(value)}`);
+  }
+  return Math.max(1, Math.round(value));
+}

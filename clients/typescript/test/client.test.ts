@@ -126,7 +126,29 @@ describe("CacheClient against a real server", () => {
     await assert.rejects(cache.store("q", "a", { usage: { promptTokens: -1, completionTokens: 0 } }), RangeError);
     await assert.rejects(cache.lookup("q", { timeoutMs: 0 }), RangeError);
     await assert.rejects(cache.delete(""), RangeError);
+    await assert.rejects(cache.lookup("q", { fillWaitMs: 100 }), RangeError);
+    await assert.rejects(cache.lookup("q", { fillLeaseMs: 0 }), RangeError);
+    await assert.rejects(cache.releaseFill("q", ""), RangeError);
     assert.throws(() => new CacheClient(server.target, { apiKey: "" }), RangeError);
+  });
+
+  it("takes a fill lease on a miss, tells others it is pending, and ends it on release or store", async () => {
+    const scope = { namespace: "fill", model: "m" };
+    const first = await cache.lookup("Who fills this?", { scope, fillLeaseMs: 10_000 });
+    assert.equal(first.hit, false);
+    assert.ok(first.fillToken !== null);
+    const second = await cache.lookup("Who fills this?", { scope, fillLeaseMs: 10_000 });
+    assert.equal(second.fillPending, true);
+    assert.equal(second.fillToken, null);
+    assert.equal(await cache.releaseFill("Who fills this?", first.fillToken, { scope }), true);
+    assert.equal(await cache.releaseFill("Who fills this?", first.fillToken, { scope }), false);
+    const third = await cache.lookup("Who fills this?", { scope, fillLeaseMs: 10_000 });
+    assert.ok(third.fillToken !== null && !third.fillPending);
+    await cache.store("Who fills this?", "The first caller.", { scope });
+    const waited = await cache.lookup("Who fills this?", { scope, fillLeaseMs: 10_000, fillWaitMs: 10_000 });
+    assert.equal(waited.hit, true);
+    assert.equal(waited.fillToken, null);
+    assert.equal(await cache.releaseFill("Who fills this?", third.fillToken, { scope }), false);
   });
 
   it("serves an entry the Python client stored, under the same context key", async () => {

@@ -3,6 +3,7 @@
  *
  * It answers "Answer to: <last user text>" and records every request. Markers in the last user text change the
  * answer: "[length]" ends it with finish_reason "length", "[tool]" answers with a tool call, "[refusal]" refuses.
+ * A test can hold every answer until it opens the gate again (`hold()` / `open()`).
  */
 
 import http from "node:http";
@@ -12,6 +13,10 @@ export interface Stub {
   readonly baseURL: string;
   /** Request bodies received, in order. */
   readonly requests: Record<string, unknown>[];
+  /** Answers to requests received from now on wait until `open()`. */
+  hold(): void;
+  /** Sends the held answers, and answers at once again. */
+  open(): void;
   close(): Promise<void>;
 }
 
@@ -36,11 +41,14 @@ function words(text: string): string[] {
 export async function startStub(): Promise<Stub> {
   const requests: Record<string, unknown>[] = [];
   let sequence = 0;
+  let gate: Promise<void> = Promise.resolve();
+  let openGate = (): void => undefined;
   const server = http.createServer((request, response) => {
     let raw = "";
     request.setEncoding("utf8");
     request.on("data", (text: string) => (raw += text));
-    request.on("end", () => {
+    request.on("end", async () => {
+      await gate;
       if (request.method !== "POST" || request.url !== "/v1/chat/completions") {
         response.writeHead(404).end();
         return;
@@ -101,6 +109,13 @@ export async function startStub(): Promise<Stub> {
   return {
     baseURL: `http://127.0.0.1:${port}/v1`,
     requests,
+    hold: () => {
+      gate = new Promise<void>((resolve) => (openGate = resolve));
+    },
+    open: () => {
+      openGate();
+      gate = Promise.resolve();
+    },
     close: () =>
       new Promise<void>((resolve) => {
         for (const socket of sockets) {

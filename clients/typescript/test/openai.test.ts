@@ -1,17 +1,24 @@
 /** cachedOpenAI: the real `openai` SDK against a local stub LLM, with a real cachesvc server as the cache. */
 
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
 
 import OpenAI from "openai";
 import { ChatCompletionStream } from "openai/lib/ChatCompletionStream";
-import type { ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam } from "openai/resources/chat/completions";
+import type {
+  ChatCompletion,
+  ChatCompletionChunk,
+  ChatCompletionCreateParamsNonStreaming,
+  ChatCompletionMessageParam,
+} from "openai/resources/chat/completions";
 import { Stream } from "openai/streaming";
 
-import { CacheClient, contextKey, Unavailable, type StoreOptions } from "../src/index.js";
+import { CacheClient, contextKey, Unavailable, type LookupOptions, type StoreOptions } from "../src/index.js";
 import { cacheableRequest, cacheInfo, cachedOpenAI, type CachedOpenAIOptions, type SupportsCache } from "../src/openai.js";
 import { startStub, type Stub } from "./openai-stub.js";
-import { closedPort, startServer, startSilentServer, type RunningServer } from "./server.js";
+import { closedPort, PYTHON, REPO_ROOT, startServer, startSilentServer, type RunningServer } from "./server.js";
 
 const SYSTEM: ChatCompletionMessageParam = { role: "system", content: "You are a terse assistant." };
 
@@ -101,6 +108,56 @@ describe("cachedOpenAI", () => {
     const otherModel = await client.chat.completions.create({ model: "gpt-other", messages: ask(question), temperature: 0, max_tokens: 50 });
     assert.equal(cacheInfo(otherModel)?.outcome, "miss");
     assert.equal(stub.requests.length, before + 3);
+  });
+
+  it("serves what the Python wrapper cached and the other way round (same request, each SDK's spelling)", async () => {
+    // The Python child runs its LLM calls against this process's stub, so it must not block the event loop.
+    const script = `
+import json, sys
+from openai import OpenAI
+from cachesvc_client import CacheClient
+from cachesvc_client.openai import CachedOpenAI, cache_info
+args = json.loads(sys.argv[1])
+with CacheClient(args["target"]) as cache:
+    llm = CachedOpenAI(OpenAI(base_url=args["base_url"], api_key="test", max_retries=0), cache=cache,
+                       namespace=args["namespace"], lookup_timeout=10.0)
+    reply = llm.chat.completions.create(**args["request"])
+    info = cache_info(reply)
+    print(json.dumps({"outcome": info.outcome.value, "entry_id": info.entry_id}))
+`;
+    const client = wrapped();
+    const namespace = `ns-${namespaceCount}`;
+    const python = async (request: object): Promise<{ outcome: string; entry_id: string | null }> => {
+      const input = JSON.stringify({ target: server.target, base_url: stub.baseURL, namespace, request });
+      const { stdout } = await promisify(execFile)(PYTHON, ["-c", script, input], { cwd: REPO_ROOT, encoding: "utf8" });
+      return JSON.parse(stdout) as { outcome: string; entry_id: string | null };
+    };
+    const prefix = (question: string, nulls: boolean) => [
+      SYSTEM,
+      { role: "user", content: "Hi", ...(nulls ? { name: null } : {}) },
+      { role: "assistant", content: "Hello! How can I help?", ...(nulls ? { refusal: null, tool_calls: null } : {}) },
+      { role: "user", content: [{ type: "text", text: question }] },
+    ];
+    // Python passes unknown body fields in extra_body and request options beside them; TypeScript in the body.
+    const pythonRequest = (question: string) => ({
+      model: "gpt-test", messages: prefix(question, true), temperature: 0.1, extra_body: { top_k: 40 }, user: "u-py", timeout: 30,
+    });
+    const typescriptRequest = (question: string) => ({
+      model: "gpt-test", messages: prefix(question, false), temperature: 0.1, top_k: 40,
+    }) as unknown as ChatCompletionCreateParamsNonStreaming;
+
+    const before = stub.requests.length;
+    const stored = await python(pythonRequest("How long does a refund take?"));
+    assert.equal(stored.outcome, "miss");
+    const hit = await client.chat.completions.create(typescriptRequest("How long does a refund take?"));
+    assert.equal(cacheInfo(hit)?.outcome, "hit");
+    assert.equal(cacheInfo(hit)?.entryId, stored.entry_id);
+
+    const miss = await client.chat.completions.create(typescriptRequest("Can I change my delivery address?"));
+    assert.equal(cacheInfo(miss)?.outcome, "miss");
+    await client.cachesvc.flush();
+    assert.equal((await python(pythonRequest("Can I change my delivery address?"))).outcome, "hit");
+    assert.equal(stub.requests.length, before + 2);
   });
 
   it("leaves every other part of the client as it was", async () => {
@@ -251,6 +308,104 @@ describe("cachedOpenAI", () => {
     assert.equal(stores[0]?.metadata?.["openai.finish_reason"], "stop");
     assert.equal(stores[0]?.metadata?.["openai.id"], reply.id);
     assert.equal(stores[0]?.metadata?.["openai.tool_calls"], undefined);
+  });
+
+  it("counts the stored usage as saved on every hit (server stats)", async () => {
+    const client = wrapped();
+    const namespace = `ns-${namespaceCount}`;
+    const messages = ask("Which planet is the largest?");
+    const first = await client.chat.completions.create({ model: "gpt-test", messages });
+    await client.cachesvc.flush();
+    const stored = (first.usage?.prompt_tokens ?? 0) + (first.usage?.completion_tokens ?? 0);
+    assert.ok(stored > 0);
+    const before = (await cache.stats({ namespace })).total.tokensSaved;
+    for (let i = 0; i < 2; i++) {
+      const reply = await client.chat.completions.create({ model: "gpt-test", messages });
+      assert.equal(cacheInfo(reply)?.outcome, "hit");
+    }
+    assert.equal((await cache.stats({ namespace })).total.tokensSaved, before + 2 * stored);
+  });
+
+  it("stores the usage of a streamed miss that did not ask for it, without showing the usage chunk", async () => {
+    const stores: StoreOptions[] = [];
+    const recording: SupportsCache = {
+      lookup: (prompt, options) => cache.lookup(prompt, options),
+      store: (prompt, completion, options) => {
+        stores.push(options ?? {});
+        return cache.store(prompt, completion, options);
+      },
+    };
+    const client = wrapped({ cache: recording });
+    const stream = await client.chat.completions.create({ model: "gpt-test", messages: ask("Name a prime number"), stream: true });
+    const chunks = await collect(stream);
+    await client.cachesvc.flush();
+    assert.ok(chunks.every((chunk) => chunk.usage === undefined && chunk.choices.length === 1));
+    assert.equal(stores[0]?.usage?.promptTokens, 10);
+    assert.ok((stores[0]?.usage?.completionTokens ?? 0) > 0);
+  });
+
+  it("makes one LLM call for eight concurrent identical misses (single-flight); the others wait for its store", { timeout: 120_000 }, async () => {
+    const waiting: LookupOptions[] = [];
+    let sawWaiters = (): void => undefined;
+    const sevenWaiting = new Promise<void>((resolve) => (sawWaiters = resolve));
+    const counting: SupportsCache = {
+      lookup: (prompt, options) => {
+        if (options?.fillWaitMs !== undefined) {
+          waiting.push(options);
+          if (waiting.length === 7) {
+            sawWaiters();
+          }
+        }
+        return cache.lookup(prompt, options);
+      },
+      store: (prompt, completion, options) => cache.store(prompt, completion, options),
+      releaseFill: (prompt, token, options) => cache.releaseFill(prompt, token, options),
+    };
+    const client = wrapped({ cache: counting });
+    const before = stub.requests.length;
+    // The first caller's LLM answer is held until the seven others were told the fill is pending and wait for it.
+    stub.hold();
+    let replies: ChatCompletion[];
+    try {
+      const calls = Array.from({ length: 8 }, () =>
+        client.chat.completions.create({ model: "gpt-test", messages: ask("What does single-flight mean?") }));
+      await sevenWaiting;
+      stub.open();
+      replies = await Promise.all(calls);
+    } finally {
+      stub.open();
+    }
+    assert.equal(stub.requests.length, before + 1);
+    assert.equal(new Set(replies.map((reply) => reply.choices[0]?.message.content)).size, 1);
+    assert.deepEqual(replies.map((reply) => cacheInfo(reply)?.outcome).sort(), ["hit", "hit", "hit", "hit", "hit", "hit", "hit", "miss"]);
+    assert.ok(waiting.every((options) => options.fillLeaseMs === 60_000 && options.fillWaitMs === 30_000));
+    assert.deepEqual(client.cachesvc.counters(), {
+      hits: 7, misses: 1, uncacheable: 0, bypassed: 0, errors: 0, stores: 1, skippedStores: 0,
+    });
+  });
+
+  it("gives the fill lease back when the answer is not stored, so a waiter takes over at once", async () => {
+    const released: string[] = [];
+    const recording: SupportsCache = {
+      lookup: (prompt, options) => cache.lookup(prompt, options),
+      store: (prompt, completion, options) => cache.store(prompt, completion, options),
+      releaseFill: async (prompt, token, options) => {
+        const result = await cache.releaseFill(prompt, token, options);
+        released.push(`${prompt}:${result}`);
+        return result;
+      },
+    };
+    const client = wrapped({ cache: recording });
+    const messages = ask("Write a long essay on fill leases [length]");
+    await client.chat.completions.create({ model: "gpt-test", messages });
+    await client.cachesvc.flush();
+    assert.deepEqual(released, ["Write a long essay on fill leases [length]:true"]);
+    // The lease is gone: the next identical miss takes it (it is not told another caller is filling).
+    const scope = cacheableRequest({ model: "gpt-test", messages }, `ns-${namespaceCount}`)?.scope;
+    const found = await cache.lookup("Write a long essay on fill leases [length]", { ...(scope ? { scope } : {}), fillLeaseMs: 1000 });
+    assert.equal(found.fillPending, false);
+    assert.ok(found.fillToken !== null);
+    assert.equal(await cache.releaseFill("Write a long essay on fill leases [length]", found.fillToken, scope ? { scope } : {}), true);
   });
 
   it("still answers when the cache is down, and stops asking it once the breaker opens", async () => {

@@ -55,38 +55,50 @@ def is_given(value: object) -> bool:
     return type(value).__name__ not in ("NotGiven", "Omit")
 
 
-def _plain(message: object) -> Mapping[str, Any]:
+def _without_nulls(value: Any) -> Any:
+    """`value` with every null-valued object key dropped, at any depth: a message written with `"content": None`
+    hashes like one without the key, as an SDK message object dumped with `exclude_none` does."""
+    if isinstance(value, Mapping):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list | tuple):
+        return [_without_nulls(item) for item in value]
+    return value
+
+
+def _plain(message: object) -> dict[str, Any]:
+    """A message (or content part) as a plain JSON object without null-valued keys."""
     if isinstance(message, Mapping):
-        return message
+        result: dict[str, Any] = _without_nulls(message)
+        return result
     dump = getattr(message, "model_dump", None)
     if dump is None:
         raise TypeError(f"a message must be a mapping or a pydantic model, not {type(message).__name__}")
-    result: Mapping[str, Any] = dump(exclude_none=True)
-    return result
+    dumped: dict[str, Any] = _without_nulls(dump(exclude_none=True))
+    return dumped
 
 
 def _text(content: object) -> str | None:
-    """The text of a message's content, or None when it is not text only."""
+    """The text of a message's content: a string, or a list of parts that are all `{"type": "text", "text": str}`
+    (joined with "\n"); None otherwise."""
     if isinstance(content, str):
         return content
-    if isinstance(content, Sequence) and not isinstance(content, bytes):
-        texts = []
-        for part in content:
-            part = _plain(part)
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                return None
-            texts.append(part["text"])
-        return "\n".join(texts)
-    return None
+    if not isinstance(content, list | tuple):
+        return None
+    texts = []
+    for part in content:
+        if not isinstance(part, Mapping) and not hasattr(part, "model_dump"):
+            return None
+        part = _plain(part)
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            return None
+        texts.append(part["text"])
+    return "\n".join(texts)
 
 
 def _has_non_text_parts(message: Mapping[str, Any]) -> bool:
+    """Content other than none, a string or text parts (images, audio, files...)."""
     content = message.get("content")
-    if content is None or isinstance(content, str):
-        return False
-    if not isinstance(content, Sequence):
-        return True
-    return any(_plain(part).get("type") != "text" for part in content)
+    return content is not None and _text(content) is None
 
 
 def plan_request(params: Mapping[str, Any], *, namespace: str) -> CachePlan | Uncacheable:
@@ -103,14 +115,19 @@ def plan_request(params: Mapping[str, Any], *, namespace: str) -> CachePlan | Un
         TypeError, ValueError: A parameter has no canonical form (see `context_key`); the caller treats the
             request as uncacheable.
     """
-    model = str(params.get("model", ""))
+    raw_model = params.get("model")
+    model = raw_model if isinstance(raw_model, str) else str(raw_model or "")
     stream = bool(params.get("stream")) if is_given(params.get("stream")) else False
     n = params.get("n")
-    if is_given(n) and n != 1:
+    if is_given(n) and (n != 1 or isinstance(n, bool)):
         return Uncacheable(reason="n > 1", model=model, stream=stream)
+    if not isinstance(raw_model, str):
+        return Uncacheable(reason="no model", model=model, stream=stream)
     raw_messages = params.get("messages")
-    if not is_given(raw_messages) or not isinstance(raw_messages, Sequence) or not raw_messages:
+    if not isinstance(raw_messages, Sequence) or isinstance(raw_messages, str | bytes) or not raw_messages:
         return Uncacheable(reason="no messages", model=model, stream=stream)
+    if not all(isinstance(m, Mapping) or hasattr(m, "model_dump") for m in raw_messages):
+        return Uncacheable(reason="a message is not an object", model=model, stream=stream)
     messages = [_plain(m) for m in raw_messages]
     last = messages[-1]
     if last.get("role") != "user":
@@ -118,11 +135,11 @@ def plan_request(params: Mapping[str, Any], *, namespace: str) -> CachePlan | Un
     prompt = _text(last.get("content"))
     if prompt is None or any(_has_non_text_parts(m) for m in messages):
         return Uncacheable(reason="non-text content", model=model, stream=stream)
-    body = {key: value for key, value in params.items() if key not in EXCLUDED_PARAMS and is_given(value)}
+    # The SDK sends extra_body's keys as top-level body fields, as a TypeScript caller writes them.
     extra_body = params.get("extra_body")
-    if is_given(extra_body):
-        body["extra_body"] = extra_body
-    context = context_key(params=body, messages=[dict(m) for m in messages[:-1]])
+    merged = {**params, **extra_body} if is_given(extra_body) and isinstance(extra_body, Mapping) else params
+    body = {key: value for key, value in merged.items() if key not in EXCLUDED_PARAMS and is_given(value)}
+    context = context_key(params=body, messages=messages[:-1])
     options = params.get("stream_options")
     include_usage = bool(is_given(options) and isinstance(options, Mapping) and options.get("include_usage"))
     return CachePlan(scope=Scope(namespace=namespace, model=model, context=context), prompt=prompt, model=model,
