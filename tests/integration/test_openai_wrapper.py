@@ -84,6 +84,12 @@ class Driver:
             return await self._run(lambda: llm.chat.completions.create(**params))
         return await self.llm.chat.completions.create(**params)
 
+    async def feedback(self, reply: Any, *, correct: bool) -> Any:
+        if isinstance(self.llm, CachedOpenAI):
+            llm = self.llm
+            return await self._run(lambda: llm.feedback(reply, correct=correct))
+        return await self.llm.feedback(reply, correct=correct)
+
     async def stream(self, *, take: int | None = None, **params: Any) -> tuple[list[ChatCompletionChunk], Any]:
         """Reads a streamed reply: all of it, or `take` chunks and then closes it (abandons it)."""
         if isinstance(self.llm, CachedOpenAI):
@@ -199,6 +205,18 @@ async def test_a_repeated_question_is_answered_from_the_cache(driver: Driver, st
     assert miss.stored and miss.finish_reason == "stop" and miss.llm_ms is not None and miss.lookup_ms is not None
     assert miss.prompt_tokens is not None and miss.completion_tokens is not None
     assert hit.llm_ms is None and hit.entry_id == info.entry_id and hit.similarity == 1.0
+
+
+async def test_a_hit_reported_wrong_is_not_served_again(driver: Driver, stub: StubLLM) -> None:
+    first = await driver.create(model=MODEL, messages=messages(), temperature=0)
+    with pytest.raises(ValueError, match="served from the cache"):
+        await driver.feedback(first, correct=False)  # a miss: nothing was served to report on
+    hit = await driver.create(model=MODEL, messages=messages(), temperature=0)
+    assert cached(hit) and stub.calls[MODEL] == 1
+    result = await driver.feedback(hit, correct=False)
+    assert result.similarity == pytest.approx(1.0)
+    again = await driver.create(model=MODEL, messages=messages(), temperature=0)
+    assert not cached(again) and stub.calls[MODEL] == 2
 
 
 async def test_another_system_prompt_or_temperature_misses(driver: Driver, stub: StubLLM) -> None:

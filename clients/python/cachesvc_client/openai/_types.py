@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from cachesvc_client.types import Scope
 
 CACHE_INFO_ATTRIBUTE = "_cachesvc_info"
 
@@ -30,6 +32,7 @@ class CacheInfo:
         entry_id: The served entry's id on a hit; the stored entry's id after a stored miss (for a stream, once it
             ended); else None.
         waited_for_fill: The call waited for another caller's identical request to fill the cache.
+        prompt, scope: On a hit, the prompt and scope it was looked up with (what `feedback` reports on).
     """
 
     cached: bool
@@ -37,6 +40,8 @@ class CacheInfo:
     similarity: float | None = None
     entry_id: str | None = None
     waited_for_fill: bool = False
+    prompt: str | None = field(default=None, repr=False)
+    scope: Scope | None = field(default=None, repr=False)
 
 
 def cache_info(reply: Any) -> CacheInfo | None:

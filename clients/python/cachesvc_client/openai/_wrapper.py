@@ -36,7 +36,7 @@ from cachesvc_client.openai._replay import (
 )
 from cachesvc_client.openai._request import CachePlan, Uncacheable, plan_request
 from cachesvc_client.openai._types import CacheInfo, CallRecord, Fallback, ModelPrice, Outcome, attach, cache_info
-from cachesvc_client.types import LookupResult, Usage
+from cachesvc_client.types import FeedbackResult, LookupResult, Scope, Usage
 
 if TYPE_CHECKING:
     from cachesvc_client.client import AsyncCacheClient, CacheClient
@@ -147,7 +147,7 @@ class _WrapperCore:
         entry = found.entry
         model = entry.metadata.get("openai.model", plan.model)
         info = CacheInfo(cached=True, outcome=Outcome.HIT, similarity=found.similarity, entry_id=entry.id,
-                         waited_for_fill=found.waited_for_fill)
+                         waited_for_fill=found.waited_for_fill, prompt=plan.prompt, scope=plan.scope)
         stored_calls = entry.metadata.get("openai.tool_calls")
         tool_calls = json.loads(stored_calls) if stored_calls else None
         reply: ChatCompletion | list[ChatCompletionChunk]
@@ -214,6 +214,18 @@ class _WrapperCore:
         if answer.tool_calls_json is not None:
             metadata["openai.tool_calls"] = answer.tool_calls_json
         return metadata
+
+    @staticmethod
+    def feedback_target(reply: Any) -> tuple[str, str, Scope]:
+        """The (prompt, entry id, scope) a report on `reply` is about.
+
+        Raises:
+            ValueError: `reply` was not served from the cache by a wrapper.
+        """
+        info = cache_info(reply)
+        if info is None or not info.cached or info.entry_id is None or info.prompt is None or info.scope is None:
+            raise ValueError("feedback is for replies served from the cache (cache_info(reply).cached)")
+        return info.prompt, info.entry_id, info.scope
 
     @staticmethod
     def miss_info(looked: _Looked, entry_id: str | None = None) -> CacheInfo:
@@ -375,6 +387,26 @@ class CachedOpenAI(_Delegating):
     def guard(self) -> CacheGuard:
         """Cache error counts and the circuit breaker."""
         return self._core.guard
+
+    def feedback(self, reply: Any, *, correct: bool) -> FeedbackResult:
+        """Tells the cache whether a reply it served was right for the request, so it learns from it.
+
+        A pair reported wrong is never served again, and the entry needs a higher similarity for other paraphrases
+        (see README, "Feedback"). Not on the hot path: errors are raised, not bypassed.
+
+        Args:
+            reply: A `ChatCompletion`, a chunk or a stream returned by this wrapper as a hit.
+            correct: True if the cached answer was right for the request.
+
+        Returns:
+            What the server recorded: the similarity and the entry's threshold after the report.
+
+        Raises:
+            ValueError: `reply` was not served from the cache.
+            CacheClientError: The call failed (`NotFoundError` once the entry is gone).
+        """
+        prompt, entry_id, scope = self._core.feedback_target(reply)
+        return self._cache.feedback(prompt, entry_id, correct=correct, scope=scope)
 
     def _create(self, params: dict[str, Any]) -> ChatCompletion | Stream[ChatCompletionChunk]:
         core = self._core
@@ -555,6 +587,26 @@ class AsyncCachedOpenAI(_Delegating):
     def guard(self) -> CacheGuard:
         """Cache error counts and the circuit breaker."""
         return self._core.guard
+
+    async def feedback(self, reply: Any, *, correct: bool) -> FeedbackResult:
+        """Tells the cache (async) whether a reply it served was right for the request, so it learns from it.
+
+        A pair reported wrong is never served again, and the entry needs a higher similarity for other paraphrases
+        (see README, "Feedback"). Not on the hot path: errors are raised, not bypassed.
+
+        Args:
+            reply: A `ChatCompletion`, a chunk or a stream returned by this wrapper as a hit.
+            correct: True if the cached answer was right for the request.
+
+        Returns:
+            What the server recorded: the similarity and the entry's threshold after the report.
+
+        Raises:
+            ValueError: `reply` was not served from the cache.
+            CacheClientError: The call failed (`NotFoundError` once the entry is gone).
+        """
+        prompt, entry_id, scope = self._core.feedback_target(reply)
+        return await self._cache.feedback(prompt, entry_id, correct=correct, scope=scope)
 
     async def _create(self, params: dict[str, Any]) -> ChatCompletion | AsyncStream[ChatCompletionChunk]:
         core = self._core
