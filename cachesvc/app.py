@@ -31,6 +31,7 @@ from cachesvc.backends.redis.backend import RedisBackend
 from cachesvc.backends.redis.connection import Client as RedisClient
 from cachesvc.backends.redis.connection import RedisOptions, connect
 from cachesvc.backends.redis.counters import RedisCounters
+from cachesvc.backends.redis.lease import RedisFillLeases
 from cachesvc.backends.reembed import reembed_pending
 from cachesvc.backends.wal import FsyncPolicy
 from cachesvc.clock import Clock, SystemClock
@@ -93,6 +94,7 @@ class App:
         self._usage_task: asyncio.Task[None] | None = None
         self.redis_client: RedisClient | None = None
         self.redis_counters: RedisCounters | None = None
+        self.redis_leases: RedisFillLeases | None = None  # single-flight across replicas (redis backend)
         self._redis_watch: asyncio.Task[None] | None = None
         self._state = State.NEW
 
@@ -170,7 +172,7 @@ class App:
                                     verifier=verifiers[s.verifier],
                                     namespace_verifiers={ns: verifiers[mode]
                                                          for ns, mode in s.namespace_verifiers.items()},
-                                    leases=InMemoryFillLeases(),
+                                    leases=self.redis_leases or InMemoryFillLeases(),
                                     tenant_max_bytes=lambda tenant: limiter.limits_for(tenant).max_bytes,
                                     shared_counters=self.redis_counters,
                                     feedback_store=self.backend if isinstance(self.backend, EmbeddedBackend) else None)
@@ -296,6 +298,7 @@ class App:
         await backend.start()
         self.redis_counters = RedisCounters(client=self.redis_client, keys=backend.keys, timeout=s.redis_timeout)
         await self.redis_counters.start()
+        self.redis_leases = RedisFillLeases(client=self.redis_client, keys=backend.keys, timeout=s.redis_timeout)
         return backend
 
     async def _watch_redis(self, backend: RedisBackend) -> None:

@@ -20,14 +20,16 @@ from cachesvc.records import ScopeKey
 
 @dataclass(frozen=True, slots=True)
 class LeaseKey:
-    """What a lease is on: one normalised prompt in one scope (the tenant is part of the scope)."""
+    """What a lease is on: one normalised prompt in one scope (the tenant is part of the scope's digest; it is
+    kept apart too so that a shared store can place the lease with the tenant's other keys)."""
 
     scope_digest: str
     normalized_prompt: str
+    tenant: str
 
     @classmethod
     def of(cls, scope: ScopeKey, normalized_prompt: str) -> LeaseKey:
-        return cls(scope.digest, normalized_prompt)
+        return cls(scope.digest, normalized_prompt, scope.tenant)
 
 
 class FillLeases(Protocol):

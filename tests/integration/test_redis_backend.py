@@ -157,30 +157,6 @@ async def test_a_full_redis_without_eviction_refuses_stores_but_serves_lookups(r
         server.close()
 
 
-async def test_a_fill_lease_has_one_holder_until_released_or_expired(redis_server: Any, redis_prefix: str) -> None:
-    from cachesvc.backends.redis.keys import KeySpace
-    from cachesvc.backends.redis.lease import RedisLeases
-
-    client = connect(RedisOptions(url=redis_server.url, prefix=redis_prefix))
-    try:
-        leases = RedisLeases(client=client, keys=KeySpace(redis_prefix), timeout=5.0)
-        scope = ScopeKey(tenant="acme")
-        assert await leases.acquire(scope, "p", holder="a", ttl_seconds=30)
-        assert not await leases.acquire(scope, "p", holder="b", ttl_seconds=30)
-        assert await leases.acquire(scope, "other prompt", holder="b", ttl_seconds=30)
-        assert await leases.acquire(ScopeKey(tenant="umbrella"), "p", holder="b", ttl_seconds=30)
-        assert not await leases.release(scope, "p", holder="b")  # not b's to give back
-        assert await leases.release(scope, "p", holder="a")
-        assert await leases.acquire(scope, "p", holder="b", ttl_seconds=0.05)
-        # A holder that dies without releasing: the lease expires by itself (Redis' clock; bounded poll).
-        deadline = time.monotonic() + 10
-        while not await leases.acquire(scope, "p", holder="c", ttl_seconds=30):
-            assert time.monotonic() < deadline, "the lease never expired"
-            await asyncio.sleep(0.02)
-    finally:
-        await client.aclose()
-
-
 async def test_a_scope_that_is_most_of_its_index_is_searched_in_batches_with_the_same_answers(
         redis_server: Any, redis_prefix: str) -> None:
     backend = await _backend(redis_server.url, redis_prefix, timeout=5.0)

@@ -12,14 +12,21 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import pytest
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.cluster import RedisCluster
 
-from cachesvc_client import CacheClient, CachedLLM, NotFoundError, Scope
+from cachesvc.backends.leases import LeaseKey
+from cachesvc.backends.redis.keys import KeySpace
+from cachesvc.core.normalize import normalize_prompt
+from cachesvc.records import ScopeKey
+from cachesvc_client import CacheClient, CachedLLM, LookupResult, NotFoundError, Scope
 from cachesvc_client.errors import Unavailable
 from tests.conftest import redis_stack
 
@@ -206,6 +213,82 @@ def test_a_restarted_replica_finds_everything(pair: tuple[Replica, Replica], sco
     with b.client() as cb:
         assert cb.lookup(PROMPT, scope=scope).completion == "kept"
         assert cb.lookup(PARAPHRASE, scope=scope).completion == "kept"
+
+
+# ---- Single-flight across replicas: one fill lease in Redis, waiters woken over (sharded) pub/sub -------------
+
+
+class LeaseWatch:
+    """Reads, straight from Redis, how many callers (of any replica) wait on the fill lease of one prompt: each
+    waiting lookup subscribes to the lease's channel on the lease's shard."""
+
+    def __init__(self, replica: Replica, scope: Scope, prompt: str, tenant: str = "acme") -> None:
+        key = LeaseKey.of(ScopeKey(tenant=tenant, namespace=scope.namespace, model=scope.model,
+                                   context=scope.context), normalize_prompt(prompt))
+        self.channel = KeySpace(replica.prefix).lease(key)
+        if replica.cluster:
+            with RedisCluster.from_url(replica.url) as cluster:
+                node = cluster.get_node_from_key(self.channel)
+                self.redis = redis.Redis(host=node.host, port=node.port)
+        else:
+            self.redis = redis.Redis.from_url(replica.url)
+
+    def waiters(self) -> int:
+        _, count = self.redis.execute_command("PUBSUB", "SHARDNUMSUB", self.channel)
+        return int(count)
+
+    def held(self) -> bool:
+        return bool(self.redis.exists(self.channel))
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+def test_eight_identical_misses_over_two_replicas_make_one_fill(pair: tuple[Replica, Replica], scope: Scope) -> None:
+    a, b = pair
+    watch = LeaseWatch(a, scope, PROMPT)
+    with a.client(timeout=60) as ca, b.client(timeout=60) as cb, ThreadPoolExecutor(8) as pool:
+        try:
+            clients = [ca, cb] * 4
+            calls: list[Future[LookupResult]] = [
+                pool.submit(c.lookup, PROMPT, scope=scope, fill_lease=30, fill_wait=30) for c in clients]
+            # The first miss answers at once with the lease; the seven others wait on it, on both replicas.
+            poll(lambda: watch.waiters() == 7 and any(c.done() for c in calls), what="one holder, seven waiting")
+            [holder] = [i for i, c in enumerate(calls) if c.done()]
+            first = calls[holder].result()
+            assert not first.hit and first.fill_token is not None and not first.waited_for_fill
+            assert watch.held()
+            stored = clients[holder].store(PROMPT, "Settings > Billing > Cancel.", scope=scope)
+            for i, call in enumerate(calls):
+                if i != holder:
+                    served = call.result(timeout=30)
+                    assert served.hit and served.waited_for_fill and served.fill_token is None
+                    assert served.entry is not None and served.entry.id == stored.id
+            assert not watch.held()
+            poll(lambda: watch.waiters() == 0, what="the waiters' subscriptions dropped")
+        finally:
+            watch.close()
+
+
+def test_a_release_on_one_replica_hands_the_lease_to_a_waiter_on_the_other(pair: tuple[Replica, Replica],
+                                                                          scope: Scope) -> None:
+    a, b = pair
+    watch = LeaseWatch(a, scope, PROMPT)
+    with a.client(timeout=60) as ca, b.client(timeout=60) as cb, ThreadPoolExecutor(1) as pool:
+        try:
+            first = ca.lookup(PROMPT, scope=scope, fill_lease=30)
+            assert first.fill_token is not None
+            waiting = pool.submit(cb.lookup, PROMPT, scope=scope, fill_lease=30, fill_wait=30)
+            poll(lambda: watch.waiters() == 1, what="a lookup on the other replica waiting")
+            assert not ca.release_fill(PROMPT, scope=scope, fill_token="someone-else")
+            assert not waiting.done() and watch.waiters() == 1
+            assert ca.release_fill(PROMPT, scope=scope, fill_token=first.fill_token)
+            took_over = waiting.result(timeout=30)
+            assert not took_over.hit and took_over.waited_for_fill and took_over.fill_token is not None
+            assert not ca.release_fill(PROMPT, scope=scope, fill_token=first.fill_token)
+            assert cb.release_fill(PROMPT, scope=scope, fill_token=took_over.fill_token)
+        finally:
+            watch.close()
 
 
 # ---- Faults: Redis stopped, killed and restarted under a running replica ---------------------------------------

@@ -9,6 +9,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from cachesvc.backends.leases import LeaseKey
 from cachesvc.records import ScopeKey
 
 TAG_CHARS = 16  # hex characters of a tenant's tag (64 bits)
@@ -53,9 +54,11 @@ class KeySpace:
         digest = hashlib.sha256(f"{scope.digest}\0{normalized_prompt}".encode()).hexdigest()[:32]
         return f"{self.prefix}:x:{{{self.tag(scope.tenant)}}}:{digest}"
 
-    def lease(self, scope: ScopeKey, normalized_prompt: str) -> str:
-        """The fill lease of one (scope, prompt): on the tenant's shard, next to its exact key."""
-        return self.exact(scope, normalized_prompt).replace(f"{self.prefix}:x:", f"{self.prefix}:l:", 1)
+    def lease(self, key: LeaseKey) -> str:
+        """The fill lease of one (scope, prompt): on the tenant's shard, next to its exact key. Its waiters listen
+        on the (sharded) pub/sub channel of the same name, which hashes to the same slot."""
+        digest = hashlib.sha256(f"{key.scope_digest}\0{key.normalized_prompt}".encode()).hexdigest()[:32]
+        return f"{self.prefix}:l:{{{self.tag(key.tenant)}}}:{digest}"
 
     def counters(self, tag: str) -> str:
         return f"{self.prefix}:stats:{{{tag}}}"
