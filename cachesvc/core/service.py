@@ -38,7 +38,7 @@ from cachesvc.core.types import (
 )
 from cachesvc.core.verify import HitVerifier, RejectReason, VerifyInput
 from cachesvc.embedding.protocol import PartitionedEncoder
-from cachesvc.errors import InvalidRequest, NotFound, QuotaExceeded, Unsupported
+from cachesvc.errors import InvalidRequest, NotFound, QuotaExceeded, Unavailable, Unsupported
 from cachesvc.lifecycle import State
 from cachesvc.records import DEFAULT_NAMESPACE, Entry, FeedbackReport, ScopeKey, ScopeSelector, TokenUsage, Usage
 
@@ -407,7 +407,12 @@ class CacheService:
         )
         replaced = await self._backend.put(entry, vector)
         if self._leases is not None:
-            await self._leases.filled(LeaseKey.of(scope, prompt))
+            try:
+                await self._leases.filled(LeaseKey.of(scope, prompt))
+            except Unavailable:
+                # The entry is stored: failing the store now would make the caller call its LLM again. Waiters
+                # still find the entry when they re-check or the lease runs out.
+                log.warning("stored entry %s, but could not end its fill lease; waiters will see it late", entry.id)
         self._counters.store(scope.tenant, scope.namespace)
         if quota is not None:
             await self._enforce_tenant_quota(scope.tenant, quota, keep=entry.id)

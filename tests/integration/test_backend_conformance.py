@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from cachesvc.backends.embedded import EmbeddedBackend
+from cachesvc.backends.leases import InMemoryFillLeases, LeaseKey
 from cachesvc.backends.persistence import DataDir, ModelIdentity, PersistenceOptions
 from cachesvc.backends.protocol import Backend
 from cachesvc.backends.redis.backend import RedisBackend
@@ -26,7 +27,7 @@ from cachesvc.core.service import CacheOptions, CacheService
 from cachesvc.core.types import DeleteById, HitKind, Lookup, Write
 from cachesvc.embedding.onnx_embedder import OnnxEmbedder
 from cachesvc.embedding.protocol import Vector
-from cachesvc.errors import NotFound
+from cachesvc.errors import NotFound, Unavailable
 from cachesvc.records import Entry, ScopeKey, ScopeSelector, TokenUsage
 
 DIM = 384
@@ -284,3 +285,25 @@ async def test_service_exact_semantic_ttl_delete_and_stats(service: tuple[CacheS
 
     [stats] = await svc.stats("acme", "support")
     assert (stats.lookups, stats.exact_hits, stats.semantic_hits, stats.stores) == (5, 1, 1, 2)
+
+
+class _LeasesThatCannotEnd(InMemoryFillLeases):
+    async def filled(self, key: LeaseKey) -> None:
+        raise Unavailable("the lease store did not answer")
+
+
+async def test_a_store_is_acknowledged_even_when_its_fill_lease_cannot_be_ended(
+        tmp_path: Path, clock: ManualClock, real_embedder: OnnxEmbedder) -> None:
+    backend = EmbeddedBackend(dimension=DIM, data_dir=DataDir(PersistenceOptions(data_dir=tmp_path), MODEL),
+                              clock_now=clock.now)
+    await backend.start()
+    svc = CacheService(encoder=_Encoder(real_embedder), backend=backend, clock=clock,
+                       options=CacheOptions(min_similarity=0.9, max_bytes=None), leases=_LeasesThatCannotEnd())
+    await svc.start()
+    try:
+        stored = await svc.store(Write(scope=SCOPE, prompt="What are your hours?", completion="9 to 5"))
+        found = await svc.lookup(Lookup(scope=SCOPE, prompt="What are your hours?"))
+        assert found.hit_kind is HitKind.EXACT and found.entry is not None and found.entry.id == stored.entry.id
+    finally:
+        await svc.aclose()
+        await backend.aclose()
