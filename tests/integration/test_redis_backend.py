@@ -230,3 +230,50 @@ async def test_a_redis_that_lost_its_data_gets_its_index_back_on_the_next_store(
         if backend is not None:
             await _close(backend)
         server.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_a_search_with_hit_counts_is_one_round_trip(request: pytest.FixtureRequest, kind: str,
+                                                           redis_prefix: str) -> None:
+    if kind == "redis":
+        url, cluster = request.getfixturevalue("redis_server").url, False
+    else:
+        url, cluster = request.getfixturevalue("redis_cluster")[0].url, True
+    backend = await _backend(url, redis_prefix, timeout=5.0, cluster=cluster)
+    try:
+        rng, scope, now = np.random.default_rng(3), ScopeKey(tenant="acme", namespace="n"), time.time()
+        near, far = unit(rng), unit(rng)
+        entries = [Entry(id=backend.new_id(scope), scope=scope, prompt=f"p{i}", normalized_prompt=f"p{i}",
+                         completion=f"c{i}", metadata={}, created_at=now, expires_at=None, size_bytes=1)
+                   for i in range(2)]
+        for entry, vector in zip(entries, (near, far), strict=True):
+            await backend.put(entry, vector)
+        for _ in range(3):
+            await backend.touch(entries[0], now + 1)
+        await backend.touch(entries[1], now + 2)
+        await backend.settle()
+        await backend.search(scope, near, 2)  # judges the scope's share of the index (a call of its own)
+        sent: list[Any] = []
+        plain = backend._client.execute_command
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            if args[0] != "SCRIPT LOAD":  # once per script and connection pool, not per call
+                sent.append(args[0])
+            return await plain(*args, **kwargs)
+
+        backend._client.execute_command = counted  # type: ignore[method-assign]
+        found = await backend.search(scope, near, 2, with_vectors=True)
+        assert sent == ["EVALSHA"]
+        assert [(m.entry_id, m.entry.hit_count if m.entry else None) for m in found] == [
+            (entries[0].id, 3), (entries[1].id, 1)]
+        assert found[0].entry is not None and found[0].entry.last_used_at == pytest.approx(now + 1)
+        # A Redis that refuses FT.SEARCH in a script: a second round trip reads the same counts.
+        backend._search_in_script = False
+        await backend.search(scope, near, 2)  # loads the hit-count script
+        sent.clear()
+        again = await backend.search(scope, near, 2, with_vectors=True)
+        assert sent == ["FT.SEARCH", "EVALSHA"]
+        assert [(m.entry_id, m.entry.hit_count if m.entry else None) for m in again] == [
+            (entries[0].id, 3), (entries[1].id, 1)]
+    finally:
+        await _close(backend)
