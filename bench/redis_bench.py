@@ -74,18 +74,22 @@ def commandstats(redis: Any) -> dict[str, tuple[int, int]]:
 
 def redis_usec(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> int:
     """Microseconds Redis spent in top-level commands (a script's inner commands are counted in it already)."""
-    inner = {"hgetall", "hset", "hincrby", "get", "set", "del", "exists", "pexpire"}
+    # FT.SEARCH runs inside the search script (a top-level one is only the scope sizing, every 30 s per scope).
+    inner = {"hgetall", "hset", "hincrby", "get", "set", "del", "exists", "pexpire", "hmget", "ft.search"}
     return sum(usec - before.get(name, (0, 0))[1] for name, (_calls, usec) in after.items() if name not in inner)
 
 
 class Replica:
     def __init__(self, *, port: int, url: str, model_dir: Path, prefix: str, log: Path,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), source: Path | None = None) -> None:
         argv = [sys.executable, "-m", "cachesvc", "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1",
                 "--port", str(port), "--metrics-port", "-1", "--backend", "redis", "--redis-url", url,
                 "--redis-prefix", prefix, "--memo-size", "0", "--log-level", "WARNING", "--redis-timeout", "5", *extra]
+        env = dict(os.environ)
+        if source is not None:  # run another tree's cachesvc (ahead of the installed one on the import path)
+            env["PYTHONPATH"] = str(source)
         with open(log, "ab") as out:
-            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         self.port = port
         deadline = time.monotonic() + 120
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -168,6 +172,35 @@ def latency_round(client: CacheClient, embedder: OnnxEmbedder, prompts: list[str
     return {"lookups": len(prompts), "hits": hits, "embed_p50_ms": e50, "lookup_p50_ms": l50,
             "lookup_p99_ms": percentile(lookup_ms, 99), "ratio": l50 / e50,
             "redis_cmd_ms_per_lookup": usec / 1000 / len(prompts), "redis_cpu_ms_per_lookup": cpu * 1000 / len(prompts)}
+
+
+def compare_round(clients: dict[str, CacheClient], embedder: OnnxEmbedder, prompts: list[str], scope: Scope,
+                  redis_pid: int, block: int = 25) -> dict[str, Any]:
+    """The same semantic lookups on replicas running different code over one Redis, in alternating blocks (so
+    load drifts hit every side alike), each lookup next to the embedder alone; Redis CPU is charged per block."""
+    seen: dict[str, dict[str, Any]] = {name: {"embed": [], "lookup": [], "hits": 0, "redis_cpu": 0.0}
+                                       for name in clients}
+    for start in range(0, len(prompts), block):
+        for name, client in clients.items():
+            side = seen[name]
+            cpu_before = cpu_seconds(redis_pid)
+            for prompt in prompts[start:start + block]:
+                t0 = time.perf_counter()
+                embedder.embed([prompt])
+                t1 = time.perf_counter()
+                found = client.lookup(prompt, scope=scope)
+                t2 = time.perf_counter()
+                side["embed"].append((t1 - t0) * 1000)
+                side["lookup"].append((t2 - t1) * 1000)
+                side["hits"] += found.hit
+            side["redis_cpu"] += cpu_seconds(redis_pid) - cpu_before
+    out = {}
+    for name, side in seen.items():
+        e50, l50 = percentile(side["embed"], 50), percentile(side["lookup"], 50)
+        assert e50 is not None and l50 is not None
+        out[name] = {"lookups": len(side["lookup"]), "hits": side["hits"], "embed_p50_ms": e50, "lookup_p50_ms": l50,
+                     "ratio": l50 / e50, "redis_cpu_ms_per_lookup": side["redis_cpu"] * 1000 / len(side["lookup"])}
+    return out
 
 
 def exact_round(client: CacheClient, port: int, prompts: list[str], scope: Scope, redis: Any,
@@ -302,6 +335,10 @@ def main() -> int:
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models/all-MiniLM-L6-v2")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/out/redis.json")
     parser.add_argument("--skip-redisvl", action="store_true")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a source tree (e.g. `git archive main | tar -x -C DIR`) whose cachesvc runs one more "
+                             "replica, compared with this tree's lookup by lookup in alternating blocks")
+    parser.add_argument("--rounds", type=int, default=1, help="comparison rounds per size (with --baseline)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     result: dict[str, Any] = {"when": utc_now(), "command": command_line(), "machine": machine()}
@@ -322,6 +359,11 @@ def main() -> int:
         unverified = Replica(port=args.port + 2, url=redis.url, model_dir=args.model_dir, prefix=prefix, log=log,
                              extra=("--verifier", "off"))
         replicas.append(unverified)  # stopped by the finally below if anything fails
+        baseline = None
+        if args.baseline is not None:
+            baseline = Replica(port=args.port + 3, url=redis.url, model_dir=args.model_dir, prefix=prefix, log=log,
+                               source=args.baseline.resolve())
+            replicas.append(baseline)
         scope = Scope(namespace=NAMESPACE)
         core_scope = ScopeKey(tenant=TENANT, namespace=NAMESPACE)
         rows = []
@@ -339,10 +381,18 @@ def main() -> int:
                 exact = exact_round(client, args.port, stored, scope, redis, redis.process.pid)
                 rows.append({"entries": size, "semantic": latency, "semantic_verifier_off": plain, "exact": exact,
                              "uptime": os.getloadavg()})
+                if baseline is not None:
+                    with CacheClient(f"127.0.0.1:{baseline.port}", timeout=30) as base_client:
+                        rows[-1]["compare"] = [
+                            compare_round({"this tree": client, "baseline": base_client}, embedder, probes, scope,
+                                          redis.process.pid) | {"uptime": os.getloadavg()}
+                            for _ in range(args.rounds)]
                 print(json.dumps(rows[-1], indent=1))
             result["latency"] = rows
-            unverified.stop()
-            replicas.remove(unverified)
+            for extra in (unverified, baseline):
+                if extra is not None:
+                    extra.stop()
+                    replicas.remove(extra)
             result["throughput"] = [throughput(replicas, probes, scope, redis.process.pid, threads=args.threads,
                                                seconds=args.seconds)]
             replicas.append(Replica(port=args.port + 1, url=redis.url, model_dir=args.model_dir, prefix=prefix,
