@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +179,9 @@ def compare_round(clients: dict[str, CacheClient], embedder: OnnxEmbedder, promp
                   redis_pid: int, block: int = 25) -> dict[str, Any]:
     """The same semantic lookups on replicas running different code over one Redis, in alternating blocks (so
     load drifts hit every side alike), each lookup next to the embedder alone; Redis CPU is charged per block."""
-    seen: dict[str, dict[str, Any]] = {name: {"embed": [], "lookup": [], "hits": 0, "redis_cpu": 0.0}
-                                       for name in clients}
+    seen: dict[str, dict[str, Any]] = {
+        name: {"embed": [], "lookup": [], "hits": 0, "redis_cpu": 0.0, "server_embed": [], "server_search": [],
+               "server_total": []} for name in clients}
     for start in range(0, len(prompts), block):
         for name, client in clients.items():
             side = seen[name]
@@ -193,13 +195,20 @@ def compare_round(clients: dict[str, CacheClient], embedder: OnnxEmbedder, promp
                 side["embed"].append((t1 - t0) * 1000)
                 side["lookup"].append((t2 - t1) * 1000)
                 side["hits"] += found.hit
+                side["server_embed"].append(found.timings.embed_ms)
+                side["server_search"].append(found.timings.search_ms)
+                side["server_total"].append(found.timings.total_ms)
             side["redis_cpu"] += cpu_seconds(redis_pid) - cpu_before
     out = {}
     for name, side in seen.items():
         e50, l50 = percentile(side["embed"], 50), percentile(side["lookup"], 50)
         assert e50 is not None and l50 is not None
         out[name] = {"lookups": len(side["lookup"]), "hits": side["hits"], "embed_p50_ms": e50, "lookup_p50_ms": l50,
-                     "ratio": l50 / e50, "redis_cpu_ms_per_lookup": side["redis_cpu"] * 1000 / len(side["lookup"])}
+                     "ratio": l50 / e50, "redis_cpu_ms_per_lookup": side["redis_cpu"] * 1000 / len(side["lookup"]),
+                     # Where the time goes, as the server saw it (its embed and search stages, its whole call).
+                     "server_embed_p50_ms": percentile(side["server_embed"], 50),
+                     "server_search_p50_ms": percentile(side["server_search"], 50),
+                     "server_total_p50_ms": percentile(side["server_total"], 50)}
     return out
 
 
@@ -269,8 +278,10 @@ def throughput(replicas: list[Replica], prompts: list[str], scope: Scope, redis_
 
 
 def redisvl_side(url: str, embedder: OnnxEmbedder, stored: list[str], stored_vectors: np.ndarray,
-                 filler: int, probes: list[str], pairs: list[dict[str, Any]], pair_vectors: np.ndarray
-                 ) -> dict[str, Any] | None:
+                 filler: int, probes: list[str], pairs: list[dict[str, Any]], pair_vectors: np.ndarray,
+                 cachesvc_lookup: Callable[[str], object] | None = None) -> dict[str, Any] | None:
+    """With `cachesvc_lookup` (a scope holding the same entries), cachesvc's lookups run in blocks alternating
+    with RedisVL's, so both ratios come from the same minutes."""
     try:
         from redisvl.extensions.cache.llm import SemanticCache
         from redisvl.utils.vectorize import CustomVectorizer
@@ -288,18 +299,26 @@ def redisvl_side(url: str, embedder: OnnxEmbedder, stored: list[str], stored_vec
         a, b = rng.integers(0, len(stored_vectors), size=2)
         v = stored_vectors[a] * 0.6 + stored_vectors[b] * 0.4 + rng.standard_normal(embedder.dimension) * 0.02
         cache.store(f"filler prompt number {i}", "filler", vector=(v / np.linalg.norm(v)).astype(np.float32).tolist())
-    embed_ms, lookup_ms = [], []
-    for prompt in probes:
-        t0 = time.perf_counter()
-        embedder.embed([prompt])
-        t1 = time.perf_counter()
-        cache.check(prompt=prompt)
-        t2 = time.perf_counter()
-        embed_ms.append((t1 - t0) * 1000)
-        lookup_ms.append((t2 - t1) * 1000)
-    e50, l50 = percentile(embed_ms, 50), percentile(lookup_ms, 50)
-    assert e50 is not None and l50 is not None
-    out["latency"] = {"entries": len(stored) + filler, "embed_p50_ms": e50, "lookup_p50_ms": l50, "ratio": l50 / e50}
+    sides: dict[str, Callable[[str], object]] = {"redisvl": lambda prompt: cache.check(prompt=prompt)}
+    if cachesvc_lookup is not None:
+        sides["cachesvc"] = cachesvc_lookup
+    timed: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in sides}
+    for start in range(0, len(probes), 25):
+        for name, look_up in sides.items():
+            embed_ms, lookup_ms = timed[name]
+            for prompt in probes[start:start + 25]:
+                t0 = time.perf_counter()
+                embedder.embed([prompt])
+                t1 = time.perf_counter()
+                look_up(prompt)
+                t2 = time.perf_counter()
+                embed_ms.append((t1 - t0) * 1000)
+                lookup_ms.append((t2 - t1) * 1000)
+    for name, (embed_ms, lookup_ms) in timed.items():
+        e50, l50 = percentile(embed_ms, 50), percentile(lookup_ms, 50)
+        assert e50 is not None and l50 is not None
+        out["latency" if name == "redisvl" else "latency_cachesvc_same_run"] = {
+            "entries": len(stored) + filler, "embed_p50_ms": e50, "lookup_p50_ms": l50, "ratio": l50 / e50}
     cache.delete()
     for threshold in (0.1, 0.05):
         cache = SemanticCache(name=f"rvlq{uuid.uuid4().hex[:6]}", redis_url=url, vectorizer=vectorizer,
@@ -411,13 +430,24 @@ def main() -> int:
                                                           == normalize_prompt(pair["a"]) and pair["label"] == 1))
             result["quality_cachesvc"] = quality(outcome, quality_pairs)
             print(json.dumps(result["quality_cachesvc"]))
+        for r in replicas[1:]:
+            r.stop()
+        del replicas[1:]
+        if not args.skip_redisvl:
+            # cachesvc beside it on a scope of the same size as RedisVL's cache, lookups interleaved.
+            side_scope = Scope(namespace="redisvl-side")
+            with CacheClient(f"127.0.0.1:{args.port}", timeout=30) as client:
+                store_round(client, stored, side_scope, redis, redis.process.pid)
+                asyncio.run(fill(redis.url, prefix, embedder, stored_vectors, len(stored), sizes[0],
+                                 ScopeKey(tenant=TENANT, namespace="redisvl-side")))
+                result["redisvl"] = redisvl_side(
+                    redis.url, embedder, stored, stored_vectors, sizes[0] - len(stored), probes, quality_pairs,
+                    embedder.embed([p["a"] for p in quality_pairs]),
+                    cachesvc_lookup=lambda prompt: client.lookup(prompt, scope=side_scope))
+            print(json.dumps(result["redisvl"], indent=1))
         for r in replicas:
             r.stop()
         replicas.clear()
-        if not args.skip_redisvl:
-            result["redisvl"] = redisvl_side(redis.url, embedder, stored, stored_vectors, sizes[0] - len(stored),
-                                             probes, quality_pairs, embedder.embed([p["a"] for p in quality_pairs]))
-            print(json.dumps(result["redisvl"], indent=1))
         result["machine_after"] = {"load_average": [round(x, 2) for x in os.getloadavg()]}
         write_json(args.out, result)
         print(markdown_table(["entries", "semantic p50 ms", "embed p50 ms", "ratio", "ratio, verifier off",
