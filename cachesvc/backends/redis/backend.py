@@ -111,28 +111,6 @@ for i, key in ipairs(KEYS) do found[i] = redis.call('HMGET', key, 'hits', 'lu') 
 return found
 """
 
-# KEYS: the tenant's index. ARGV: its hits key prefix, then FT.SEARCH's arguments after the index name. The search
-# with each found entry's hit count and last use appended to its fields: one round trip where a search followed by
-# a read of the candidates' hit counts would be two (the hits live outside the index, see codec.HITS).
-_SEARCH = """
-local reply = redis.call('FT.SEARCH', KEYS[1], unpack(ARGV, 2))
-for i = 3, #reply, 2 do
-  local row = reply[i]
-  if type(row) == 'table' then
-    for j = 1, #row - 1, 2 do
-      if row[j] == 'id' then
-        local hits = redis.call('HMGET', ARGV[1] .. row[j + 1], 'hits', 'lu')
-        if hits[1] then
-          table.insert(row, 'hits'); table.insert(row, hits[1]); table.insert(row, 'lu'); table.insert(row, hits[2])
-        end
-        break
-      end
-    end
-  end
-end
-return reply
-"""
-
 # KEYS: entry, hits. ARGV: when. Never recreates an entry deleted meanwhile; the hits expire with the entry.
 _TOUCH = """
 local ttl = redis.call('PTTL', KEYS[1])
@@ -186,8 +164,6 @@ class RedisBackend:
         self._get_one = client.register_script(_GET)
         self._hits = client.register_script(_HITS)
         self._touch = client.register_script(_TOUCH)
-        self._search_script = client.register_script(_SEARCH)
-        self._search_in_script = True  # until this Redis refuses FT.SEARCH inside a script
         self._state = State.NEW
 
     @property
@@ -362,11 +338,11 @@ class RedisBackend:
         query = (f"(@{codec.SCOPE}:{{{scope.digest}}} @{codec.EXPIRES}:[{self._now()!r} +inf])"
                  f"=>[KNN {int(k)} @{codec.VECTOR} $vec {policy}EF_RUNTIME {self._ef_runtime} AS __distance]")
         returned = [*codec.RETURNED, "__distance", *([codec.VECTOR] if with_vectors else [])]
-        arguments = [query, "PARAMS", "2", "vec", blob, "SORTBY", "__distance", "ASC",
-                     "RETURN", str(len(returned)), *returned, "LIMIT", "0", str(int(k)), "DIALECT", "2"]
         async with self._call("search"):
             try:
-                reply, with_hits = await self._knn(tag, arguments)
+                reply = await self._ft("FT.SEARCH", tag, query, "PARAMS", "2", "vec", blob,
+                                       "SORTBY", "__distance", "ASC", "RETURN", str(len(returned)), *returned,
+                                       "LIMIT", "0", str(int(k)), "DIALECT", "2")
             except rex.ResponseError as exc:
                 if _missing_index(exc):
                     self._indexed.discard(tag)
@@ -374,7 +350,7 @@ class RedisBackend:
                 raise
         rows = [codec.pairs(flat) for flat in reply[2::2]]
         ids = [row[b"id"].decode() for row in rows if b"id" in row]
-        if not with_hits and ids and len(ids) == len(rows):
+        if ids and len(ids) == len(rows):
             # The hit counts live outside the index: one more read, for the few candidates only.
             async with self._call("read hit counts"):
                 counts = await self._hits(keys=[self._keys.hits(i) for i in ids])
@@ -393,25 +369,6 @@ class RedisBackend:
             matches.append(Match(entry.id, similarity,
                                  codec.decode_vector(raw_vector) if with_vectors and raw_vector else None, entry))
         return matches
-
-    async def _knn(self, tag: str, arguments: list[Any]) -> tuple[Any, bool]:
-        """FT.SEARCH on the tenant's index; True when each row carries its hit count and last use already.
-
-        In a script where the Redis allows FT.SEARCH there (Redis Stack 7.4 does), else FT.SEARCH alone, and the
-        caller reads the hit counts in a second round trip.
-        """
-        if self._search_in_script:
-            try:
-                return await self._search_script(keys=[self._keys.index(tag)],
-                                                  args=[self._keys.hits_prefix(tag), *arguments]), True
-            except rex.ResponseError as exc:
-                if _missing_index(exc):
-                    raise
-                reply = await self._ft("FT.SEARCH", tag, *arguments)  # fails the same way if the search is at fault
-                log.info("FT.SEARCH is refused in a script by this Redis (%s): searching in two round trips", exc)
-                self._search_in_script = False
-                return reply, False
-        return await self._ft("FT.SEARCH", tag, *arguments), False
 
     async def _scope_dominates(self, scope: ScopeKey, tag: str) -> bool:
         """Whether the scope holds most of its tenant's index, judged at most every SHARE_REFRESH seconds.
