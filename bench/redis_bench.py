@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +81,15 @@ def redis_usec(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, i
 
 class Replica:
     def __init__(self, *, port: int, url: str, model_dir: Path, prefix: str, log: Path,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), source: Path | None = None) -> None:
         argv = [sys.executable, "-m", "cachesvc", "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1",
                 "--port", str(port), "--metrics-port", "-1", "--backend", "redis", "--redis-url", url,
                 "--redis-prefix", prefix, "--memo-size", "0", "--log-level", "WARNING", "--redis-timeout", "5", *extra]
+        env = dict(os.environ)
+        if source is not None:  # run another tree's cachesvc (ahead of the installed one on the import path)
+            env["PYTHONPATH"] = str(source)
         with open(log, "ab") as out:
-            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         self.port = port
         deadline = time.monotonic() + 120
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -170,6 +174,43 @@ def latency_round(client: CacheClient, embedder: OnnxEmbedder, prompts: list[str
             "redis_cmd_ms_per_lookup": usec / 1000 / len(prompts), "redis_cpu_ms_per_lookup": cpu * 1000 / len(prompts)}
 
 
+def compare_round(clients: dict[str, CacheClient], embedder: OnnxEmbedder, prompts: list[str], scope: Scope,
+                  redis_pid: int, block: int = 25) -> dict[str, Any]:
+    """The same semantic lookups on replicas running different code over one Redis, in alternating blocks (so
+    load drifts hit every side alike), each lookup next to the embedder alone; Redis CPU is charged per block."""
+    seen: dict[str, dict[str, Any]] = {
+        name: {"embed": [], "lookup": [], "hits": 0, "redis_cpu": 0.0, "server_embed": [], "server_search": [],
+               "server_total": []} for name in clients}
+    for start in range(0, len(prompts), block):
+        for name, client in clients.items():
+            side = seen[name]
+            cpu_before = cpu_seconds(redis_pid)
+            for prompt in prompts[start:start + block]:
+                t0 = time.perf_counter()
+                embedder.embed([prompt])
+                t1 = time.perf_counter()
+                found = client.lookup(prompt, scope=scope)
+                t2 = time.perf_counter()
+                side["embed"].append((t1 - t0) * 1000)
+                side["lookup"].append((t2 - t1) * 1000)
+                side["hits"] += found.hit
+                side["server_embed"].append(found.timings.embed_ms)
+                side["server_search"].append(found.timings.search_ms)
+                side["server_total"].append(found.timings.total_ms)
+            side["redis_cpu"] += cpu_seconds(redis_pid) - cpu_before
+    out = {}
+    for name, side in seen.items():
+        e50, l50 = percentile(side["embed"], 50), percentile(side["lookup"], 50)
+        assert e50 is not None and l50 is not None
+        out[name] = {"lookups": len(side["lookup"]), "hits": side["hits"], "embed_p50_ms": e50, "lookup_p50_ms": l50,
+                     "ratio": l50 / e50, "redis_cpu_ms_per_lookup": side["redis_cpu"] * 1000 / len(side["lookup"]),
+                     # Where the time goes, as the server saw it (its embed and search stages, its whole call).
+                     "server_embed_p50_ms": percentile(side["server_embed"], 50),
+                     "server_search_p50_ms": percentile(side["server_search"], 50),
+                     "server_total_p50_ms": percentile(side["server_total"], 50)}
+    return out
+
+
 def exact_round(client: CacheClient, port: int, prompts: list[str], scope: Scope, redis: Any,
                 redis_pid: int) -> dict[str, Any]:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -236,8 +277,10 @@ def throughput(replicas: list[Replica], prompts: list[str], scope: Scope, redis_
 
 
 def redisvl_side(url: str, embedder: OnnxEmbedder, stored: list[str], stored_vectors: np.ndarray,
-                 filler: int, probes: list[str], pairs: list[dict[str, Any]], pair_vectors: np.ndarray
-                 ) -> dict[str, Any] | None:
+                 filler: int, probes: list[str], pairs: list[dict[str, Any]], pair_vectors: np.ndarray,
+                 cachesvc_lookup: Callable[[str], object] | None = None) -> dict[str, Any] | None:
+    """With `cachesvc_lookup` (a scope holding the same entries), cachesvc's lookups run in blocks alternating
+    with RedisVL's, so both ratios come from the same minutes."""
     try:
         from redisvl.extensions.cache.llm import SemanticCache
         from redisvl.utils.vectorize import CustomVectorizer
@@ -255,18 +298,26 @@ def redisvl_side(url: str, embedder: OnnxEmbedder, stored: list[str], stored_vec
         a, b = rng.integers(0, len(stored_vectors), size=2)
         v = stored_vectors[a] * 0.6 + stored_vectors[b] * 0.4 + rng.standard_normal(embedder.dimension) * 0.02
         cache.store(f"filler prompt number {i}", "filler", vector=(v / np.linalg.norm(v)).astype(np.float32).tolist())
-    embed_ms, lookup_ms = [], []
-    for prompt in probes:
-        t0 = time.perf_counter()
-        embedder.embed([prompt])
-        t1 = time.perf_counter()
-        cache.check(prompt=prompt)
-        t2 = time.perf_counter()
-        embed_ms.append((t1 - t0) * 1000)
-        lookup_ms.append((t2 - t1) * 1000)
-    e50, l50 = percentile(embed_ms, 50), percentile(lookup_ms, 50)
-    assert e50 is not None and l50 is not None
-    out["latency"] = {"entries": len(stored) + filler, "embed_p50_ms": e50, "lookup_p50_ms": l50, "ratio": l50 / e50}
+    sides: dict[str, Callable[[str], object]] = {"redisvl": lambda prompt: cache.check(prompt=prompt)}
+    if cachesvc_lookup is not None:
+        sides["cachesvc"] = cachesvc_lookup
+    timed: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in sides}
+    for start in range(0, len(probes), 25):
+        for name, look_up in sides.items():
+            embed_ms, lookup_ms = timed[name]
+            for prompt in probes[start:start + 25]:
+                t0 = time.perf_counter()
+                embedder.embed([prompt])
+                t1 = time.perf_counter()
+                look_up(prompt)
+                t2 = time.perf_counter()
+                embed_ms.append((t1 - t0) * 1000)
+                lookup_ms.append((t2 - t1) * 1000)
+    for name, (embed_ms, lookup_ms) in timed.items():
+        e50, l50 = percentile(embed_ms, 50), percentile(lookup_ms, 50)
+        assert e50 is not None and l50 is not None
+        out["latency" if name == "redisvl" else "latency_cachesvc_same_run"] = {
+            "entries": len(stored) + filler, "embed_p50_ms": e50, "lookup_p50_ms": l50, "ratio": l50 / e50}
     cache.delete()
     for threshold in (0.1, 0.05):
         cache = SemanticCache(name=f"rvlq{uuid.uuid4().hex[:6]}", redis_url=url, vectorizer=vectorizer,
@@ -302,6 +353,10 @@ def main() -> int:
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models/all-MiniLM-L6-v2")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/out/redis.json")
     parser.add_argument("--skip-redisvl", action="store_true")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a source tree (e.g. `git archive main | tar -x -C DIR`) whose cachesvc runs one more "
+                             "replica, compared with this tree's lookup by lookup in alternating blocks")
+    parser.add_argument("--rounds", type=int, default=1, help="comparison rounds per size (with --baseline)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     result: dict[str, Any] = {"when": utc_now(), "command": command_line(), "machine": machine()}
@@ -322,6 +377,11 @@ def main() -> int:
         unverified = Replica(port=args.port + 2, url=redis.url, model_dir=args.model_dir, prefix=prefix, log=log,
                              extra=("--verifier", "off"))
         replicas.append(unverified)  # stopped by the finally below if anything fails
+        baseline = None
+        if args.baseline is not None:
+            baseline = Replica(port=args.port + 3, url=redis.url, model_dir=args.model_dir, prefix=prefix, log=log,
+                               source=args.baseline.resolve())
+            replicas.append(baseline)
         scope = Scope(namespace=NAMESPACE)
         core_scope = ScopeKey(tenant=TENANT, namespace=NAMESPACE)
         rows = []
@@ -339,10 +399,18 @@ def main() -> int:
                 exact = exact_round(client, args.port, stored, scope, redis, redis.process.pid)
                 rows.append({"entries": size, "semantic": latency, "semantic_verifier_off": plain, "exact": exact,
                              "uptime": os.getloadavg()})
+                if baseline is not None:
+                    with CacheClient(f"127.0.0.1:{baseline.port}", timeout=30) as base_client:
+                        rows[-1]["compare"] = [
+                            compare_round({"this tree": client, "baseline": base_client}, embedder, probes, scope,
+                                          redis.process.pid) | {"uptime": os.getloadavg()}
+                            for _ in range(args.rounds)]
                 print(json.dumps(rows[-1], indent=1))
             result["latency"] = rows
-            unverified.stop()
-            replicas.remove(unverified)
+            for extra in (unverified, baseline):
+                if extra is not None:
+                    extra.stop()
+                    replicas.remove(extra)
             result["throughput"] = [throughput(replicas, probes, scope, redis.process.pid, threads=args.threads,
                                                seconds=args.seconds)]
             replicas.append(Replica(port=args.port + 1, url=redis.url, model_dir=args.model_dir, prefix=prefix,
@@ -361,13 +429,24 @@ def main() -> int:
                                                           == normalize_prompt(pair["a"]) and pair["label"] == 1))
             result["quality_cachesvc"] = quality(outcome, quality_pairs)
             print(json.dumps(result["quality_cachesvc"]))
+        for r in replicas[1:]:
+            r.stop()
+        del replicas[1:]
+        if not args.skip_redisvl:
+            # cachesvc beside it on a scope of the same size as RedisVL's cache, lookups interleaved.
+            side_scope = Scope(namespace="redisvl-side")
+            with CacheClient(f"127.0.0.1:{args.port}", timeout=30) as client:
+                store_round(client, stored, side_scope, redis, redis.process.pid)
+                asyncio.run(fill(redis.url, prefix, embedder, stored_vectors, len(stored), sizes[0],
+                                 ScopeKey(tenant=TENANT, namespace="redisvl-side")))
+                result["redisvl"] = redisvl_side(
+                    redis.url, embedder, stored, stored_vectors, sizes[0] - len(stored), probes, quality_pairs,
+                    embedder.embed([p["a"] for p in quality_pairs]),
+                    cachesvc_lookup=lambda prompt: client.lookup(prompt, scope=side_scope))
+            print(json.dumps(result["redisvl"], indent=1))
         for r in replicas:
             r.stop()
         replicas.clear()
-        if not args.skip_redisvl:
-            result["redisvl"] = redisvl_side(redis.url, embedder, stored, stored_vectors, sizes[0] - len(stored),
-                                             probes, quality_pairs, embedder.embed([p["a"] for p in quality_pairs]))
-            print(json.dumps(result["redisvl"], indent=1))
         result["machine_after"] = {"load_average": [round(x, 2) for x in os.getloadavg()]}
         write_json(args.out, result)
         print(markdown_table(["entries", "semantic p50 ms", "embed p50 ms", "ratio", "ratio, verifier off",
