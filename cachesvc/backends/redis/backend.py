@@ -435,7 +435,7 @@ class RedisBackend:
         if not self._keys.is_entry_id(entry.id):
             return False
         args: list[Any] = [entry.id, codec.FEEDBACK, report.prompt, repr(report.similarity), int(report.correct),
-                FEEDBACK_REPORTS_KEPT]
+                           FEEDBACK_REPORTS_KEPT]
         async with self._call("record feedback"):
             state = await self._add_feedback(keys=[self._keys.entry(entry.id)], args=args)
         if state is None:

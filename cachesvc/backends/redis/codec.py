@@ -34,7 +34,8 @@ USAGE = "usage"
 # Callers' reports on the entry's hits (`EntryFeedback`; empty until the first): msgpack of
 # [[[prompt, similarity, correct], ...], [wrong prompt, ...], wrong, right, lsn], the shape the feedback script
 # (backend._ADD_FEEDBACK) reads and writes with Redis' cmsgpack. msgpack rather than JSON: Redis' cjson writes
-# numbers with 14 digits, cmsgpack keeps a similarity's every bit. Not indexed: only reports rewrite it.
+# numbers with 14 digits, cmsgpack keeps a similarity's every bit. Not in the index's schema, but rewriting it
+# makes the query engine index the entry again (see HITS): fine at the rate callers report.
 FEEDBACK = "fb"
 # Everything an entry is made of except its vector (what reading an entry needs).
 CONTENT = ("id", "tenant", "namespace", "model", "context", "prompt", "normalized_prompt", "completion",
