@@ -175,7 +175,7 @@ class App:
                                     leases=self.redis_leases or InMemoryFillLeases(),
                                     tenant_max_bytes=lambda tenant: limiter.limits_for(tenant).max_bytes,
                                     shared_counters=self.redis_counters,
-                                    feedback_store=self.backend if isinstance(self.backend, EmbeddedBackend) else None)
+                                    feedback_store=self.backend)
         await self.service.start()
         servicer = SemanticCacheServicer(service=self.service, authenticator=self.authenticator,
                                          metrics=self.metrics, limiter=self.limiter)

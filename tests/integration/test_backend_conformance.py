@@ -6,10 +6,12 @@ model and an injectable clock) cover what core promises on top: TTL never overru
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -17,18 +19,35 @@ import pytest
 from cachesvc.backends.embedded import EmbeddedBackend
 from cachesvc.backends.leases import InMemoryFillLeases, LeaseKey
 from cachesvc.backends.persistence import DataDir, ModelIdentity, PersistenceOptions
-from cachesvc.backends.protocol import Backend
+from cachesvc.backends.protocol import Backend, FeedbackStore
 from cachesvc.backends.redis.backend import RedisBackend
 from cachesvc.backends.redis.connection import RedisOptions, connect
 from cachesvc.backends.redis.counters import RedisCounters
 from cachesvc.clock import ManualClock
 from cachesvc.core.policy import TTLPolicy
 from cachesvc.core.service import CacheOptions, CacheService
-from cachesvc.core.types import DeleteById, HitKind, Lookup, Write
+from cachesvc.core.types import (
+    DeleteById,
+    Feedback,
+    FeedbackResult,
+    HitKind,
+    Lookup,
+    LookupResult,
+    RejectReason,
+    Write,
+)
 from cachesvc.embedding.onnx_embedder import OnnxEmbedder
 from cachesvc.embedding.protocol import Vector
 from cachesvc.errors import NotFound, Unavailable
-from cachesvc.records import Entry, ScopeKey, ScopeSelector, TokenUsage
+from cachesvc.records import (
+    FEEDBACK_REPORTS_KEPT,
+    Entry,
+    EntryFeedback,
+    FeedbackReport,
+    ScopeKey,
+    ScopeSelector,
+    TokenUsage,
+)
 
 DIM = 384
 KINDS = ["embedded", "redis", "redis-cluster"]
@@ -62,25 +81,41 @@ def clock() -> ManualClock:
     return ManualClock(start=time.time())
 
 
+OpenBackend = Callable[[], Awaitable[Backend]]
+
+
 @pytest.fixture(params=KINDS)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock,
-                  redis_prefix: str) -> AsyncIterator[Backend]:
+async def open_backend(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock,
+                       redis_prefix: str) -> AsyncIterator[OpenBackend]:
+    """Opens backends of one kind over one store (a data directory, or a Redis and prefix): a second one opened
+    after the first is closed is that store's restart, or, on Redis, another replica's view."""
     kind = request.param
-    if kind == "embedded":
-        b: Any = EmbeddedBackend(dimension=DIM, data_dir=DataDir(PersistenceOptions(data_dir=tmp_path), MODEL),
-                                 clock_now=clock.now)
+    opened: list[Any] = []
+
+    async def open_() -> Backend:
+        b: Any
+        if kind == "embedded":
+            b = EmbeddedBackend(dimension=DIM, data_dir=DataDir(PersistenceOptions(data_dir=tmp_path), MODEL),
+                                clock_now=clock.now)
+        else:
+            url, cluster = redis_url(request, kind)
+            options = RedisOptions(url=url, cluster=cluster, prefix=redis_prefix, timeout=5.0)
+            b = RedisBackend(client=connect(options), options=options, dimension=DIM, model=MODEL,
+                             clock_now=clock.now)
+        opened.append(b)
         await b.start()
-        yield b
-        await b.aclose()
-        return
-    url, cluster = redis_url(request, kind)
-    options = RedisOptions(url=url, cluster=cluster, prefix=redis_prefix, timeout=5.0)
-    client = connect(options)
-    b = RedisBackend(client=client, options=options, dimension=DIM, model=MODEL, clock_now=clock.now)
-    await b.start()
-    yield b
-    await b.aclose()
-    await client.aclose()
+        return cast(Backend, b)
+
+    yield open_
+    for b in reversed(opened):
+        await b.aclose()  # closing twice (a test that restarted it) does nothing more
+        if isinstance(b, RedisBackend):
+            await b._client.aclose()
+
+
+@pytest.fixture
+async def backend(open_backend: OpenBackend) -> Backend:
+    return await open_backend()
 
 
 SCOPE = ScopeKey(tenant="acme", namespace="support", model="gpt", context="c1")
@@ -222,6 +257,105 @@ async def test_a_backend_shared_between_replicas_bounds_its_own_capacity(backend
     assert caps.manages_capacity == caps.shared_between_replicas
 
 
+def feedback_store(backend: Backend) -> FeedbackStore:
+    assert isinstance(backend, EmbeddedBackend | RedisBackend)
+    return backend
+
+
+def folded(reports: list[FeedbackReport]) -> EntryFeedback:
+    """What `EntryFeedback.with_report` makes of `reports`, in order (lsn aside: each backend numbers its own)."""
+    state = EntryFeedback()
+    for report in reports:
+        state = state.with_report(report, 0)
+    return state
+
+
+def without_lsn(feedback: EntryFeedback | None) -> EntryFeedback | None:
+    return None if feedback is None else dataclasses.replace(feedback, lsn=0)
+
+
+async def test_feedback_is_kept_with_the_entry_exactly_as_with_report_makes_it(backend: Backend,
+                                                                              clock: ManualClock) -> None:
+    store = feedback_store(backend)
+    e = entry(SCOPE, "reset my password", now=clock.now(), expires_at=clock.now() + 600, backend=backend)
+    other = entry(SCOPE, "something else", now=clock.now(), backend=backend)
+    await backend.put(e, unit(1))
+    await backend.put(other, unit(2))
+    rng = np.random.default_rng(7)
+    prompts = ["a", "b", "c ✓ «ünïcode»", "d\x00e", "e" * 300, "reset my password"]
+    # More than are kept, repeated wrong prompts, both verdicts, and similarities that need every bit of a double.
+    reports = [FeedbackReport(prompt=prompts[int(rng.integers(len(prompts)))],
+                              similarity=[1.0, 0.0, float(rng.random())][i % 3], correct=bool(rng.random() < 0.4))
+               for i in range(FEEDBACK_REPORTS_KEPT + 20)]
+    lsns = []
+    for report in reports:
+        assert await store.add_feedback(e, report)
+        assert e.feedback is not None
+        lsns.append(e.feedback.lsn)
+    expected = folded(reports)
+    assert len(expected.reports) == FEEDBACK_REPORTS_KEPT and expected.wrong_prompts and expected.right
+    assert without_lsn(e.feedback) == expected  # the caller's entry holds the state after its report
+    assert lsns == sorted(set(lsns))  # every report applied once, in order
+    got = await backend.get(e.id)
+    exact = await backend.get_exact(SCOPE, e.normalized_prompt)
+    [match, _] = await backend.search(SCOPE, unit(1), 2)
+    assert got is not None and exact is not None and match.entry_id == e.id
+    for found in (got, exact, match.entry):  # core reads a candidate's feedback from whatever the search gave
+        if found is not None:
+            assert without_lsn(found.feedback) == expected
+    other_found = await backend.get(other.id)
+    assert other_found is not None and other_found.feedback is None
+    vector = await store.vector_of(e.id)
+    assert vector is not None and np.allclose(vector, unit(1), atol=1e-6)
+    assert await store.vector_of(other.id) is not None
+    if isinstance(backend, RedisBackend):
+        # A report never touches the entry's expiry (HSET keeps a key's TTL).
+        ttl = await backend._client.pttl(backend.keys.entry(e.id))
+        assert 0 < ttl <= 600_000
+        assert await backend._client.pttl(backend.keys.entry(other.id)) == -1
+
+
+async def test_feedback_on_an_entry_that_is_gone_is_refused(backend: Backend, clock: ManualClock) -> None:
+    store = feedback_store(backend)
+    report = FeedbackReport(prompt="p", similarity=0.9, correct=False)
+    deleted = entry(SCOPE, "deleted", now=clock.now(), backend=backend)
+    replaced = entry(SCOPE, "replaced", now=clock.now(), backend=backend)
+    await backend.put(deleted, unit(1))
+    await backend.put(replaced, unit(2))
+    await backend.delete([deleted.id])
+    newer = entry(SCOPE, "replaced", now=clock.now(), backend=backend)
+    await backend.put(newer, unit(3))
+    assert not await store.add_feedback(deleted, report)
+    assert not await store.add_feedback(replaced, report)
+    assert await store.vector_of(deleted.id) is None and await store.vector_of("0" * 48) is None
+    # Nothing was written for them (a report never recreates an entry), and the newer entry has no feedback.
+    assert await backend.get(deleted.id) is None and await backend.get(replaced.id) is None
+    assert [m.entry_id for m in await backend.search(SCOPE, unit(1), 4)] == [newer.id]
+    found = await backend.get(newer.id)
+    assert found is not None and found.feedback is None
+
+
+async def test_reports_sent_at_once_are_all_counted(open_backend: OpenBackend, clock: ManualClock) -> None:
+    first = await open_backend()
+    # On Redis a second backend is another replica (its own connections); the embedded backend has one owner.
+    second = await open_backend() if isinstance(first, RedisBackend) else first
+    e = entry(SCOPE, "contended", now=clock.now(), backend=first)
+    await first.put(e, unit(1))
+    replicas = [(b, await b.get(e.id)) for b in (first, second)]
+    sent = []
+    for i in range(60):
+        b, copy = replicas[i % 2]
+        assert copy is not None
+        report = FeedbackReport(prompt=f"q{i % 5}", similarity=0.9, correct=i % 3 == 0)
+        sent.append(feedback_store(b).add_feedback(copy, report))
+    assert all(await asyncio.gather(*sent))
+    found = await first.get(e.id)
+    assert found is not None and found.feedback is not None
+    assert (found.feedback.wrong, found.feedback.right) == (40, 20)
+    assert found.feedback.wrong_prompts == {f"q{i}" for i in range(5)}
+    assert len(found.feedback.reports) == 60
+
+
 # ---- CacheService over each backend: what core promises on top of the contract ---------------------------------
 
 
@@ -239,6 +373,16 @@ class _Encoder:
         return self._embedder.embed([text])[0]
 
 
+async def start_service(backend: Backend, clock: ManualClock, embedder: OnnxEmbedder,
+                        counters: RedisCounters | None = None) -> tuple[CacheService, _Encoder]:
+    encoder = _Encoder(embedder)
+    svc = CacheService(encoder=encoder, backend=backend, clock=clock,
+                       options=CacheOptions(min_similarity=0.9, max_bytes=None), shared_counters=counters,
+                       feedback_store=feedback_store(backend))
+    await svc.start()
+    return svc, encoder
+
+
 @pytest.fixture
 async def service(backend: Backend, clock: ManualClock, real_embedder: OnnxEmbedder,
                   request: pytest.FixtureRequest) -> AsyncIterator[tuple[CacheService, _Encoder]]:
@@ -246,10 +390,7 @@ async def service(backend: Backend, clock: ManualClock, real_embedder: OnnxEmbed
     if isinstance(backend, RedisBackend):
         counters = RedisCounters(client=backend._client, keys=backend.keys, timeout=5.0)
         await counters.start()
-    encoder = _Encoder(real_embedder)
-    svc = CacheService(encoder=encoder, backend=backend, clock=clock,
-                       options=CacheOptions(min_similarity=0.9, max_bytes=None), shared_counters=counters)
-    await svc.start()
+    svc, encoder = await start_service(backend, clock, real_embedder, counters)
     yield svc, encoder
     await svc.aclose()
     if counters is not None:
@@ -285,6 +426,92 @@ async def test_service_exact_semantic_ttl_delete_and_stats(service: tuple[CacheS
 
     [stats] = await svc.stats("acme", "support")
     assert (stats.lookups, stats.exact_hits, stats.semantic_hits, stats.stores) == (5, 1, 1, 2)
+
+
+STORED = "How do I reset my password?"
+# all-MiniLM-L6-v2 cosines to STORED, measured by each test before it relies on their order.
+MID = "How do I change my password?"  # ~0.87
+STEPS = "What are the steps to reset my password?"  # ~0.94
+PLEASE = "How do I reset my password please?"  # ~0.97
+NEAR = "How can I reset my password?"  # ~0.99
+
+
+async def test_service_feedback_stops_the_pair_lifts_the_threshold_then_stops_paraphrases(
+        service: tuple[CacheService, _Encoder]) -> None:
+    svc, _ = service
+    scope = ScopeKey(tenant="acme", namespace="support")
+
+    async def lookup(prompt: str) -> LookupResult:
+        return await svc.lookup(Lookup(scope=scope, prompt=prompt, explain=True))
+
+    async def report(prompt: str, entry_id: str, *, correct: bool = False, on: ScopeKey = scope) -> FeedbackResult:
+        return await svc.feedback(Feedback(scope=on, prompt=prompt, entry_id=entry_id, correct=correct))
+
+    stored = (await svc.store(Write(scope=scope, prompt=STORED, completion="Use the 'Forgot password' link."))).entry
+    mid, steps, please, near = [(await lookup(p)).similarity for p in (MID, STEPS, PLEASE, NEAR)]
+    assert mid < 0.9 <= steps < please < near < 1.0
+    for prompt in (STEPS, PLEASE, NEAR):
+        assert (await lookup(prompt)).hit_kind is HitKind.SEMANTIC
+
+    result = await report(STEPS, stored.id)
+    assert result.similarity == pytest.approx(steps, abs=1e-4)
+    assert steps < result.entry_min_similarity <= steps + 1e-4 and result.serves_paraphrases
+    refused = await lookup(STEPS)
+    assert refused.hit_kind is HitKind.MISS and refused.rejected_reason is RejectReason.FEEDBACK
+    assert (await lookup(PLEASE)).hit_kind is HitKind.SEMANTIC
+
+    result = await report(PLEASE, stored.id)
+    assert please < result.entry_min_similarity <= please + 1e-4 and result.serves_paraphrases
+    assert (await lookup(PLEASE)).hit_kind is HitKind.MISS and (await lookup(NEAR)).hit_kind is HitKind.SEMANTIC
+    result = await report(MID, stored.id)  # the third wrong report, none right: no paraphrase any more
+    assert not result.serves_paraphrases
+    refused = await lookup(NEAR)  # never reported, and above every reported similarity
+    assert refused.hit_kind is HitKind.MISS and refused.rejected_reason is RejectReason.FEEDBACK
+    assert (await lookup(STORED)).hit_kind is HitKind.EXACT  # exact repeats are still served
+
+    # An exact pair reported wrong is not served either, by the exact path or by similarity.
+    hours = (await svc.store(Write(scope=scope, prompt="What are your opening hours?", completion="9-5"))).entry
+    assert (await lookup("What are your opening hours?")).hit_kind is HitKind.EXACT
+    assert (await report("What are your opening hours?", hours.id)).similarity == 1.0
+    refused = await lookup("What are your opening hours?")
+    assert refused.hit_kind is HitKind.MISS and refused.rejected_reason is RejectReason.FEEDBACK
+
+    # Another tenant's (or scope's) entry, and a deleted one, are not found; nothing changes for the owner.
+    with pytest.raises(NotFound):
+        await report(NEAR, hours.id, on=ScopeKey(tenant="umbrella", namespace="support"))
+    with pytest.raises(NotFound):
+        await report(NEAR, hours.id, on=ScopeKey(tenant="acme", namespace="sales"))
+    owned = await svc.lookup(Lookup(scope=scope, prompt="What are your opening hours?"))
+    assert owned.hit_kind is HitKind.MISS
+    assert await svc.delete(DeleteById(tenant="acme", entry_id=hours.id)) == 1
+    with pytest.raises(NotFound):
+        await report("What are your opening hours?", hours.id)
+
+
+async def test_service_feedback_survives_a_restart(open_backend: OpenBackend, clock: ManualClock,
+                                                   real_embedder: OnnxEmbedder) -> None:
+    scope = ScopeKey(tenant="acme", namespace="support")
+    backend = await open_backend()
+    svc, _ = await start_service(backend, clock, real_embedder)
+    stored = (await svc.store(Write(scope=scope, prompt=STORED, completion="Use the link."))).entry
+    assert (await svc.lookup(Lookup(scope=scope, prompt=STEPS))).hit_kind is HitKind.SEMANTIC
+    await svc.feedback(Feedback(scope=scope, prompt=STEPS, entry_id=stored.id, correct=False))
+    await svc.aclose()
+    await backend.aclose()
+
+    restarted = await open_backend()  # the embedded backend from its data directory; a Redis one from Redis
+    svc, _ = await start_service(restarted, clock, real_embedder)
+    try:
+        again = await svc.lookup(Lookup(scope=scope, prompt=STEPS, explain=True))
+        assert again.hit_kind is HitKind.MISS and again.rejected_reason is RejectReason.FEEDBACK
+        assert (await svc.lookup(Lookup(scope=scope, prompt=NEAR))).hit_kind is HitKind.SEMANTIC
+        result = await svc.feedback(Feedback(scope=scope, prompt=NEAR, entry_id=stored.id, correct=True))
+        assert result.entry_min_similarity > again.similarity
+        found = await restarted.get(stored.id)
+        assert found is not None and found.feedback is not None
+        assert (found.feedback.wrong, found.feedback.right, found.feedback.wrong_prompts) == (1, 1, {STEPS})
+    finally:
+        await svc.aclose()
 
 
 class _LeasesThatCannotEnd(InMemoryFillLeases):

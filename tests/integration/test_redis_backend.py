@@ -16,7 +16,7 @@ from cachesvc.backends.redis.backend import ModelMismatch, RedisBackend
 from cachesvc.backends.redis.connection import RedisOptions, connect
 from cachesvc.clock import ManualClock
 from cachesvc.errors import Overloaded, Unavailable
-from cachesvc.records import Entry, ScopeKey
+from cachesvc.records import Entry, EntryFeedback, FeedbackReport, ScopeKey
 from tests.conftest import redis_stack
 
 DIM = 384
@@ -206,3 +206,28 @@ async def test_a_redis_that_lost_its_data_gets_its_index_back_on_the_next_store(
         if backend is not None:
             await _close(backend)
         server.close()
+
+
+async def test_feedback_written_by_the_codec_is_continued_by_the_script(redis_server: Any, redis_prefix: str) -> None:
+    """The feedback field has two writers (codec.encode_feedback on a store, the Lua script on a report): each
+    reads what the other wrote, and the result is what EntryFeedback.with_report makes."""
+    backend = await _backend(redis_server.url, redis_prefix, timeout=5.0)
+    try:
+        scope, now = ScopeKey(tenant="acme"), time.time()
+        earlier = [FeedbackReport(prompt="x", similarity=0.1 + 1e-15, correct=False),
+                   FeedbackReport(prompt="y ✓", similarity=1.0, correct=True)]
+        state = EntryFeedback()
+        for i, report in enumerate(earlier):
+            state = state.with_report(report, i + 1)
+        e = Entry(id=backend.new_id(scope), scope=scope, prompt="p", normalized_prompt="p", completion="c",
+                  metadata={}, created_at=now, expires_at=None, size_bytes=1, feedback=state)
+        await backend.put(e, unit(np.random.default_rng(3)))
+        stored = await backend.get(e.id)
+        assert stored is not None and stored.feedback == state
+        later = FeedbackReport(prompt="x", similarity=0.7, correct=False)
+        assert await backend.add_feedback(stored, later)
+        assert stored.feedback == state.with_report(later, 3)
+        assert codec.decode_feedback(codec.encode_feedback(stored.feedback)) == stored.feedback
+        assert codec.decode_feedback(b"") is None and codec.encode_feedback(None) == b""
+    finally:
+        await _close(backend)

@@ -205,6 +205,24 @@ def test_stats_on_any_replica_count_every_replicas_work(pair: tuple[Replica, Rep
             poll(counted, timeout=10, what="both replicas report the counters of both")
 
 
+def test_feedback_sent_to_one_replica_is_honoured_by_the_other(pair: tuple[Replica, Replica], scope: Scope) -> None:
+    a, b = pair
+    with a.client() as ca, b.client() as cb, b.client("umbrella") as umbrella:
+        stored = ca.store(PROMPT, "Settings > Billing > Cancel.", scope=scope)
+        served = cb.lookup(PARAPHRASE, scope=scope)
+        assert served.hit and served.entry is not None and served.entry.id == stored.id
+        with pytest.raises(NotFoundError):
+            umbrella.feedback(PARAPHRASE, stored.id, correct=False, scope=scope)
+        assert ca.lookup(PARAPHRASE, scope=scope).hit  # another tenant's report changed nothing
+        result = ca.feedback(PARAPHRASE, stored.id, correct=False, scope=scope)
+        assert result.similarity == pytest.approx(served.similarity, abs=1e-4)
+        # Acknowledged means in Redis: the other replica's next lookup already honours it.
+        assert not cb.lookup(PARAPHRASE, scope=scope).hit
+        assert cb.lookup(PROMPT, scope=scope).hit
+        cb.feedback(PROMPT, stored.id, correct=False, scope=scope)
+        assert not ca.lookup(PROMPT, scope=scope).hit
+
+
 def test_a_restarted_replica_finds_everything(pair: tuple[Replica, Replica], scope: Scope) -> None:
     a, b = pair
     with a.client() as ca:

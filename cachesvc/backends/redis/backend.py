@@ -38,7 +38,7 @@ from cachesvc.backends.wal import StorageError
 from cachesvc.embedding.protocol import Vector
 from cachesvc.errors import CacheError, InvalidRequest, NotReady
 from cachesvc.lifecycle import State
-from cachesvc.records import Entry, Match, ScopeKey, ScopeSelector, Usage
+from cachesvc.records import FEEDBACK_REPORTS_KEPT, Entry, FeedbackReport, Match, ScopeKey, ScopeSelector, Usage
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,37 @@ if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return 0
 """
 
+# KEYS: entry. ARGV: entry id, the feedback field, then one report: prompt, similarity, correct (1 or 0), and the
+# number of reports kept. Adds the report to the entry's feedback as `EntryFeedback.with_report` does, its lsn the
+# entry's count of reports (codec.FEEDBACK has the shape), and returns the new feedback; nil, writing nothing, when
+# the entry is gone. One script, so reports from several replicas at once are all counted; HSET keeps the key's
+# expiry.
+_ADD_FEEDBACK = """
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return false end
+local raw = redis.call('HGET', KEYS[1], ARGV[2])
+local reports, wrong_prompts, wrong, right, lsn = {}, {}, 0, 0, 0
+if raw and raw ~= '' then
+  local state = cmsgpack.unpack(raw)
+  reports, wrong_prompts, wrong, right, lsn = state[1], state[2], state[3], state[4], state[5]
+end
+local prompt, correct = ARGV[3], ARGV[5] == '1'
+table.insert(reports, {prompt, tonumber(ARGV[4]), correct})
+while #reports > tonumber(ARGV[6]) do table.remove(reports, 1) end
+if correct then
+  right = right + 1
+else
+  wrong = wrong + 1
+  local known = false
+  for _, p in ipairs(wrong_prompts) do
+    if p == prompt then known = true break end
+  end
+  if not known then table.insert(wrong_prompts, prompt) end
+end
+local state = cmsgpack.pack({reports, wrong_prompts, wrong, right, lsn + 1})
+redis.call('HSET', KEYS[1], ARGV[2], state)
+return state
+"""
+
 MAX_PENDING_TOUCHES = 10_000
 SHARE_REFRESH = 30.0  # seconds between judgements of how much of its index a scope holds
 BATCHES_MIN_ENTRIES = 1000  # below this, brute force over the scope is cheap anyway
@@ -164,6 +195,7 @@ class RedisBackend:
         self._get_one = client.register_script(_GET)
         self._hits = client.register_script(_HITS)
         self._touch = client.register_script(_TOUCH)
+        self._add_feedback = client.register_script(_ADD_FEEDBACK)
         self._state = State.NEW
 
     @property
@@ -394,6 +426,29 @@ class RedisBackend:
             self._shares.clear()
         self._shares[scope.digest] = (now, dominates)
         return dominates
+
+    # FeedbackStore
+
+    async def add_feedback(self, entry: Entry, report: FeedbackReport) -> bool:
+        """Adds a report to the entry's feedback in Redis (as durable as Redis is) and sets `entry.feedback` to
+        the result, which includes every other replica's reports so far."""
+        if not self._keys.is_entry_id(entry.id):
+            return False
+        args: list[Any] = [entry.id, codec.FEEDBACK, report.prompt, repr(report.similarity), int(report.correct),
+                           FEEDBACK_REPORTS_KEPT]
+        async with self._call("record feedback"):
+            state = await self._add_feedback(keys=[self._keys.entry(entry.id)], args=args)
+        if state is None:
+            return False
+        entry.feedback = codec.decode_feedback(state)
+        return True
+
+    async def vector_of(self, entry_id: str) -> Vector | None:
+        if not self._keys.is_entry_id(entry_id):
+            return None
+        async with self._call("read a vector"):
+            raw = await self._client.hget(self._keys.entry(entry_id), codec.VECTOR)
+        return codec.decode_vector(raw) if isinstance(raw, bytes) and raw else None
 
     # Inventory
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+import msgpack
 import numpy as np
 
 from cachesvc.backends.redis.keys import short_hash
 from cachesvc.embedding.protocol import Vector
-from cachesvc.records import Entry, ScopeKey, TokenUsage
+from cachesvc.records import Entry, EntryFeedback, FeedbackReport, ScopeKey, TokenUsage
 
 # No expiry is stored as this expiry time in the index, so one numeric range filter serves every entry.
 NEVER = 1e18
@@ -30,11 +31,18 @@ LAST_USED = "lu"
 EXACT_KEY = "xk"
 # What producing the completion cost (JSON; absent when the store carried no usage).
 USAGE = "usage"
+# Callers' reports on the entry's hits (`EntryFeedback`; empty until the first): msgpack of
+# [[[prompt, similarity, correct], ...], [wrong prompt, ...], wrong, right, lsn], the shape the feedback script
+# (backend._ADD_FEEDBACK) reads and writes with Redis' cmsgpack. msgpack rather than JSON: Redis' cjson writes
+# numbers with 14 digits, cmsgpack keeps a similarity's every bit. Not in the index's schema, but rewriting it
+# makes the query engine index the entry again (see HITS): fine at the rate callers report.
+FEEDBACK = "fb"
 # Everything an entry is made of except its vector (what reading an entry needs).
 CONTENT = ("id", "tenant", "namespace", "model", "context", "prompt", "normalized_prompt", "completion",
            "metadata", "created_at", "expires_at", "size_bytes")
-# What a search or scan returns of an entry: its content and the optional fields.
-RETURNED = (*CONTENT, USAGE)
+# What a search or scan returns of an entry: its content and the optional fields. Core reads the feedback of
+# every candidate, so it comes with the search.
+RETURNED = (*CONTENT, USAGE, FEEDBACK)
 
 
 def encode(entry: Entry, vector: Vector, *, exact_key: str) -> dict[str, str | bytes | float | int]:
@@ -63,6 +71,7 @@ def encode(entry: Entry, vector: Vector, *, exact_key: str) -> dict[str, str | b
         EXACT_KEY: exact_key,
         USAGE: "" if entry.usage is None else json.dumps(
             [entry.usage.prompt_tokens, entry.usage.completion_tokens, entry.usage.cost_usd]),
+        FEEDBACK: encode_feedback(entry.feedback),
     }
 
 
@@ -92,6 +101,7 @@ def decode(fields: Mapping[bytes, bytes]) -> Entry | None:
         hit_count=int(f[HITS]) if HITS in f else 0,
         last_used_at=float(f[LAST_USED]) if LAST_USED in f else float(text["created_at"]),
         usage=_decode_usage(f.get(USAGE, b"")),
+        feedback=decode_feedback(f.get(FEEDBACK, b"")),
     )
 
 
@@ -101,6 +111,27 @@ def _decode_usage(raw: bytes) -> TokenUsage | None:
     prompt_tokens, completion_tokens, cost_usd = json.loads(raw)
     return TokenUsage(prompt_tokens=int(prompt_tokens), completion_tokens=int(completion_tokens),
                       cost_usd=None if cost_usd is None else float(cost_usd))
+
+
+def encode_feedback(feedback: EntryFeedback | None) -> bytes:
+    """The stored form of an entry's feedback (empty for none)."""
+    if feedback is None:
+        return b""
+    reports = [[r.prompt, r.similarity, r.correct] for r in feedback.reports]
+    return bytes(msgpack.packb([reports, sorted(feedback.wrong_prompts), feedback.wrong, feedback.right,
+                                feedback.lsn]))
+
+
+def decode_feedback(raw: bytes) -> EntryFeedback | None:
+    """An entry's feedback from its stored form, as written by `encode_feedback` or the feedback script."""
+    if not raw:
+        return None
+    reports, wrong_prompts, wrong, right, lsn = msgpack.unpackb(raw)
+    # cmsgpack packs a whole-valued number as an integer (a similarity of 1.0 comes back as 1): float() restores it.
+    return EntryFeedback(
+        reports=tuple(FeedbackReport(prompt=prompt, similarity=float(similarity), correct=bool(correct))
+                      for prompt, similarity, correct in reports),
+        wrong_prompts=frozenset(wrong_prompts), wrong=int(wrong), right=int(right), lsn=int(lsn))
 
 
 def decode_vector(raw: bytes) -> Vector:

@@ -263,8 +263,8 @@ export class CacheClient {
   /**
    * Tells the server whether a served hit was a right answer for the prompt it was served to.
    *
-   * An entry the caller cannot see is NOT_FOUND (`NotFoundError`); a server without feedback support (the Redis
-   * backend today) answers UNIMPLEMENTED (`Unimplemented`).
+   * An entry the caller cannot see is NOT_FOUND (`NotFoundError`); a server too old to support feedback answers
+   * UNIMPLEMENTED (`Unimplemented`).
    *
    * @throws RangeError - An empty entryId.
    * @throws CacheClientError - The call failed.
