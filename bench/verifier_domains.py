@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import DATA_DIR, OUT_DIR, machine, markdown_table, text_table, utc_now, write_json
-from bench.verifier_data import ADVERSARIAL, EmbeddingCache, qqp_split, read_jsonl
+from bench.verifier_data import ADVERSARIAL, EmbeddingCache, qqp_split, read_jsonl, split_pairs
 from cachesvc.core.normalize import normalize_prompt
 from cachesvc.core.verify import (
     WEIGHTS_FILE,
@@ -239,9 +239,31 @@ def adversarial_dev(texts: list[str], rng: random.Random, n: int) -> list[dict[s
     return pairs
 
 
+def stream_samples(limit: int, seed: int) -> dict[str, list[tuple[str, str]]]:
+    """The seeded samples of the streams that are replayed: (normalised text, class) in stream order."""
+    rng = random.Random(seed)
+    out = {}
+    for name, path in STREAMS.items():
+        rows = read_jsonl(path)
+        keep = sorted(rng.sample(range(len(rows)), min(limit, len(rows))))
+        out[name] = [(normalize_prompt(rows[i]["text"]), str(rows[i]["cls"])) for i in keep]
+    return out
+
+
+def evaluation_streams(limit: int, seed: int) -> dict[str, set[str]]:
+    """The normalised texts of the replayed samples, per stream (for keeping them out of training)."""
+    return {name: {t for t, _c in items} for name, items in stream_samples(limit, seed).items()}
+
+
 def configs(weights: ModelWeights, model_thresholds: list[float], floors: list[float],
-            baselines: bool) -> list[Config]:
+            baselines: bool, static: list[float], compare: ModelWeights | None) -> list[Config]:
     out = [Config("rules 0.85", 0.85, RuleVerifier)]
+    out += [Config(f"off {t:.2f}", t, lambda: None) for t in static]
+    if compare is not None:
+        for floor in floors:
+            for p in model_thresholds:
+                out.append(Config(f"compared weights: combined {floor:.2f}, p>={p:.2f}", floor,
+                                  lambda p=p: CombinedVerifier(ModelVerifier(compare, accept_threshold=p))))
     if baselines:
         out += [Config("off 0.85", 0.85, lambda: None), Config("rules 0.80", 0.80, RuleVerifier)]
     for floor in floors:
@@ -265,29 +287,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floors", type=float, nargs="+", default=[0.80, 0.85])
     parser.add_argument("--no-baselines", dest="baselines", action="store_false",
                         help="only rules 0.85 and the combined rows with --model-thresholds")
+    parser.add_argument("--static", type=float, nargs="*", default=[],
+                        help="plain thresholds (verifier off) to add, e.g. 0.90")
+    parser.add_argument("--compare-weights", type=Path, default=None,
+                        help="a second weights file, run at the same floors and model thresholds")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "verifier-domains.json")
     parser.add_argument("--markdown-out", type=Path, default=None)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     cache = EmbeddingCache()
-    rng = random.Random(args.seed)
-    streams: dict[str, tuple[list[tuple[str, str]], np.ndarray]] = {}
-    for name, path in STREAMS.items():
-        rows = read_jsonl(path)
-        keep = sorted(rng.sample(range(len(rows)), min(args.limit, len(rows))))
-        items = [(normalize_prompt(rows[i]["text"]), str(rows[i]["cls"])) for i in keep]
-        streams[name] = (items, cache.get([t for t, _c in items]))
+    streams = {name: (items, cache.get([t for t, _c in items]))
+               for name, items in stream_samples(args.limit, args.seed).items()}
     _train, held = qqp_split(args.limit, args.limit)
     gptcache = read_jsonl(GPTCACHE)
+    # The part of GPTCache's pairs a verifier trained on the mixed development set never saw (bench/verifier_mix.py).
+    _fitted, gptcache_held = split_pairs(GPTCACHE)
     adversarial = read_jsonl(ADVERSARIAL)
     dev_texts = [p["a"] for p in _train[:2000]] + [t for items, _v in streams.values() for t, _c in items[:1000]]
     generated = adversarial_dev(dev_texts, random.Random(args.seed), args.adversarial_dev)
-    pairs = {"qqp (held-back dev)": held, "gptcache": gptcache}
+    pairs = {"qqp (held-back dev)": held, "gptcache": gptcache, "gptcache (held-back)": gptcache_held}
     pair_vectors = {name: (cache.get([p["a"] for p in ps]), cache.get([p["b"] for p in ps]))
                     for name, ps in {**pairs, "adversarial": adversarial, "adversarial-dev": generated}.items()}
     weights = ModelWeights.load(args.weights)
     results: list[dict[str, Any]] = []
-    for config in configs(weights, args.model_thresholds, args.floors, args.baselines):
+    compare = ModelWeights.load(args.compare_weights) if args.compare_weights is not None else None
+    for config in configs(weights, args.model_thresholds, args.floors, args.baselines, args.static, compare):
         row: dict[str, Any] = {"config": config.name}
         for name, (items, vectors) in streams.items():
             row[name] = run_stream(items, vectors, config).row()

@@ -8,8 +8,8 @@ An embedding blurs exactly the differences that make a cached answer wrong: "can
   and comparatives, "X to Y" direction). Pure Python, tens of microseconds.
 - `ModelVerifier`: gradient-boosted trees over pair features (cosine, summaries of |u-v| and u*v, the rule
   signals, IDF-weighted word overlap, question kinds and lengths; optionally the pair's topic), stored as numpy
-  arrays with their IDF table in `verifier_weights.npz` in `cachesvc/core`, trained by `bench/train_verifier.py`
-  on the train split of the development QQP pairs (or another file's, served with `--verifier-weights`). The
+  arrays with their IDF table in `verifier_weights.npz` in `cachesvc/core`, trained by `bench/train_verifier.py
+  --mix` on a mix of development domains (or on another file's pairs, served with `--verifier-weights`). The
   weights name the embedding model they were trained for; `build_verifier` checks it.
 - `CombinedVerifier`: rules first (a hard veto), then the model.
 
