@@ -3,7 +3,8 @@
 State is owned by the event loop (dicts are only touched there, except while `start()` reads the data
 directory into them on a worker thread, before anything else can see the backend); every FAISS call runs on one
 dedicated index thread, in submission order, so index mutations never race and a slow search never blocks the
-loop.
+loop. The one exception is a cheap search while that thread is idle: it runs on the loop under the thread's lock
+(`IndexThread.run_inline`), seeing what the thread would have seen, without two thread wake-ups.
 
 Durability comes before visibility: a mutation is appended to the write-ahead log (and fsynced, per the
 policy) before it changes what lookups see. Snapshots are written on their own thread, from a list of the

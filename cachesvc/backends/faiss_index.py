@@ -1,7 +1,7 @@
 """One scope's vector index: exact (flat) while small, HNSW once large, rebuilt in the background.
 
 FAISS indexes are not safe for concurrent mutation, so every call on a `ScopeIndex` happens on the backend's
-single index thread. The one slow operation, building an HNSW graph (seconds at 10k+ vectors), runs on a
+single index thread, or (a cheap search) on another thread holding that thread's lock while it is idle. The one slow operation, building an HNSW graph (seconds at 10k+ vectors), runs on a
 separate build thread over a copy of the vectors; when it finishes, the index thread replays the additions
 and removals made meanwhile and swaps the new index in, so lookups keep being answered during a build.
 
