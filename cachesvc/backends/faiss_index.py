@@ -1,9 +1,10 @@
 """One scope's vector index: exact (flat) while small, HNSW once large, rebuilt in the background.
 
 FAISS indexes are not safe for concurrent mutation, so every call on a `ScopeIndex` happens on the backend's
-single index thread, or (a cheap search) on another thread holding that thread's lock while it is idle. The one slow operation, building an HNSW graph (seconds at 10k+ vectors), runs on a
-separate build thread over a copy of the vectors; when it finishes, the index thread replays the additions
-and removals made meanwhile and swaps the new index in, so lookups keep being answered during a build.
+single index thread, or (a cheap search) on another thread holding that thread's lock while it is idle. The one
+slow operation, building an HNSW graph (seconds at 10k+ vectors), runs on a separate build thread over a copy
+of the vectors; when it finishes, the index thread replays the additions and removals made meanwhile and swaps
+the new index in, so lookups keep being answered during a build.
 
 HNSW has no `remove_ids`: a removed label stays in the graph as a tombstone that search filters out (the
 index remembers them), and the graph is rebuilt once tombstones pass `max_tombstone_ratio`.
