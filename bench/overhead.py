@@ -14,6 +14,10 @@ noise falls on every kind alike, --probes rounds of:
     exact    a stored prompt verbatim (the exact path: no embedding)
     health   a bare gRPC health check on the same channel
 
+Each of these gRPC calls is made after --gap-ms of idleness, so that every kind meets the server in the same state
+(on this VM a call right behind another costs ~0.3-0.6 ms less; without the gap the exact hit, which followed the
+embedding, paid that and the health check right behind it did not).
+
 Then the server CPU time per call of each kind in short runs of one kind (from /proc/<pid>/stat: robust to the
 box's load, unlike wall time), and the throughput with --callers concurrent callers on unseen prompts against the
 2-core ceiling: cores / the per-item time of a 32-prompt batch through the plain session. With --baseline-tree,
@@ -264,6 +268,9 @@ def probe(args: argparse.Namespace, servers: dict[str, tuple[str, int]], plain: 
         return caches[name].Lookup(pb.LookupRequest(scope=WIRE_SCOPE, prompt=prompt), timeout=10.0)
 
     def timed(name: str, kind: str, call: Any) -> Any:
+        # Every call starts from an idle server: on this VM a call right behind another finds the server's threads
+        # still awake and costs ~0.3-0.6 ms less, so back-to-back kinds would not be measured alike.
+        time.sleep(args.gap_ms / 1000)
         t = time.perf_counter()
         reply = call()
         times[name][kind].append((time.perf_counter() - t) * 1000)
@@ -380,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probes", type=int, default=400)
     parser.add_argument("--cpu-calls", type=int, default=300, help="calls per kind for the server CPU figures")
     parser.add_argument("--callers", type=int, default=16)
+    parser.add_argument("--gap-ms", type=float, default=5.0,
+                        help="idle time before each timed gRPC probe (0: back to back, the earlier method)")
     parser.add_argument("--throughput-seconds", type=float, default=8.0, help="per window")
     parser.add_argument("--throughput-windows", type=int, default=2, help="per server (alternating with two)")
     parser.add_argument("--baseline-tree", type=Path, default=None,

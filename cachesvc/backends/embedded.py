@@ -3,7 +3,8 @@
 State is owned by the event loop (dicts are only touched there, except while `start()` reads the data
 directory into them on a worker thread, before anything else can see the backend); every FAISS call runs on one
 dedicated index thread, in submission order, so index mutations never race and a slow search never blocks the
-loop.
+loop. The one exception is a cheap search while that thread is idle: it runs on the loop under the thread's lock
+(`IndexThread.run_inline`), seeing what the thread would have seen, without two thread wake-ups.
 
 Durability comes before visibility: a mutation is appended to the write-ahead log (and fsynced, per the
 policy) before it changes what lookups see. Snapshots are written on their own thread, from a list of the
@@ -32,8 +33,9 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from cachesvc.backends.faiss_index import IndexKind, IndexOptions, ScopeIndex, use_one_thread
+from cachesvc.backends.faiss_index import IndexKind, IndexOptions, ScopeIndex
 from cachesvc.backends.graphs import GraphFileError, SavedGraph, graph_path, read_graphs, write_graphs
+from cachesvc.backends.index_thread import IndexThread
 from cachesvc.backends.persistence import (
     DataDir,
     SnapshotChunk,
@@ -283,7 +285,7 @@ class EmbeddedBackend:
         self._scopes: dict[str, _Scope] = {}
         self._tallies: dict[tuple[str, str], _Tally] = {}
         self._next_label = itertools.count(1)
-        self._index_thread: ThreadPoolExecutor | None = None
+        self._index_thread: IndexThread | None = None
         self._build_thread: ThreadPoolExecutor | None = None
         self._state = State.NEW
 
@@ -299,7 +301,7 @@ class EmbeddedBackend:
         """
         if self._state is not State.NEW:
             raise RuntimeError(f"cannot start a backend that is {self._state.value}")
-        self._index_thread = ThreadPoolExecutor(1, thread_name_prefix="faiss-index", initializer=use_one_thread)
+        self._index_thread = IndexThread()
         self._build_thread = ThreadPoolExecutor(1, thread_name_prefix="faiss-build")
         self._state = State.RUNNING
         if self._data_dir is not None:
@@ -382,6 +384,23 @@ class EmbeddedBackend:
         if self._state is not State.RUNNING or self._index_thread is None:
             raise NotReady("the backend is not running")
         return await asyncio.get_running_loop().run_in_executor(self._index_thread, fn)
+
+    async def _search_on_index(self, index: ScopeIndex,
+                               fn: Callable[[], tuple[list[tuple[int, float]], np.ndarray | None]]
+                               ) -> tuple[list[tuple[int, float]], np.ndarray | None]:
+        """Runs a search on the loop's thread when it is cheap and the index thread idle (it then sees every
+        change submitted before it, as on the thread), else on the index thread."""
+        if self._state is State.RUNNING and self._index_thread is not None:
+            ran, result = self._index_thread.run_inline(fn, worth_it=lambda: index.cheap_to_search)
+            if ran:
+                assert result is not None
+                return result
+        return await self._on_index_thread(fn)
+
+    @property
+    def inline_searches(self) -> int:
+        """Searches that ran on the caller's thread rather than the index thread (tests and benchmarks)."""
+        return 0 if self._index_thread is None else self._index_thread.inline_runs
 
     def new_id(self, scope: ScopeKey) -> str:
         return uuid.uuid4().hex
@@ -557,7 +576,7 @@ class EmbeddedBackend:
                 return found, None
             return found, held.index.vectors_of(np.array([label for label, _s in found], dtype=np.int64))
 
-        found, vectors = await self._on_index_thread(run)
+        found, vectors = await self._search_on_index(held.index, run)
         matches = []
         for i, (label, similarity) in enumerate(found):
             entry_id = held.label_to_id.get(label)

@@ -1,9 +1,10 @@
 """One scope's vector index: exact (flat) while small, HNSW once large, rebuilt in the background.
 
 FAISS indexes are not safe for concurrent mutation, so every call on a `ScopeIndex` happens on the backend's
-single index thread. The one slow operation, building an HNSW graph (seconds at 10k+ vectors), runs on a
-separate build thread over a copy of the vectors; when it finishes, the index thread replays the additions
-and removals made meanwhile and swaps the new index in, so lookups keep being answered during a build.
+single index thread, or (a cheap search) on another thread holding that thread's lock while it is idle. The one
+slow operation, building an HNSW graph (seconds at 10k+ vectors), runs on a separate build thread over a copy
+of the vectors; when it finishes, the index thread replays the additions and removals made meanwhile and swaps
+the new index in, so lookups keep being answered during a build.
 
 HNSW has no `remove_ids`: a removed label stays in the graph as a tombstone that search filters out (the
 index remembers them), and the graph is rebuilt once tombstones pass `max_tombstone_ratio`.
@@ -33,10 +34,16 @@ class IndexOptions:
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 96
     max_tombstone_ratio: float = 0.2
+    # A search runs on the caller's thread, not the index thread, when that thread is idle and the search is
+    # cheap: a flat scan of at most this many vectors, or an HNSW search (bounded by efSearch, not by size)
+    # with no build to swap in. 0 sends every search to the index thread.
+    inline_search_limit: int = 20_000
 
     def __post_init__(self) -> None:
         if self.hnsw_threshold < 1 or self.hnsw_m < 4 or self.hnsw_ef_search < 1:
             raise ValueError("hnsw_threshold >= 1, hnsw_m >= 4 and hnsw_ef_search >= 1 are required")
+        if self.inline_search_limit < 0:
+            raise ValueError("inline_search_limit must be >= 0")
         if not 0 < self.max_tombstone_ratio < 1:
             raise ValueError("max_tombstone_ratio must lie in (0, 1)")
 
@@ -134,6 +141,14 @@ class ScopeIndex:
             self._build.added.pop(label, None)
             self._build.removed.add(label)
         self.maybe_rebuild()
+
+    @property
+    def cheap_to_search(self) -> bool:
+        """Whether a search costs little enough to run on the caller's thread (see `inline_search_limit`)."""
+        limit = self._options.inline_search_limit
+        if limit == 0 or self._build is not None:
+            return False
+        return self.kind is IndexKind.HNSW or self._total() <= limit
 
     def search(self, vector: Vector, k: int) -> list[tuple[int, float]]:
         """The up-to-`k` nearest live labels with their inner products, best first."""
