@@ -212,9 +212,9 @@ class CacheService:
         key = LeaseKey.of(scope, prompt)
         lease_seconds = max(min(fill.lease_seconds, options.max_fill_lease_seconds), 0.001)
         wait_seconds = min(fill.wait_seconds, options.max_fill_wait_seconds)
-        if fill.deadline_seconds is not None:
+        if request.deadline is not None:
             # Leave time to answer before the caller's deadline: a reply after it is lost.
-            wait_seconds = min(wait_seconds, fill.deadline_seconds * 0.9 - (time.perf_counter() - started))
+            wait_seconds = min(wait_seconds, (request.deadline - time.monotonic()) * 0.9)
         give_up_at = time.perf_counter() + max(wait_seconds, 0.0)
         waited = False
         while True:

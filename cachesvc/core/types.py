@@ -43,13 +43,11 @@ class FillRequest:
         lease_seconds: on a miss, take the fill lease for this long (capped by the service); 0 = no
             single-flight for this lookup (no lease, no wait).
         wait_seconds: when another caller holds the lease, wait this long at most for its store (capped by the
-            service and by `deadline_seconds`); 0 = don't.
-        deadline_seconds: what is left of the caller's deadline; None = none.
+            service and by the lookup's deadline); 0 = don't.
     """
 
     lease_seconds: float = 0.0
     wait_seconds: float = 0.0
-    deadline_seconds: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

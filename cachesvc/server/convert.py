@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -91,8 +90,7 @@ def lookup_from_proto(tenant: str, request: pb.LookupRequest, *, deadline: float
     """
     fill = None
     if request.fill_lease_ms:
-        fill = FillRequest(lease_seconds=request.fill_lease_ms / 1000, wait_seconds=request.fill_wait_ms / 1000,
-                           deadline_seconds=None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        fill = FillRequest(lease_seconds=request.fill_lease_ms / 1000, wait_seconds=request.fill_wait_ms / 1000)
     return Lookup(
         scope=scope_key(tenant, request.scope),
         prompt=request.prompt,
