@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import resource
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from cachesvc.app import start_recovering
 from cachesvc.backends.embedded import SNAPSHOT_CHUNK, EmbeddedBackend
 from cachesvc.backends.faiss_index import IndexOptions
 from cachesvc.backends.persistence import DataDir, ModelIdentity, PersistenceOptions, encode_chunk
@@ -79,12 +79,7 @@ async def restart(path: Path, probe: np.ndarray) -> dict[str, float]:
     started = time.perf_counter()
     backend = EmbeddedBackend(dimension=DIM, index_options=IndexOptions(hnsw_threshold=1_000_000_000),
                               data_dir=DataDir(PersistenceOptions(data_dir=path), MODEL))
-    gc.disable()  # as the server's composition root does around recovery
-    try:
-        await backend.start()
-    finally:
-        gc.freeze()
-        gc.enable()
+    await start_recovering(backend)  # as the server starts it
     matches = await backend.search(ScopeKey(tenant="bench", namespace="ns0"), probe, 4)
     ready = time.perf_counter() - started
     assert matches, "no lookup answer after restart"
@@ -194,12 +189,7 @@ async def graph_restart(path: Path, seconds: float) -> dict[str, Any]:
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     started = time.perf_counter()
     backend = EmbeddedBackend(dimension=DIM, data_dir=DataDir(PersistenceOptions(data_dir=path), MODEL))
-    gc.disable()
-    try:
-        await backend.start()
-    finally:
-        gc.freeze()
-        gc.enable()
+    await start_recovering(backend)  # as the server starts it
     ready = time.perf_counter() - started
     index = backend.index_of(scope)
     assert index is not None

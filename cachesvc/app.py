@@ -274,15 +274,7 @@ class App:
         backend = self.backend = EmbeddedBackend(dimension=embedder.dimension,
                                                  index_options=IndexOptions(hnsw_threshold=s.hnsw_threshold),
                                                  data_dir=data_dir, clock_now=self.clock.now)
-        # Recovery allocates millions of long-lived objects and no cycles: without a pause the cyclic GC would
-        # walk the growing heap again and again (a third of a 1M-entry restart). Once loaded, they live as long
-        # as the server, so they are frozen out of every later full pass.
-        gc.disable()
-        try:
-            await backend.start()
-        finally:
-            gc.freeze()
-            gc.enable()
+        await start_recovering(backend)
         await reembed_pending(data_dir, embedder=embedder, backend=backend, now=self.clock.now())
         return backend
 
@@ -341,6 +333,21 @@ def tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     client_ca = read(settings.tls_client_ca) if settings.tls_client_ca else None
     return grpc.ssl_server_credentials([(read(settings.tls_key), read(settings.tls_cert))],
                                        root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+async def start_recovering(backend: EmbeddedBackend) -> None:
+    """Starts `backend`, which recovers its data directory, without the cyclic GC in the way.
+
+    Recovery allocates millions of long-lived objects and no cycles: without a pause the cyclic GC would walk the
+    growing heap again and again (a third of a 1M-entry restart). Once loaded, they live as long as the server,
+    so they are frozen out of every later full pass.
+    """
+    gc.disable()
+    try:
+        await backend.start()
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def manifest_of(embedder: Embedder) -> ModelManifest | None:

@@ -28,14 +28,19 @@ def model_dir() -> Path:
     return path
 
 
-def bench_script(name: str) -> ModuleType:
-    """Imports bench/<name>.py (the bench scripts are not a package) for tests of their estimators."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+def load_script(path: Path) -> ModuleType:
+    """Imports a script that is not part of a package (bench/, scripts/) by its path."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
+
+
+def bench_script(name: str) -> ModuleType:
+    """Imports bench/<name>.py for tests of its estimators."""
+    return load_script(ROOT / "bench" / f"{name}.py")
 
 
 @pytest.fixture(scope="session")

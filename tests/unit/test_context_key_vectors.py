@@ -4,7 +4,6 @@ languages hash the same inputs to the same scope context."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -13,18 +12,14 @@ from typing import Any
 import pytest
 
 from cachesvc_client import context_key
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "clients/context_key_vectors.json"
 
 
 def _script() -> ModuleType:
-    path = ROOT / "scripts/gen_context_key_vectors.py"
-    spec = importlib.util.spec_from_file_location("gen_context_key_vectors", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts/gen_context_key_vectors.py")
 
 
 def _vectors() -> list[dict[str, Any]]:

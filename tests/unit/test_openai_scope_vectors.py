@@ -4,7 +4,6 @@ file, so both languages serve each other's cached answers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -13,18 +12,14 @@ from typing import Any
 import pytest
 
 from cachesvc_client.openai import CachePlan, plan_request
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "clients/openai_scope_vectors.json"
 
 
 def _script() -> ModuleType:
-    path = ROOT / "scripts/gen_openai_scope_vectors.py"
-    spec = importlib.util.spec_from_file_location("gen_openai_scope_vectors", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts/gen_openai_scope_vectors.py")
 
 
 def _file() -> dict[str, Any]:
