@@ -1,7 +1,7 @@
 """What a model run will cost: a prompt's cost from its length, and seconds per unit of cost from recent runs.
 
 The model's time grows with a text's tokens, up to the model's input limit (the embedder truncates there), plus a
-fixed part per text. Prompts mix a few words with pages of text (one of 256 tokens costs ~20x one of 8), so a
+fixed part per text. Prompts mix a few words with pages of text (256 tokens take ~17x as long as 8 alone), so a
 count of prompts misjudges both the work queued ahead and how long a run will take. Tokens are estimated from
 UTF-8 bytes without tokenizing on the event loop: a steady bias in the estimate is absorbed by the measured
 seconds per unit; only the ratio between prompts matters.
