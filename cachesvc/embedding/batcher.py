@@ -7,10 +7,11 @@ Each item carries its own future; cancelled items are skipped. The model runs on
 never on the event loop.
 
 The queue is bounded by time as well as by count: an item that cannot start its model run within the queueing
-budget (or before its caller's deadline, less one run) is shed with `Overloaded` - at once when the work queued
+budget (or before its caller's deadline, less its own run) is shed with `Overloaded` - at once when the work queued
 ahead says it would wait too long, else when it reaches the head of the queue too late. Work is counted in cost
 units from each prompt's length (`run_cost`), timed by the slowest recent runs, and a run takes only what the
-budget can run (a lone longer prompt still runs), so an accepted prompt waits at most the budget plus one run.
+budget can run (a lone longer prompt still runs) and ends by every deadline it carries, so an accepted prompt
+waits at most the budget plus one run.
 A caller that gives up (cancellation) frees its slot at once and its text never reaches the model.
 """
 
@@ -64,6 +65,7 @@ class _Item:
     cost: int  # run_cost units
     future: asyncio.Future[Vector]
     start_by: float  # the monotonic clock by which its run must start, else it is shed
+    finish_by: float  # its caller's deadline: it joins no run predicted to end later
     queued: bool = True  # still counted against the queue bound
 
 
@@ -164,11 +166,9 @@ class MicroBatcher:
         per_unit = self._seconds_per_unit.value
         budget = self._options.max_queue_ms / 1000 if self._options.max_queue_ms is not None else None
         start_by = now + budget if budget is not None else float("inf")
-        if deadline is not None:
-            # Its run must also end before the caller gives up: a run takes at most the budget's worth, or this
-            # prompt alone when it costs more.
-            run_seconds = cost * per_unit if budget is None else max(cost * per_unit, budget)
-            start_by = min(start_by, deadline - run_seconds)
+        finish_by = float("inf") if deadline is None else deadline
+        # Its run must also end before the caller gives up: at the latest, it runs alone.
+        start_by = min(start_by, finish_by - cost * per_unit)
         # What the queue ahead will take: shed now rather than after waiting in vain.
         expected_wait = self._live_cost * per_unit / self._options.workers
         if now + expected_wait > start_by:
@@ -176,7 +176,7 @@ class MicroBatcher:
             raise Overloaded(f"the embedding queue would take about {expected_wait * 1000:.0f} ms to reach this "
                              "prompt, more than the queueing budget or the call's deadline allows")
         future: asyncio.Future[Vector] = asyncio.get_running_loop().create_future()
-        item = _Item(text, cost, future, start_by)
+        item = _Item(text, cost, future, start_by, finish_by)
         future.add_done_callback(lambda _f: self._leave_queue(item, abandoned=True))
         self._queue.append(item)
         self._live += 1
@@ -203,6 +203,10 @@ class MicroBatcher:
         if self._options.max_queue_ms is None or per_unit <= 0:
             return float("inf")
         return self._options.max_queue_ms / 1000 / per_unit * (1 + 1e-9)  # a float quotient may fall just short
+
+    def _fits(self, cost: int, cost_cap: float, finish_by: float) -> bool:
+        """Whether a run of this cost stays within the budget and ends by the earliest deadline it carries."""
+        return cost <= cost_cap and self._monotonic() + cost * self._seconds_per_unit.value <= finish_by
 
     def _live_head(self) -> _Item | None:
         """The first queued item someone still waits for, left in place; drops abandoned items and sheds the
@@ -245,11 +249,11 @@ class MicroBatcher:
                 # instead of one core running everything while the other waits.
                 idle = self._options.workers - self._busy
                 share = min(self._options.max_batch_size, -(-(1 + self._live) // max(idle, 1)))
-                cost, cost_cap = first.cost, self._run_cost_cap()
+                cost, cost_cap, finish_by = first.cost, self._run_cost_cap(), first.finish_by
                 while (len(batch) < share and (item := self._live_head()) is not None
-                       and cost + item.cost <= cost_cap):
+                       and self._fits(cost + item.cost, cost_cap, min(finish_by, item.finish_by))):
                     batch.append(self._take(item))
-                    cost += item.cost
+                    cost, finish_by = cost + item.cost, min(finish_by, item.finish_by)
             except BaseException:
                 self._slots.release()
                 for item in batch:  # taken off the queue (e.g. during the linger) but never run

@@ -483,6 +483,33 @@ async def test_a_prompt_whose_own_run_could_not_end_by_the_callers_deadline_is_s
     assert batcher.items_shed == 1
 
 
+async def test_a_caller_whose_deadline_is_shorter_than_the_budget_is_served_when_the_model_is_free() -> None:
+    fake = FakeEmbedder(hold={0})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
+        await warmed_up(fake, batcher, clock, [10])
+        await settle(batcher.encode("quick", deadline=clock.now + 0.030))  # a 10 ms run fits in 30 ms
+    assert fake.calls == [["w0"], ["quick"]]
+
+
+async def test_a_prompt_joins_no_run_that_would_end_after_its_callers_deadline() -> None:
+    fake = FakeEmbedder(hold={0, 1, 2})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=2, max_queue_ms=50) as batcher:
+        await warmed_up(fake, batcher, clock, [10])  # 10 ms per short prompt: five fit in the budget
+        busy = await submit(batcher, ["busy1", "busy2"])  # one run on each worker
+        await fake.wait_calls(3)
+        q1 = asyncio.create_task(batcher.encode("q1"))
+        # 5 ms of work ahead on two workers, then its own 10 ms run: within its 16 ms
+        hurried = asyncio.create_task(batcher.encode("q2", deadline=clock.now + 0.016))
+        q3 = asyncio.create_task(batcher.encode("q3"))
+        await yield_until(lambda: batcher.queue_depth == 3)
+        fake.release()
+        await settle(asyncio.gather(*busy, q1, hurried, q3))
+    # Any two of them in one run would take 20 ms, past q2's deadline: q2 runs alone, on the other worker.
+    assert sorted(fake.calls[3:]) == [["q1"], ["q2"], ["q3"]]
+
+
 async def test_a_caller_cancelling_while_its_batch_runs_does_not_disturb_the_others() -> None:
     fake = FakeEmbedder(hold={0, 1})
     async with running(fake, workers=1) as batcher:
