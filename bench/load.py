@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ from common import (
     write_json,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from cachesvc_client import AsyncCacheClient, CacheClientError, Scope
 
@@ -173,7 +175,8 @@ def server(args: argparse.Namespace, *, max_queue: int | None = None, data_dir: 
         argv = [sys.executable, "-m", "cachesvc", "serve", *[f"--{k}={v}" for k, v in settings.items()]]
         log_path = Path(data_dir) / "server.log"
         with log_path.open("ab") as log:
-            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+            # `python -m` imports the package of its working directory first: --server-source runs other code.
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=args.server_source)
             try:
                 wait_serving(f"127.0.0.1:{port}", timeout=900)  # recovery of a large data directory
                 yield Server(target=f"127.0.0.1:{port}", pid=process.pid,
@@ -591,6 +594,27 @@ async def _recovery_probes(target: str, *, start_at: float, seconds: float, inte
     return results
 
 
+async def _server_lookup_shares(srv: Server, bounds: tuple[float, ...]) -> dict[str, float] | None:
+    """Shares of the server's OK lookups it answered within each bound (seconds), from its own
+    `cachesvc_request_seconds` histogram: read when the started server has --metrics-port (a port, not -1). The
+    bounds must be bucket bounds. Recovery probes answered before the scrape are counted too (a few at most)."""
+    port = srv.settings.get("metrics-port", "-1")
+    if srv.pid is None or int(port) <= 0:
+        return None
+    url = f"http://127.0.0.1:{port}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (sample.name == "cachesvc_request_seconds_bucket" and sample.labels.get("method") == "Lookup"
+                    and sample.labels.get("code") == "OK"):
+                buckets[float(sample.labels["le"])] = sample.value
+    total = buckets.get(float("inf"), 0.0)
+    if not total:
+        return None
+    return {f"{bound * 1000:g}ms": buckets[bound] / total for bound in bounds}
+
+
 async def _rss_sampler(pid: int, samples: list[tuple[float, int]], interval: float = 0.5) -> None:
     started = time.monotonic()
     while True:
@@ -614,6 +638,7 @@ async def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
         tally, resources = await measured(srv, open_loop(srv.target, setup.workload,
                                                          rates=[(rate, args.duration)], count=args.count,
                                                          channels=args.channels, timeout=deadline))
+        server_shares = await _server_lookup_shares(srv, (0.05, 0.1, 0.2))
         probe_results = await probes
         if sampler is not None:
             sampler.cancel()
@@ -645,13 +670,16 @@ async def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
         "rss_mb_every_5s": [round(mb, 1) for (t, _b), mb in zip(rss, rss_mb, strict=True) if t % 5 < 0.5],
         "recovery_probes": len(probe_results), "recovery_probes_normal": len(normal),
         "recovered_after_seconds": recovered_after, "normal_ms": args.normal_ms,
+        "server_ok_lookups_within": server_shares,
         **resources, "server_settings": srv.settings, "mix": args.mix,
     }
     headers = ["offered/s", "goodput/s", "of saturated", "ok/s min..max", "accepted p50 ms", "p99 ms", "max ms",
-               "answers", "RSS MB first/max/last", "normal again after"]
+               "server <= 50/100/200 ms", "answers", "RSS MB first/max/last", "normal again after"]
     table = [[f"{rate:.0f}", result["goodput_per_second"], result["goodput_of_saturated"],
               f"{result['ok_per_second_min']}..{result['ok_per_second_max']}", _f(result["accepted_p50_ms"]),
-              _f(result["accepted_p99_ms"]), _f(result["accepted_max_ms"]), dict(codes),
+              _f(result["accepted_p99_ms"]), _f(result["accepted_max_ms"]),
+              "-" if server_shares is None else " / ".join(f"{share:.1%}" for share in server_shares.values()),
+              dict(codes),
               "/".join(_f(x) for x in (result["rss_mb_first"], result["rss_mb_max"], result["rss_mb_last"])),
               "-" if recovered_after is None else f"{recovered_after:.2f} s"]]
     print(f"\noverload: {args.factor}x {args.saturated_rate}/s for {args.duration} s, {args.deadline_ms} ms "
@@ -792,6 +820,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common.add_argument("--server-arg", action="append", default=[],
                         help="extra `cachesvc serve` flag for the started server, e.g. max-batch-size=16")
     common.add_argument("--server-log-level", default="INFO", help="the started server's log level")
+    common.add_argument("--server-source", type=Path, default=REPO_ROOT,
+                        help="run the started server from the cachesvc package in this directory (e.g. an unpacked "
+                             "`git archive` of another commit, for A/B runs)")
     common.add_argument("--prompts", type=Path, default=DATA_DIR / "sharegpt_first_prompts.jsonl")
     common.add_argument("--max-chars", type=int, default=2000, help="cut prompts to this many characters")
     common.add_argument("--preload", type=int, default=1000, help="entries stored before the run")

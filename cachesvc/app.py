@@ -139,6 +139,7 @@ class App:
             max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
             max_queue_ms=s.max_queue_ms or None,
             workers=s.embed_workers, max_text_bytes=s.max_prompt_bytes,
+            max_text_tokens=manifest.max_seq_length if manifest else BatcherOptions.max_text_tokens,
         ))
         await self.batcher.start()
         encoder = MemoizedEncoder(encoder=self.batcher, capacity=s.memo_size)

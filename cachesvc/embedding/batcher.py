@@ -7,9 +7,12 @@ Each item carries its own future; cancelled items are skipped. The model runs on
 never on the event loop.
 
 The queue is bounded by time as well as by count: an item that cannot start its model run within the queueing
-budget (or before its caller's deadline, less one run) is shed with `Overloaded` - at once when the measured
-service rate says it would wait too long, else when it reaches the head of the queue too late. A caller that
-gives up (cancellation) frees its slot at once and its text never reaches the model.
+budget (or before its caller's deadline, less its own run) is shed with `Overloaded` - at once when the work queued
+ahead says it would wait too long, else when it reaches the head of the queue too late. Work is counted in cost
+units from each prompt's length (`run_cost`), timed by the slowest recent runs, and a run takes only what the
+budget can run (a lone longer prompt still runs) and ends by every deadline it carries, so an accepted prompt
+waits at most the budget plus one run.
+A caller that gives up (cancellation) frees its slot at once and its text never reaches the model.
 """
 
 from __future__ import annotations
@@ -25,14 +28,12 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from cachesvc.embedding.protocol import Embedder, Vector
+from cachesvc.embedding.run_cost import SecondsPerUnit, text_cost
 from cachesvc.embedding.text import DEFAULT_MAX_TEXT_BYTES, checked_text
 from cachesvc.errors import CacheError, ModelError, NotReady, Overloaded
 from cachesvc.lifecycle import State
 
 log = logging.getLogger(__name__)
-
-# Weight of the newest batch in the running estimate of seconds per item.
-_RATE_SMOOTHING = 0.2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,10 +47,12 @@ class BatcherOptions:
     max_queue_ms: float | None = None
     workers: int = 2
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    # The model's input limit in tokens: the embedder truncates there, so a longer prompt costs no more.
+    max_text_tokens: int = 256
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_queue < 1 or self.workers < 1:
-            raise ValueError("max_batch_size, max_queue and workers must be >= 1")
+        if self.max_batch_size < 1 or self.max_queue < 1 or self.workers < 1 or self.max_text_tokens < 1:
+            raise ValueError("max_batch_size, max_queue, workers and max_text_tokens must be >= 1")
         if self.max_wait_ms < 0:
             raise ValueError("max_wait_ms must be >= 0")
         if self.max_queue_ms is not None and self.max_queue_ms <= 0:
@@ -59,8 +62,10 @@ class BatcherOptions:
 @dataclass(eq=False, slots=True)
 class _Item:
     text: str
+    cost: int  # run_cost units
     future: asyncio.Future[Vector]
     start_by: float  # the monotonic clock by which its run must start, else it is shed
+    finish_by: float  # its caller's deadline: it joins no run predicted to end later
     queued: bool = True  # still counted against the queue bound
 
 
@@ -79,6 +84,7 @@ class MicroBatcher:
         # at once: the bound counts only items someone still waits for.
         self._queue: collections.deque[_Item] = collections.deque()
         self._live = 0
+        self._live_cost = 0  # the cost units of the `_live` items
         self._nonempty = asyncio.Event()
         self._slots = asyncio.Semaphore(options.workers)
         self._executor: ThreadPoolExecutor | None = None
@@ -86,7 +92,7 @@ class MicroBatcher:
         self._runs: set[asyncio.Task[None]] = set()
         self._busy = 0  # batches running on workers
         self._state = State.NEW
-        self._seconds_per_item = 0.0  # measured; 0 until the first run
+        self._seconds_per_unit = SecondsPerUnit()
         self.batches_run = 0
         self.items_embedded = 0
         self.items_shed = 0
@@ -156,23 +162,25 @@ class MicroBatcher:
             self.items_shed += 1
             raise Overloaded(f"embedding queue is full ({self._options.max_queue} waiting)")
         now = self._monotonic()
-        start_by = now + self._options.max_queue_ms / 1000 if self._options.max_queue_ms is not None else None
-        if deadline is not None:
-            latest = deadline - self._seconds_per_item  # it must also finish before the caller gives up
-            start_by = latest if start_by is None else min(start_by, latest)
-        if start_by is None:
-            start_by = float("inf")
-        # What the queue ahead will take at the measured rate: shed now rather than after waiting in vain.
-        expected_wait = self._live * self._seconds_per_item / self._options.workers
+        cost = text_cost(text, max_tokens=self._options.max_text_tokens)
+        per_unit = self._seconds_per_unit.value
+        budget = self._options.max_queue_ms / 1000 if self._options.max_queue_ms is not None else None
+        start_by = now + budget if budget is not None else float("inf")
+        finish_by = float("inf") if deadline is None else deadline
+        # Its run must also end before the caller gives up: at the latest, it runs alone.
+        start_by = min(start_by, finish_by - cost * per_unit)
+        # What the queue ahead will take: shed now rather than after waiting in vain.
+        expected_wait = self._live_cost * per_unit / self._options.workers
         if now + expected_wait > start_by:
             self.items_shed += 1
             raise Overloaded(f"the embedding queue would take about {expected_wait * 1000:.0f} ms to reach this "
                              "prompt, more than the queueing budget or the call's deadline allows")
         future: asyncio.Future[Vector] = asyncio.get_running_loop().create_future()
-        item = _Item(text, future, start_by)
+        item = _Item(text, cost, future, start_by, finish_by)
         future.add_done_callback(lambda _f: self._leave_queue(item, abandoned=True))
         self._queue.append(item)
         self._live += 1
+        self._live_cost += cost
         self._nonempty.set()
         return await future
 
@@ -181,27 +189,35 @@ class MicroBatcher:
             return
         item.queued = False
         self._live -= 1
+        self._live_cost -= item.cost
         if abandoned:
             self.items_abandoned += 1
             # Many abandoned items behind a long run: drop them now so the deque stays as bounded as the count.
             if len(self._queue) > 2 * self._options.max_queue:
                 self._queue = collections.deque(i for i in self._queue if i.queued)
 
-    def _run_cap(self) -> int:
-        """Most items one run may take: about what the queueing budget can run at the measured rate. A longer
-        run would keep every caller it carries waiting past the budget plus one embedding."""
-        if self._options.max_queue_ms is None or self._seconds_per_item <= 0:
-            return self._options.max_batch_size
-        return max(1, int(self._options.max_queue_ms / 1000 / self._seconds_per_item))
+    def _run_cost_cap(self) -> float:
+        """Most cost units one run may take: what the queueing budget can run at the recent rate. A longer run
+        would keep every caller it carries waiting past the budget plus one embedding."""
+        per_unit = self._seconds_per_unit.value
+        if self._options.max_queue_ms is None or per_unit <= 0:
+            return float("inf")
+        return self._options.max_queue_ms / 1000 / per_unit * (1 + 1e-9)  # a float quotient may fall just short
 
-    def _next_live(self) -> _Item | None:
-        """Pops the next item someone still waits for; sheds the ones whose start-by time has passed."""
+    def _fits(self, cost: int, cost_cap: float, finish_by: float) -> bool:
+        """Whether a run of this cost stays within the budget and ends by the earliest deadline it carries."""
+        return cost <= cost_cap and self._monotonic() + cost * self._seconds_per_unit.value <= finish_by
+
+    def _live_head(self) -> _Item | None:
+        """The first queued item someone still waits for, left in place; drops abandoned items and sheds the
+        ones whose start-by time has passed."""
         while self._queue:
-            item = self._queue.popleft()
+            item = self._queue[0]
             if not item.queued:  # abandoned while queued
+                self._queue.popleft()
                 continue
-            self._leave_queue(item)
             if self._monotonic() > item.start_by:
+                self._take(item)
                 self.items_shed += 1
                 item.future.set_exception(Overloaded("the prompt waited longer than the queueing budget or its "
                                                      "deadline allows for the model"))
@@ -209,6 +225,15 @@ class MicroBatcher:
             return item
         self._nonempty.clear()
         return None
+
+    def _take(self, head: _Item) -> _Item:
+        self._queue.popleft()
+        self._leave_queue(head)
+        return head
+
+    def _next_live(self) -> _Item | None:
+        head = self._live_head()
+        return None if head is None else self._take(head)
 
     async def _batching_loop(self) -> None:
         while True:
@@ -223,9 +248,12 @@ class MicroBatcher:
                 # Share what is queued among the idle workers, so that two cores run two half batches
                 # instead of one core running everything while the other waits.
                 idle = self._options.workers - self._busy
-                share = min(self._options.max_batch_size, -(-(1 + self._live) // max(idle, 1)), self._run_cap())
-                while len(batch) < share and (item := self._next_live()) is not None:
-                    batch.append(item)
+                share = min(self._options.max_batch_size, -(-(1 + self._live) // max(idle, 1)))
+                cost, cost_cap, finish_by = first.cost, self._run_cost_cap(), first.finish_by
+                while (len(batch) < share and (item := self._live_head()) is not None
+                       and self._fits(cost + item.cost, cost_cap, min(finish_by, item.finish_by))):
+                    batch.append(self._take(item))
+                    cost, finish_by = cost + item.cost, min(finish_by, item.finish_by)
             except BaseException:
                 self._slots.release()
                 for item in batch:  # taken off the queue (e.g. during the linger) but never run
@@ -259,9 +287,7 @@ class MicroBatcher:
         finally:
             self._busy -= 1
             self._slots.release()
-        per_item = (self._monotonic() - started) / len(batch)
-        self._seconds_per_item = (per_item if self._seconds_per_item == 0
-                                  else (1 - _RATE_SMOOTHING) * self._seconds_per_item + _RATE_SMOOTHING * per_item)
+        self._seconds_per_unit.observe(self._monotonic() - started, sum(item.cost for item in batch))
         self.batches_run += 1
         self.items_embedded += len(batch)
         for item, vector in zip(batch, vectors, strict=True):

@@ -402,6 +402,114 @@ async def test_runs_are_cut_at_what_the_queueing_budget_can_run() -> None:
     assert fake.calls == [["warm"], ["busy"], texts[:5], texts[5:]]
 
 
+# 2,000 bytes: past the model's 256-token input limit, so it costs as much as a prompt can (~30x "warm").
+LONG = "word " * 400
+
+
+async def warmed_up(fake: FakeEmbedder, batcher: MicroBatcher, clock: ManualMonotonic,
+                    run_ms: Sequence[float]) -> None:
+    """Runs one short prompt per entry of `run_ms` (fake's calls 0.., each held) taking that long on `clock`."""
+    for i, ms in enumerate(run_ms):
+        (task,) = await submit(batcher, [f"w{i}"])
+        await fake.wait_calls(i + 1)
+        clock.now += ms / 1000
+        fake.release(i)
+        await settle(task)
+
+
+async def test_admission_counts_what_the_prompts_queued_ahead_cost_not_how_many_they_are() -> None:
+    fake = FakeEmbedder(hold={0, 1})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
+        await warmed_up(fake, batcher, clock, [10])  # a short prompt takes 10 ms
+        busy = await submit(batcher, ["busy"])
+        await fake.wait_calls(2)
+        (long_task,) = await submit(batcher, [LONG])  # nothing ahead of it
+        # One prompt ahead, but a long one: ~30 short prompts' worth of work, far past the 50 ms budget.
+        with pytest.raises(Overloaded, match="would take about"):
+            await batcher.encode("short")
+        assert batcher.queue_depth == 1
+        fake.release()
+        await settle(asyncio.gather(*busy, long_task))
+    assert fake.calls == [["w0"], ["busy"], [LONG]]
+    assert batcher.items_shed == 1
+
+
+async def test_a_run_takes_what_the_budget_can_run_by_cost_and_a_long_prompt_runs_alone() -> None:
+    fake = FakeEmbedder(hold={0, 1})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
+        await warmed_up(fake, batcher, clock, [10])  # five short prompts fit in the budget
+        busy = await submit(batcher, ["busy"])
+        await fake.wait_calls(2)
+        texts = ["q1", "q2", "q3", "q4", LONG]  # 40 ms of work ahead of the long one: admitted
+        queued = await submit(batcher, texts)
+        assert batcher.queue_depth == 5
+        fake.release()
+        await settle(asyncio.gather(*busy, *queued))
+    # Five prompts "fit" by count, but the long one would make that run ~8x the budget; alone, it still runs.
+    assert fake.calls == [["w0"], ["busy"], texts[:4], [LONG]]
+
+
+async def test_the_estimate_follows_the_slowest_recent_run_not_a_mean() -> None:
+    fake = FakeEmbedder(hold={0, 1, 2, 3})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
+        await warmed_up(fake, batcher, clock, [10, 10, 30])  # then the model slows down (CPU contention)
+        busy = await submit(batcher, ["busy"])
+        await fake.wait_calls(4)
+        queued = await submit(batcher, ["q1", "q2"])  # 0 and 30 ms ahead at the slow rate
+        assert batcher.queue_depth == 2
+        # A mean (or a smoothed rate) would still say ~14 ms per prompt and admit it, to wait past its budget.
+        with pytest.raises(Overloaded, match="would take about 60 ms"):
+            await batcher.encode("q3")
+        fake.release()
+        await settle(asyncio.gather(*busy, *queued))
+    assert fake.calls == [["w0"], ["w1"], ["w2"], ["busy"], ["q1"], ["q2"]]
+
+
+async def test_a_prompt_whose_own_run_could_not_end_by_the_callers_deadline_is_shed_at_once() -> None:
+    fake = FakeEmbedder(hold={0})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1) as batcher:
+        await warmed_up(fake, batcher, clock, [10])
+        # A short prompt fits in 100 ms; a long one would take ~30x 10 ms, past the caller's deadline.
+        await settle(batcher.encode("short", deadline=clock.now + 0.1))
+        with pytest.raises(Overloaded):
+            await batcher.encode(LONG, deadline=clock.now + 0.1)
+        assert batcher.queue_depth == 0
+        await settle(batcher.encode(LONG, deadline=clock.now + 1.0))
+    assert fake.calls == [["w0"], ["short"], [LONG]]
+    assert batcher.items_shed == 1
+
+
+async def test_a_caller_whose_deadline_is_shorter_than_the_budget_is_served_when_the_model_is_free() -> None:
+    fake = FakeEmbedder(hold={0})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
+        await warmed_up(fake, batcher, clock, [10])
+        await settle(batcher.encode("quick", deadline=clock.now + 0.030))  # a 10 ms run fits in 30 ms
+    assert fake.calls == [["w0"], ["quick"]]
+
+
+async def test_a_prompt_joins_no_run_that_would_end_after_its_callers_deadline() -> None:
+    fake = FakeEmbedder(hold={0, 1, 2})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=2, max_queue_ms=50) as batcher:
+        await warmed_up(fake, batcher, clock, [10])  # 10 ms per short prompt: five fit in the budget
+        busy = await submit(batcher, ["busy1", "busy2"])  # one run on each worker
+        await fake.wait_calls(3)
+        q1 = asyncio.create_task(batcher.encode("q1"))
+        # 5 ms of work ahead on two workers, then its own 10 ms run: within its 16 ms
+        hurried = asyncio.create_task(batcher.encode("q2", deadline=clock.now + 0.016))
+        q3 = asyncio.create_task(batcher.encode("q3"))
+        await yield_until(lambda: batcher.queue_depth == 3)
+        fake.release()
+        await settle(asyncio.gather(*busy, q1, hurried, q3))
+    # Any two of them in one run would take 20 ms, past q2's deadline: q2 runs alone, on the other worker.
+    assert sorted(fake.calls[3:]) == [["q1"], ["q2"], ["q3"]]
+
+
 async def test_a_caller_cancelling_while_its_batch_runs_does_not_disturb_the_others() -> None:
     fake = FakeEmbedder(hold={0, 1})
     async with running(fake, workers=1) as batcher:

@@ -1,0 +1,46 @@
+"""What a model run will cost: a prompt's cost from its length, and seconds per unit of cost from recent runs.
+
+The model's time grows with a text's tokens, up to the model's input limit (the embedder truncates there), plus a
+fixed part per text. Prompts mix a few words with pages of text (256 tokens take ~17x as long as 8 alone), so a
+count of prompts misjudges both the work queued ahead and how long a run will take. Tokens are estimated from
+UTF-8 bytes without tokenizing on the event loop: a steady bias in the estimate is absorbed by the measured
+seconds per unit; only the ratio between prompts matters.
+"""
+
+from __future__ import annotations
+
+import collections
+
+BYTES_PER_TOKEN = 4  # English through a WordPiece vocabulary (ShareGPT prompts: median 4.1, p10 2.8, p90 5.0)
+SPECIAL_TOKENS = 2  # [CLS] and [SEP]
+# What a text costs beyond its tokens, in tokens: alone in a run, an 8-token text takes about as long as a
+# 16-token one takes per text in a batch (bench/RESULTS.md, "Overload: a cost model per prompt").
+PER_TEXT_COST = 6
+
+
+def text_cost(text: str, *, max_tokens: int) -> int:
+    """A text's cost in units (about one token each), from its length."""
+    tokens = -(-len(text.encode("utf-8")) // BYTES_PER_TOKEN) + SPECIAL_TOKENS
+    return min(tokens, max_tokens) + PER_TEXT_COST
+
+
+class SecondsPerUnit:
+    """Seconds per unit of cost: the largest figure among the last `window` runs, not a mean.
+
+    A run slowed by CPU contention (the model's threads compete with the event loop, gRPC and other processes)
+    raises the estimate at once, where a mean would lag behind and let runs overshoot the queueing budget; the
+    raise is forgotten `window` runs later. 0 until the first run.
+    """
+
+    def __init__(self, *, window: int = 16) -> None:
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        self._recent: collections.deque[float] = collections.deque(maxlen=window)
+
+    def observe(self, seconds: float, units: int) -> None:
+        if units > 0:
+            self._recent.append(max(seconds, 0.0) / units)
+
+    @property
+    def value(self) -> float:
+        return max(self._recent, default=0.0)
