@@ -180,7 +180,7 @@ def compare_round(clients: dict[str, CacheClient], embedder: OnnxEmbedder, promp
     load drifts hit every side alike), each lookup next to the embedder alone; Redis CPU is charged per block."""
     seen: dict[str, dict[str, Any]] = {
         name: {"embed": [], "lookup": [], "hits": 0, "redis_cpu": 0.0, "server_embed": [], "server_search": [],
-               "server_total": []} for name in clients}
+               "server_total": [], "hit": []} for name in clients}
     for start in range(0, len(prompts), block):
         for name, client in clients.items():
             side = seen[name]
@@ -194,6 +194,7 @@ def compare_round(clients: dict[str, CacheClient], embedder: OnnxEmbedder, promp
                 side["embed"].append((t1 - t0) * 1000)
                 side["lookup"].append((t2 - t1) * 1000)
                 side["hits"] += found.hit
+                side["hit"].append(found.hit)
                 side["server_embed"].append(found.timings.embed_ms)
                 side["server_search"].append(found.timings.search_ms)
                 side["server_total"].append(found.timings.total_ms)
@@ -208,6 +209,14 @@ def compare_round(clients: dict[str, CacheClient], embedder: OnnxEmbedder, promp
                      "server_embed_p50_ms": percentile(side["server_embed"], 50),
                      "server_search_p50_ms": percentile(side["server_search"], 50),
                      "server_total_p50_ms": percentile(side["server_total"], 50)}
+        # Hits and misses apart: they make different round trips to Redis.
+        for kind, wanted in (("hit", True), ("miss", False)):
+            chosen = [i for i, hit in enumerate(side["hit"]) if hit is wanted]
+            if chosen:
+                ke50 = percentile([side["embed"][i] for i in chosen], 50)
+                kl50 = percentile([side["lookup"][i] for i in chosen], 50)
+                assert ke50 is not None and kl50 is not None
+                out[name] |= {f"{kind}_embed_p50_ms": ke50, f"{kind}_lookup_p50_ms": kl50, f"{kind}_ratio": kl50 / ke50}
     return out
 
 
