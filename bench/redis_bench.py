@@ -82,14 +82,24 @@ def redis_usec(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, i
 class Replica:
     def __init__(self, *, port: int, url: str, model_dir: Path, prefix: str, log: Path,
                  extra: tuple[str, ...] = (), source: Path | None = None) -> None:
-        argv = [sys.executable, "-m", "cachesvc", "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1",
-                "--port", str(port), "--metrics-port", "-1", "--backend", "redis", "--redis-url", url,
+        argv = [sys.executable, "-m", "cachesvc", "serve", "--model-dir", str(model_dir.resolve()),
+                "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1", "--backend", "redis",
+                "--redis-url", url,
                 "--redis-prefix", prefix, "--memo-size", "0", "--log-level", "WARNING", "--redis-timeout", "5", *extra]
         env = dict(os.environ)
         if source is not None:  # run another tree's cachesvc (ahead of the installed one on the import path)
             env["PYTHONPATH"] = str(source)
+        # `python -m` puts its working directory first on the import path, ahead of PYTHONPATH: started from this
+        # tree, a baseline replica would import this tree's cachesvc. So it starts in its own tree, checked here.
+        cwd = None
+        if source is not None:
+            cwd = source.resolve()
+            imported = subprocess.run([sys.executable, "-c", "import cachesvc; print(cachesvc.__file__)"], cwd=cwd,
+                                      env=env, capture_output=True, text=True, check=True).stdout.strip()
+            if not Path(imported).is_relative_to(cwd):
+                raise RuntimeError(f"a replica started in {cwd} would import {imported}")
         with open(log, "ab") as out:
-            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         self.port = port
         deadline = time.monotonic() + 120
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
