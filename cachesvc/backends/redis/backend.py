@@ -148,8 +148,8 @@ return state
 
 MAX_PENDING_TOUCHES = 10_000
 # HNSW candidates kept while searching (the engine's own default). On real prompt embeddings it finds 99.2-99.3% of
-# the exact top 4 and 99.9-100% of the near duplicates (similarity >= 0.82) at 10k and 100k entries, at about half
-# the Redis time of 64 (bench/RESULTS.md, "Redis backend: one round trip per semantic miss").
+# the exact top 4 and 99.9-100% of the near duplicates (similarity >= 0.82) at 10k and 100k entries, for a third to
+# half the Redis time of 64 (bench/RESULTS.md, "Redis backend: one round trip per semantic miss").
 EF_RUNTIME = 10
 SHARE_REFRESH = 30.0  # seconds between judgements of how much of its index a scope holds
 BATCHES_MIN_ENTRIES = 1000  # below this, brute force over the scope is cheap anyway
@@ -348,7 +348,7 @@ class RedisBackend:
             async with self._call("record a hit"):
                 hits = await self._touch(keys=[self._keys.entry(entry.id), self._keys.hits(entry.id)],
                                          args=[repr(now)])
-            # -1: deleted since the search found it; it is still served, as a hit it was.
+            # -1: deleted since the search found it. It is served all the same; its count goes with it.
             entry.hit_count = int(hits) if int(hits) >= 0 else entry.hit_count + 1
             return
         entry.hit_count += 1
