@@ -82,14 +82,24 @@ def redis_usec(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, i
 class Replica:
     def __init__(self, *, port: int, url: str, model_dir: Path, prefix: str, log: Path,
                  extra: tuple[str, ...] = (), source: Path | None = None) -> None:
-        argv = [sys.executable, "-m", "cachesvc", "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1",
-                "--port", str(port), "--metrics-port", "-1", "--backend", "redis", "--redis-url", url,
+        argv = [sys.executable, "-m", "cachesvc", "serve", "--model-dir", str(model_dir.resolve()),
+                "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1", "--backend", "redis",
+                "--redis-url", url,
                 "--redis-prefix", prefix, "--memo-size", "0", "--log-level", "WARNING", "--redis-timeout", "5", *extra]
         env = dict(os.environ)
         if source is not None:  # run another tree's cachesvc (ahead of the installed one on the import path)
             env["PYTHONPATH"] = str(source)
+        # `python -m` puts its working directory first on the import path, ahead of PYTHONPATH: started from this
+        # tree, a baseline replica would import this tree's cachesvc. So it starts in its own tree, checked here.
+        cwd = None
+        if source is not None:
+            cwd = source.resolve()
+            imported = subprocess.run([sys.executable, "-c", "import cachesvc; print(cachesvc.__file__)"], cwd=cwd,
+                                      env=env, capture_output=True, text=True, check=True).stdout.strip()
+            if not Path(imported).is_relative_to(cwd):
+                raise RuntimeError(f"a replica started in {cwd} would import {imported}")
         with open(log, "ab") as out:
-            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         self.port = port
         deadline = time.monotonic() + 120
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -180,7 +190,7 @@ def compare_round(clients: dict[str, CacheClient], embedder: OnnxEmbedder, promp
     load drifts hit every side alike), each lookup next to the embedder alone; Redis CPU is charged per block."""
     seen: dict[str, dict[str, Any]] = {
         name: {"embed": [], "lookup": [], "hits": 0, "redis_cpu": 0.0, "server_embed": [], "server_search": [],
-               "server_total": []} for name in clients}
+               "server_total": [], "hit": [], "overhead": []} for name in clients}
     for start in range(0, len(prompts), block):
         for name, client in clients.items():
             side = seen[name]
@@ -194,9 +204,13 @@ def compare_round(clients: dict[str, CacheClient], embedder: OnnxEmbedder, promp
                 side["embed"].append((t1 - t0) * 1000)
                 side["lookup"].append((t2 - t1) * 1000)
                 side["hits"] += found.hit
+                side["hit"].append(found.hit)
                 side["server_embed"].append(found.timings.embed_ms)
                 side["server_search"].append(found.timings.search_ms)
                 side["server_total"].append(found.timings.total_ms)
+                # Everything but the server's own embedding: the part a backend changes, without the noise of
+                # the model run (the largest and most variable part of a lookup on a busy box).
+                side["overhead"].append((t2 - t1) * 1000 - found.timings.embed_ms)
             side["redis_cpu"] += cpu_seconds(redis_pid) - cpu_before
     out = {}
     for name, side in seen.items():
@@ -207,7 +221,17 @@ def compare_round(clients: dict[str, CacheClient], embedder: OnnxEmbedder, promp
                      # Where the time goes, as the server saw it (its embed and search stages, its whole call).
                      "server_embed_p50_ms": percentile(side["server_embed"], 50),
                      "server_search_p50_ms": percentile(side["server_search"], 50),
-                     "server_total_p50_ms": percentile(side["server_total"], 50)}
+                     "server_total_p50_ms": percentile(side["server_total"], 50),
+                     "overhead_p50_ms": percentile(side["overhead"], 50)}
+        # Hits and misses apart: they make different round trips to Redis.
+        for kind, wanted in (("hit", True), ("miss", False)):
+            chosen = [i for i, hit in enumerate(side["hit"]) if hit is wanted]
+            if chosen:
+                ke50 = percentile([side["embed"][i] for i in chosen], 50)
+                kl50 = percentile([side["lookup"][i] for i in chosen], 50)
+                assert ke50 is not None and kl50 is not None
+                out[name] |= {f"{kind}_embed_p50_ms": ke50, f"{kind}_lookup_p50_ms": kl50, f"{kind}_ratio": kl50 / ke50,
+                              f"{kind}_overhead_p50_ms": percentile([side["overhead"][i] for i in chosen], 50)}
     return out
 
 

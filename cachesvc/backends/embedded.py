@@ -479,7 +479,9 @@ class EmbeddedBackend:
         finally:
             self._unapplied.discard(lsn)
 
-    async def touch(self, entry: Entry, now: float) -> None:
+    async def touch(self, entry: Entry, now: float, *, from_search: bool = False) -> None:
+        # `entry` is the held entry itself (a search returns ids, `get` the held entries): its count is current
+        # whether it was found by search or not.
         if entry.id in self._entries:
             entry.hit_count += 1
             entry.last_used_at = now

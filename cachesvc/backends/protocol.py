@@ -44,8 +44,14 @@ class ExactStore(Protocol):
         """Deletes what exists of `entry_ids`; returns the entries actually deleted."""
         ...
 
-    async def touch(self, entry: Entry, now: float) -> None:
-        """Records a hit: bumps the hit count and makes the entry most recently used."""
+    async def touch(self, entry: Entry, now: float, *, from_search: bool = False) -> None:
+        """Records a hit: bumps the hit count and makes the entry most recently used, and leaves the count after
+        this hit in `entry.hit_count` (and `now` in `entry.last_used_at`).
+
+        Args:
+            from_search: `entry` came from `search`, whose entries may carry no statistics (see `search`): the
+                backend takes the count from its own record, even if that means waiting for it.
+        """
         ...
 
 
@@ -55,7 +61,9 @@ class SemanticStore(Protocol):
 
     async def search(self, scope: ScopeKey, vector: Vector, k: int, *, with_vectors: bool = False) -> list[Match]:
         """The up-to-`k` nearest entries of `scope`, best first (cosine similarity); with `with_vectors`, each
-        match carries its stored vector (for a hit verifier).
+        match carries its stored vector (for a hit verifier). A match's entry may carry no hit count or last use
+        (a backend that keeps them apart from its index need not read them for every candidate): only a served
+        entry's count is reported, and `touch(..., from_search=True)` supplies it.
 
         Raises:
             Unsupported: the backend cannot search by vector (core treats this as a miss).

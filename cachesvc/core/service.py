@@ -319,7 +319,7 @@ class CacheService:
                 reports.append(CandidateReport(entry_id=entry.id, prompt=entry.prompt, similarity=similarity,
                                                outcome=outcome, reason=reason, verifier_score=score))
         if served is not None:
-            await self._backend.touch(served, now)
+            await self._backend.touch(served, now, from_search=True)
         kind = HitKind.SEMANTIC if served is not None else HitKind.MISS
         similarity, nearest_id = (best[1], best[0]) if best is not None else (0.0, None)
         return self._finish_lookup(scope, kind, served, similarity, threshold, started, timings, tuple(reports),

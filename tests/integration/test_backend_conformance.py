@@ -210,8 +210,15 @@ async def test_touch_counts_hits_and_never_resurrects(backend: Backend, clock: M
     assert got is not None and got.hit_count == 2 and got.last_used_at == pytest.approx(clock.now())
     exact = await backend.get_exact(SCOPE, "a")
     assert exact is not None and exact.hit_count == 2
+    # A search's entries need not carry their counts; the hit recorded on one it served reports them.
     [match] = await backend.search(SCOPE, unit(1), 1)
-    assert match.entry is None or (match.entry.hit_count, match.entry.last_used_at) == (2, got.last_used_at)
+    served = match.entry or await backend.get(match.entry_id)
+    assert served is not None
+    clock.advance(1)
+    await backend.touch(served, clock.now(), from_search=True)
+    assert (served.hit_count, served.last_used_at) == (3, clock.now())
+    got = await backend.get(a.id)
+    assert got is not None and (got.hit_count, got.last_used_at) == (3, clock.now())
     await backend.delete([a.id])
     await backend.touch(a, clock.now())
     await backend.settle()  # type: ignore[attr-defined]
@@ -434,6 +441,35 @@ MID = "How do I change my password?"  # ~0.87
 STEPS = "What are the steps to reset my password?"  # ~0.94
 PLEASE = "How do I reset my password please?"  # ~0.97
 NEAR = "How can I reset my password?"  # ~0.99
+
+
+async def test_a_hit_reports_every_hit_before_it_through_any_replica(
+        open_backend: OpenBackend, clock: ManualClock, real_embedder: OnnxEmbedder) -> None:
+    """The hit count in a lookup's reply, exact and semantic hits alternating between two replicas (one backend
+    where a store has one server only)."""
+    first = await open_backend()
+    second = await open_backend() if first.capabilities.shared_between_replicas else first
+    services = [(await start_service(b, clock, real_embedder))[0] for b in (first, second)]
+    try:
+        scope = ScopeKey(tenant="acme", namespace="support")
+        stored = await services[0].store(Write(scope=scope, prompt=STORED, completion="Use the reset link."))
+        prompts = (STORED, NEAR, NEAR, STORED, NEAR, STORED, STORED, NEAR)
+        kinds, counts = [], []
+        for i, prompt in enumerate(prompts):
+            result = await services[i % 2].lookup(Lookup(scope=scope, prompt=prompt))
+            assert result.entry is not None and result.entry.id == stored.entry.id
+            kinds.append(result.hit_kind)
+            counts.append(result.entry.hit_count)
+            for b in (first, second):
+                if hasattr(b, "settle"):
+                    await b.settle()  # exact hits are recorded in the background: the next lookup reads them
+        assert kinds == [HitKind.EXACT if p == STORED else HitKind.SEMANTIC for p in prompts]
+        assert counts == list(range(1, 9))
+        found = await second.get(stored.entry.id)
+        assert found is not None and found.hit_count == 8
+    finally:
+        for svc in services:
+            await svc.aclose()
 
 
 async def test_service_feedback_stops_the_pair_lifts_the_threshold_then_stops_paraphrases(

@@ -15,6 +15,9 @@ from cachesvc.backends.redis import codec
 from cachesvc.backends.redis.backend import ModelMismatch, RedisBackend
 from cachesvc.backends.redis.connection import RedisOptions, connect
 from cachesvc.clock import ManualClock
+from cachesvc.core.service import CacheOptions, CacheService
+from cachesvc.core.types import HitKind, Lookup, LookupResult, Write
+from cachesvc.embedding.onnx_embedder import OnnxEmbedder
 from cachesvc.errors import Overloaded, Unavailable
 from cachesvc.records import Entry, EntryFeedback, FeedbackReport, ScopeKey
 from tests.conftest import redis_stack
@@ -230,4 +233,62 @@ async def test_feedback_written_by_the_codec_is_continued_by_the_script(redis_se
         assert codec.decode_feedback(codec.encode_feedback(stored.feedback)) == stored.feedback
         assert codec.decode_feedback(b"") is None and codec.encode_feedback(None) == b""
     finally:
+        await _close(backend)
+
+
+class _Encoder:
+    def __init__(self, embedder: OnnxEmbedder) -> None:
+        self._embedder = embedder
+
+    @property
+    def dimension(self) -> int:
+        return self._embedder.dimension
+
+    async def encode(self, text: str, *, partition: str = "", deadline: float | None = None) -> Any:
+        return self._embedder.embed([text])[0]
+
+
+async def test_a_semantic_miss_makes_one_round_trip_after_the_exact_key_and_a_hit_no_more_than_it_needs(
+        redis_server: Any, redis_prefix: str, real_embedder: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counts the commands each lookup sends (every call, scripts included, goes through execute_command): a miss
+    reads the exact key and searches; a semantic hit also records the hit, whose script returns the reply's count."""
+    backend = await _backend(redis_server.url, redis_prefix, timeout=5.0)
+    service = CacheService(encoder=_Encoder(real_embedder), backend=backend, clock=ManualClock(start=time.time()),
+                           options=CacheOptions(min_similarity=0.9, max_bytes=None))
+    sent: list[tuple[Any, ...]] = []
+    execute = backend._client.execute_command
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        sent.append(tuple(args[:2]))
+        return await execute(*args, **kwargs)
+
+    monkeypatch.setattr(backend._client, "execute_command", counted)
+    try:
+        scope = ScopeKey(tenant="acme", namespace="support")
+        for prompt in ("How do I reset my password?", "What is your refund policy?", "Where is my order?"):
+            await service.store(Write(scope=scope, prompt=prompt, completion="answer"))
+        first = await service.lookup(Lookup(scope=scope, prompt="How can I reset my password?"))
+        assert first.hit_kind is HitKind.SEMANTIC and first.entry is not None and first.entry.hit_count == 1
+        await service.lookup(Lookup(scope=scope, prompt="Which planet is the largest?"))  # scripts are loaded now
+
+        async def sent_by(prompt: str) -> tuple[LookupResult, list[tuple[Any, ...]]]:
+            sent.clear()
+            result = await service.lookup(Lookup(scope=scope, prompt=prompt))
+            await backend.settle()  # hits recorded in the background count too
+            return result, list(sent)
+
+        index = backend.keys.index(backend.keys.tag("acme"))
+        get_exact, search, touch = ("EVALSHA", backend._get_exact.sha), ("FT.SEARCH", index), ("EVALSHA",
+                                                                                               backend._touch.sha)
+        miss, commands = await sent_by("Which planet is the largest?")
+        assert miss.hit_kind is HitKind.MISS and miss.nearest_id is not None  # the search did find candidates
+        assert commands == [get_exact, search]
+        hit, commands = await sent_by("How can I reset my password?")
+        assert hit.hit_kind is HitKind.SEMANTIC and hit.entry is not None and hit.entry.hit_count == 2
+        assert commands == [get_exact, search, touch]
+        exact, commands = await sent_by("How do I reset my password?")
+        assert exact.hit_kind is HitKind.EXACT and exact.entry is not None and exact.entry.hit_count == 3
+        assert commands == [get_exact, touch]
+    finally:
+        await service.aclose()
         await _close(backend)

@@ -104,21 +104,15 @@ for _, v in ipairs(redis.call('HGETALL', ARGV[2] .. id)) do table.insert(fields,
 return fields
 """
 
-# KEYS: hits of several entries (one tenant: one slot). Their hit counts and last uses, in order.
-_HITS = """
-local found = {}
-for i, key in ipairs(KEYS) do found[i] = redis.call('HMGET', key, 'hits', 'lu') end
-return found
-"""
-
-# KEYS: entry, hits. ARGV: when. Never recreates an entry deleted meanwhile; the hits expire with the entry.
+# KEYS: entry, hits. ARGV: when. Returns the hit count after this hit, or -1 for an entry deleted meanwhile (never
+# recreated); the hits expire with the entry.
 _TOUCH = """
 local ttl = redis.call('PTTL', KEYS[1])
-if ttl == -2 then return 0 end
-redis.call('HINCRBY', KEYS[2], 'hits', 1)
+if ttl == -2 then return -1 end
+local hits = redis.call('HINCRBY', KEYS[2], 'hits', 1)
 redis.call('HSET', KEYS[2], 'lu', ARGV[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-return 0
+return hits
 """
 
 # KEYS: entry. ARGV: entry id, the feedback field, then one report: prompt, similarity, correct (1 or 0), and the
@@ -153,6 +147,10 @@ return state
 """
 
 MAX_PENDING_TOUCHES = 10_000
+# HNSW candidates kept while searching (the engine's own default). On real prompt embeddings it finds 99.2-99.3% of
+# the exact top 4 and 99.9-100% of the near duplicates (similarity >= 0.82) at 10k and 100k entries, for a third to
+# half the Redis time of 64 (bench/RESULTS.md, "Redis backend: one round trip per semantic miss").
+EF_RUNTIME = 10
 SHARE_REFRESH = 30.0  # seconds between judgements of how much of its index a scope holds
 BATCHES_MIN_ENTRIES = 1000  # below this, brute force over the scope is cheap anyway
 _RETURN_CONTENT: list[str] = ["RETURN", str(len(codec.RETURNED)), *codec.RETURNED]
@@ -172,7 +170,7 @@ class RedisBackend:
 
     def __init__(self, *, client: Client, options: RedisOptions, dimension: int, model: ModelIdentity,
                  clock_now: Callable[[], float], hnsw_m: int = 16, hnsw_ef_construction: int = 200,
-                 ef_runtime: int = 64) -> None:
+                 ef_runtime: int = EF_RUNTIME) -> None:
         """Args:
             client: the process' Redis client (its pool); not closed here, its owner closes it.
             model: what the cache's vectors come from; a Redis that holds another model's cache is refused.
@@ -193,7 +191,6 @@ class RedisBackend:
         self._delete = client.register_script(_DELETE)
         self._get_exact = client.register_script(_GET_EXACT)
         self._get_one = client.register_script(_GET)
-        self._hits = client.register_script(_HITS)
         self._touch = client.register_script(_TOUCH)
         self._add_feedback = client.register_script(_ADD_FEEDBACK)
         self._state = State.NEW
@@ -337,11 +334,24 @@ class RedisBackend:
             deleted += [e for e in (codec.decode(codec.pairs(r)) for r in replies if r) if e is not None]
         return deleted
 
-    async def touch(self, entry: Entry, now: float) -> None:
-        """Records a hit in the background: hit counts are statistics, not answers, so a hit does not wait a
-        second round trip to Redis for them (`settle()` waits for those in flight)."""
-        entry.hit_count += 1
+    async def touch(self, entry: Entry, now: float, *, from_search: bool = False) -> None:
+        """Records a hit.
+
+        An entry read with its hit count (`get`, `get_exact`) has it bumped here, and the hit is recorded in the
+        background: hit counts are statistics, not answers, so an exact hit does not wait a second round trip for
+        them (`settle()` waits for those in flight). A search reads no hit counts (a miss needs none), so the entry
+        it served waits for the recording script, which returns the count after this hit: still one round trip,
+        bounded by the Redis timeout like any other (then Unavailable).
+        """
         entry.last_used_at = now
+        if from_search:
+            async with self._call("record a hit"):
+                hits = await self._touch(keys=[self._keys.entry(entry.id), self._keys.hits(entry.id)],
+                                         args=[repr(now)])
+            # -1: deleted since the search found it. It is served all the same; its count goes with it.
+            entry.hit_count = int(hits) if int(hits) >= 0 else entry.hit_count + 1
+            return
+        entry.hit_count += 1
         if len(self._touches) >= MAX_PENDING_TOUCHES:
             return  # Redis is slow or gone: drop statistics rather than pile up tasks
         task = asyncio.get_running_loop().create_task(self._record_hit(entry.id, now))
@@ -380,17 +390,10 @@ class RedisBackend:
                     self._indexed.discard(tag)
                     return []
                 raise
-        rows = [codec.pairs(flat) for flat in reply[2::2]]
-        ids = [row[b"id"].decode() for row in rows if b"id" in row]
-        if ids and len(ids) == len(rows):
-            # The hit counts live outside the index: one more read, for the few candidates only.
-            async with self._call("read hit counts"):
-                counts = await self._hits(keys=[self._keys.hits(i) for i in ids])
-            for row, (hits, last_used) in zip(rows, counts, strict=True):
-                if hits is not None:
-                    row[codec.HITS.encode()], row[codec.LAST_USED.encode()] = hits, last_used
+        # The entries come without their hit counts, which live outside the index: reading them would cost every
+        # lookup a second round trip, and only a served entry's count is ever reported (`touch` returns it).
         matches = []
-        for fields in rows:
+        for fields in (codec.pairs(flat) for flat in reply[2::2]):
             entry = codec.decode(fields)
             distance = fields.get(b"__distance")
             if entry is None or distance is None:
