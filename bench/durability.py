@@ -219,14 +219,19 @@ async def graph_restart(path: Path, seconds: float) -> dict[str, Any]:
             "load_average": os.getloadavg()}
 
 
-def graph_restarts(entries: int, seconds: float, scratch: Path) -> dict[str, Any]:
-    """Restart figures with the saved graph and, for comparison, without it (the file removed)."""
+def graph_restarts(entries: int, seconds: float, scratch: Path, without: bool) -> dict[str, Any]:
+    """Restart figures with the saved graph and, unless `without` is false, without it (the file removed).
+    A directory already built under `scratch` (by an earlier run with --graph-dir) is reused."""
     results: dict[str, Any] = {"entries": entries, "load_before": os.getloadavg()}
-    results.update(build_hnsw_directory(scratch / "hnsw", entries))
+    if not list((scratch / "hnsw").glob("snapshot-*.graphs")):
+        results.update(build_hnsw_directory(scratch / "hnsw", entries))
+        results["load_after_build"] = os.getloadavg()
     graphs = list((scratch / "hnsw").glob("snapshot-*.graphs"))
     results["graph_file_bytes"] = sum(g.stat().st_size for g in graphs)
+    results["snapshot_file_bytes"] = sum(s.stat().st_size for s in (scratch / "hnsw").glob("snapshot-*.snap*"))
     os.sync()
-    for name in ("with_graph", "without_graph"):
+    for name in ("with_graph", "without_graph") if without else ("with_graph",):
+        results[f"load_before_{name}"] = os.getloadavg()
         if name == "without_graph":
             for g in graphs:
                 g.unlink()
@@ -253,6 +258,11 @@ def main() -> None:
                              "without it: time to ready, the index served from, search p99 in the first "
                              "--first-seconds against steady state")
     parser.add_argument("--first-seconds", type=float, default=60.0)
+    parser.add_argument("--graph-dir", type=Path, default=None,
+                        help="with --graph-restart: build the directory here and keep it; a later run with the "
+                             "same path skips the build (so the restart can be timed on a quiet machine)")
+    parser.add_argument("--skip-without", action="store_true",
+                        help="with --graph-restart: only the restart with the saved graph")
     parser.add_argument("--restart-from", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--graph-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -260,11 +270,13 @@ def main() -> None:
         print(json.dumps(asyncio.run(graph_restart(args.restart_from, args.first_seconds))))
         return
     if args.graph_restart:
-        scratch = Path(tempfile.mkdtemp(prefix="cachesvc-graph-restart-", dir=args.dir))
+        scratch = args.graph_dir or Path(tempfile.mkdtemp(prefix="cachesvc-graph-restart-", dir=args.dir))
+        scratch.mkdir(parents=True, exist_ok=True)
         try:
-            results = graph_restarts(args.graph_restart, args.first_seconds, scratch)
+            results = graph_restarts(args.graph_restart, args.first_seconds, scratch, not args.skip_without)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            if args.graph_dir is None:
+                shutil.rmtree(scratch, ignore_errors=True)
         print(json.dumps(results, indent=2))
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(results, indent=2))
