@@ -34,7 +34,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cachesvc.backends.faiss_index import IndexKind, IndexOptions, ScopeIndex
-from cachesvc.backends.graphs import GraphFileError, SavedGraph, graph_path, read_graphs, write_graphs
+from cachesvc.backends.graphs import (
+    GraphFileError,
+    LoadedGraph,
+    SavedGraph,
+    graph_path,
+    read_graphs,
+    write_graphs,
+)
 from cachesvc.backends.index_thread import IndexThread
 from cachesvc.backends.persistence import (
     DataDir,
@@ -132,6 +139,35 @@ class _Loader:
         self._blocks: dict[str, _Block] = {}
         self._loaded: dict[str, _Scope] = {}
         self._stopping = threading.Event()
+        self._graph_reading: Future[tuple[list[LoadedGraph], GraphFileError | None]] | None = None
+
+    def start_reading_graphs(self) -> None:
+        """Reads the saved graphs on a thread of their own while the snapshot is read. Checking and deserializing
+        a graph is C code that releases the GIL, so it overlaps the snapshot's Python decoding on another core
+        instead of following it: at 1M entries that is ~4 s alone and ~11 s behind the index thread's work."""
+        if self._graphs is None or not self._graphs.exists():
+            return
+        reader = ThreadPoolExecutor(1, thread_name_prefix="graph-read")
+        self._graph_reading = reader.submit(self._read_graphs, self._graphs)
+        reader.shutdown(wait=False)
+
+    def _read_graphs(self, path: Path) -> tuple[list[LoadedGraph], GraphFileError | None]:
+        """The graphs that read soundly, and the error that ended the file early, if any."""
+        graphs: list[LoadedGraph] = []
+        try:
+            for graph in read_graphs(path, lsn=self._graphs_lsn, dimension=self._backend._dimension):
+                graphs.append(graph)
+                if self._stopping.is_set():
+                    break
+        except GraphFileError as exc:
+            return graphs, exc
+        return graphs, None
+
+    async def graphs_read(self) -> None:
+        """Waits until the graph reader is done with the file (a start stopped early must not leave it behind)."""
+        if self._graph_reading is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(self._graph_reading)
 
     def stop(self) -> None:
         """Makes the reading thread give up at its next chunk or record (it raises `_Stopped`)."""
@@ -202,27 +238,27 @@ class _Loader:
     def _install_graphs(self) -> list[str]:
         """Queues the saved graphs of loaded scopes for installation (behind their vectors, on the index thread);
         returns the scopes they cover. A scope whose graph turns out not to fit is rebuilt instead."""
-        if self._graphs is None or not self._graphs.exists():
+        if self._graph_reading is None:
             return []
+        graphs, error = self._graph_reading.result()
         backend = self._backend
         covered: list[str] = []
-        try:
-            for graph in read_graphs(self._graphs, lsn=self._graphs_lsn, dimension=backend._dimension):
-                self._check()
-                scope = self._loaded.get(graph.scope)
-                if scope is None:
-                    continue  # emptied since the graph was saved
-                labels_of = backend._labels
-                labels = np.fromiter((labels_of.get(entry_id, 0) for entry_id in graph.entry_ids), dtype=np.int64,
-                                     count=len(graph.entry_ids))
-                gone = np.flatnonzero(labels == 0)
-                # Positions whose entry is gone keep a label of their own, never reused: tombstones.
-                labels[gone] = np.fromiter(itertools.islice(backend._next_label, len(gone)), dtype=np.int64,
-                                           count=len(gone))
-                self._submit(functools.partial(_install_graph, scope, graph.index, labels, set(labels[gone].tolist())))
-                covered.append(graph.scope)
-        except GraphFileError as exc:
-            log.warning("%s; the scopes it would have covered are rebuilt in the background", exc)
+        for graph in graphs:
+            self._check()
+            scope = self._loaded.get(graph.scope)
+            if scope is None:
+                continue  # emptied since the graph was saved
+            labels_of = backend._labels
+            labels = np.fromiter((labels_of.get(entry_id, 0) for entry_id in graph.entry_ids), dtype=np.int64,
+                                 count=len(graph.entry_ids))
+            gone = np.flatnonzero(labels == 0)
+            # Positions whose entry is gone keep a label of their own, never reused: tombstones.
+            labels[gone] = np.fromiter(itertools.islice(backend._next_label, len(gone)), dtype=np.int64,
+                                       count=len(gone))
+            self._submit(functools.partial(_install_graph, scope, graph.index, labels, set(labels[gone].tolist())))
+            covered.append(graph.scope)
+        if error is not None:
+            log.warning("%s; the scopes it would have covered are rebuilt in the background", error)
         return covered
 
     def replay_put(self, entry: Entry, vector: Vector) -> None:
@@ -315,6 +351,7 @@ class EmbeddedBackend:
         snapshots = data_dir.snapshots()
         loader = _Loader(self, graphs=graph_path(snapshots[-1]) if snapshots else None,
                          graphs_lsn=data_dir.snapshot_lsn(snapshots[-1]) if snapshots else 0)
+        loader.start_reading_graphs()
         reading = asyncio.ensure_future(asyncio.to_thread(data_dir.replay, loader))
         try:
             recovery = await asyncio.shield(reading)
@@ -324,6 +361,7 @@ class EmbeddedBackend:
             loader.stop()
             with contextlib.suppress(_Stopped):
                 await reading
+            await loader.graphs_read()
             raise
         expired = [e.id for e in self._entries.values() if e.is_expired(self._clock_now())]
         for entry_id in expired:
