@@ -14,8 +14,9 @@ Then, for each: the time per text (one ~12-token prompt alone, 32 short prompts 
 256-token text; 1 intra-op thread; the variants alternated round by round; medians of wall and of thread CPU
 time), the cosine to fp32 (mean, worst) and each text alone against inside shuffled padded batches of 16.
 
-Calibration prompts are ShareGPT first prompts from rows the quality texts and `bench/verifier_eval.py` do not use
-(the development data; see /work/shared/data/README.md), embedded one at a time so padding never enters a range.
+Calibration prompts are ShareGPT first prompts (development data, see /work/shared/data/README.md) from rows the
+quality texts do not use, and none from the hit-quality evaluation sets; each is run alone, so padding never
+enters a range.
 Needs the export extra plus onnxruntime's quantization tools (part of the onnxruntime wheel; they import sympy).
 Writes JSON to bench/out/model-variants.json and prints a table (--markdown for RESULTS).
 """
@@ -55,7 +56,7 @@ LONG_WORDS = ["cache", "latency", "vector", "index", "model", "token", "prompt",
 SHORT_TEXTS = ["Thanks!", "👍 thanks", "hi", "ok", "Why is the sky blue?", "42", "Größenänderung der Straße",
                "你好，世界", "SELECT name FROM users;", "git push --force-with-lease", SHORT_PROMPT]  # noqa: RUF001
 QUALITY_ROWS = (3000, 3400)  # ShareGPT rows for the quality texts
-CALIBRATION_ROWS = (6000, 6256)  # and for calibration: neither these nor verifier_eval's first rows
+CALIBRATION_ROWS = (6000, 6256)  # and for calibration, disjoint from them
 
 
 def read_prompts(rows: tuple[int, int]) -> list[str]:
