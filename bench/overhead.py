@@ -409,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT_DIR / "overhead.json")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    args.target = None  # load.server() starts its own server
+    args.target = None  # load.server() starts its own server ...
+    args.server_source = None  # ... from this tree
     plain = PlainSession(args.model_dir)
     prompts = sharegpt_prompts(args.prompts, args.max_chars)
     questions = short_questions(args.questions, set(prompts), 60_000, seed=2)

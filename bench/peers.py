@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-port", type=int, default=6501)
     parser.add_argument("--out", type=Path, default=OUT_DIR / "peers.json")
     args = parser.parse_args(argv)
-    args.target, args.server_arg, args.server_log_level = None, [], "INFO"
+    args.target, args.server_arg, args.server_log_level, args.server_source = None, [], "INFO", None
     plain = PlainSession(args.model_dir)
     embed = lambda text: plain.embed([text])[0]  # noqa: E731
     stored = sharegpt_prompts(args.prompts, args.max_chars)[:args.stored]
