@@ -39,6 +39,7 @@ from common import (
     utc_now,
     write_json,
 )
+from load import load_prompts
 from tokenizers import Tokenizer
 
 RUN_MS, TEXT_MS, TOKEN_MS = 2.0, 1.5, 0.275
@@ -84,20 +85,6 @@ class SleepingModel:
             with self._lock:
                 self._active -= 1
         return np.ones((len(texts), DIM), np.float32) / np.sqrt(DIM)
-
-
-def load_prompts(path: Path, max_chars: int, limit: int) -> list[str]:
-    prompts: list[str] = []
-    seen: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            text = str(json.loads(line).get("text", "")).strip()[:max_chars].strip()
-            if text and text not in seen:
-                seen.add(text)
-                prompts.append(text)
-            if len(prompts) >= limit:
-                break
-    return prompts
 
 
 async def drive(args: argparse.Namespace, prompts: list[str], model: SleepingModel) -> dict[str, Any]:

@@ -93,7 +93,8 @@ def synthetic_prompt(i: int) -> str:
             f"(case {i})?")
 
 
-def load_prompts(path: Path, max_chars: int) -> list[str]:
+def load_prompts(path: Path, max_chars: int, limit: int | None = None) -> list[str]:
+    """The distinct prompts of a JSONL file's `text` fields, cut to `max_chars`, at most `limit` of them."""
     prompts: list[str] = []
     seen: set[str] = set()
     with path.open(encoding="utf-8") as f:
@@ -102,6 +103,8 @@ def load_prompts(path: Path, max_chars: int) -> list[str]:
             if text and text not in seen:
                 seen.add(text)
                 prompts.append(text)
+            if limit is not None and len(prompts) >= limit:
+                break
     return prompts
 
 
