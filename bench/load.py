@@ -597,10 +597,14 @@ async def _recovery_probes(target: str, *, start_at: float, seconds: float, inte
     return results
 
 
+SERVER_SHARE_BOUNDS = (0.05, 0.1, 0.125, 0.2)  # seconds; 0.125: the overload bound with the defaults here
+
+
 async def _server_lookup_shares(srv: Server, bounds: tuple[float, ...]) -> dict[str, float] | None:
     """Shares of the server's OK lookups it answered within each bound (seconds), from its own
     `cachesvc_request_seconds` histogram: read when the started server has --metrics-port (a port, not -1). The
-    bounds must be bucket bounds. Recovery probes answered before the scrape are counted too (a few at most)."""
+    bounds should be bucket bounds; one the server has no bucket for (older code) is left out. Recovery probes
+    answered before the scrape are counted too (a few at most)."""
     port = srv.settings.get("metrics-port", "-1")
     if srv.pid is None or int(port) <= 0:
         return None
@@ -615,7 +619,7 @@ async def _server_lookup_shares(srv: Server, bounds: tuple[float, ...]) -> dict[
     total = buckets.get(float("inf"), 0.0)
     if not total:
         return None
-    return {f"{bound * 1000:g}ms": buckets[bound] / total for bound in bounds}
+    return {f"{bound * 1000:g}ms": buckets[bound] / total for bound in bounds if bound in buckets}
 
 
 async def _rss_sampler(pid: int, samples: list[tuple[float, int]], interval: float = 0.5) -> None:
@@ -641,7 +645,7 @@ async def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
         tally, resources = await measured(srv, open_loop(srv.target, setup.workload,
                                                          rates=[(rate, args.duration)], count=args.count,
                                                          channels=args.channels, timeout=deadline))
-        server_shares = await _server_lookup_shares(srv, (0.05, 0.1, 0.2))
+        server_shares = await _server_lookup_shares(srv, SERVER_SHARE_BOUNDS)
         probe_results = await probes
         if sampler is not None:
             sampler.cancel()
@@ -677,11 +681,14 @@ async def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
         **resources, "server_settings": srv.settings, "mix": args.mix,
     }
     headers = ["offered/s", "goodput/s", "of saturated", "ok/s min..max", "accepted p50 ms", "p99 ms", "max ms",
-               "server <= 50/100/200 ms", "answers", "RSS MB first/max/last", "normal again after"]
+               f"server <= {'/'.join(f'{b * 1000:g}' for b in SERVER_SHARE_BOUNDS)} ms", "answers",
+               "RSS MB first/max/last", "normal again after"]
     table = [[f"{rate:.0f}", result["goodput_per_second"], result["goodput_of_saturated"],
               f"{result['ok_per_second_min']}..{result['ok_per_second_max']}", _f(result["accepted_p50_ms"]),
               _f(result["accepted_p99_ms"]), _f(result["accepted_max_ms"]),
-              "-" if server_shares is None else " / ".join(f"{share:.1%}" for share in server_shares.values()),
+              "-" if server_shares is None else " / ".join(
+                  f"{server_shares[k]:.1%}" if (k := f"{b * 1000:g}ms") in server_shares else "-"
+                  for b in SERVER_SHARE_BOUNDS),
               dict(codes),
               "/".join(_f(x) for x in (result["rss_mb_first"], result["rss_mb_max"], result["rss_mb_last"])),
               "-" if recovered_after is None else f"{recovered_after:.2f} s"]]
