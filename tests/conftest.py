@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cachesvc.embedding.onnx_embedder import OnnxEmbedder
-from cachesvc.embedding.protocol import Matrix
+from cachesvc.embedding.protocol import Matrix, Vector
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,6 +78,22 @@ class CountingEmbedder:
         if any(self.fail_on(t) for t in texts):
             raise RuntimeError("injected model failure")
         return self._inner.embed(texts)
+
+
+class DirectEncoder:
+    """An `Encoder` for `CacheService` tests: the real model called at once, no batcher or memo; counts calls."""
+
+    def __init__(self, embedder: OnnxEmbedder) -> None:
+        self._embedder = embedder
+        self.calls = 0
+
+    @property
+    def dimension(self) -> int:
+        return self._embedder.dimension
+
+    async def encode(self, text: str, *, partition: str = "", deadline: float | None = None) -> Vector:
+        self.calls += 1
+        return self._embedder.embed([text])[0]
 
 
 @pytest.fixture

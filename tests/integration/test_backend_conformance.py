@@ -48,6 +48,7 @@ from cachesvc.records import (
     ScopeSelector,
     TokenUsage,
 )
+from tests.conftest import DirectEncoder
 
 DIM = 384
 KINDS = ["embedded", "redis", "redis-cluster"]
@@ -366,23 +367,9 @@ async def test_reports_sent_at_once_are_all_counted(open_backend: OpenBackend, c
 # ---- CacheService over each backend: what core promises on top of the contract ---------------------------------
 
 
-class _Encoder:
-    def __init__(self, embedder: OnnxEmbedder) -> None:
-        self._embedder = embedder
-        self.calls = 0
-
-    @property
-    def dimension(self) -> int:
-        return self._embedder.dimension
-
-    async def encode(self, text: str, *, partition: str = "", deadline: float | None = None) -> Vector:
-        self.calls += 1
-        return self._embedder.embed([text])[0]
-
-
 async def start_service(backend: Backend, clock: ManualClock, embedder: OnnxEmbedder,
-                        counters: RedisCounters | None = None) -> tuple[CacheService, _Encoder]:
-    encoder = _Encoder(embedder)
+                        counters: RedisCounters | None = None) -> tuple[CacheService, DirectEncoder]:
+    encoder = DirectEncoder(embedder)
     svc = CacheService(encoder=encoder, backend=backend, clock=clock,
                        options=CacheOptions(min_similarity=0.9, max_bytes=None), shared_counters=counters,
                        feedback_store=feedback_store(backend))
@@ -392,7 +379,7 @@ async def start_service(backend: Backend, clock: ManualClock, embedder: OnnxEmbe
 
 @pytest.fixture
 async def service(backend: Backend, clock: ManualClock, real_embedder: OnnxEmbedder,
-                  request: pytest.FixtureRequest) -> AsyncIterator[tuple[CacheService, _Encoder]]:
+                  request: pytest.FixtureRequest) -> AsyncIterator[tuple[CacheService, DirectEncoder]]:
     counters = None
     if isinstance(backend, RedisBackend):
         counters = RedisCounters(client=backend._client, keys=backend.keys, timeout=5.0)
@@ -404,7 +391,7 @@ async def service(backend: Backend, clock: ManualClock, real_embedder: OnnxEmbed
         await counters.aclose()
 
 
-async def test_service_exact_semantic_ttl_delete_and_stats(service: tuple[CacheService, _Encoder],
+async def test_service_exact_semantic_ttl_delete_and_stats(service: tuple[CacheService, DirectEncoder],
                                                            clock: ManualClock) -> None:
     svc, encoder = service
     scope = ScopeKey(tenant="acme", namespace="support")
@@ -473,7 +460,7 @@ async def test_a_hit_reports_every_hit_before_it_through_any_replica(
 
 
 async def test_service_feedback_stops_the_pair_lifts_the_threshold_then_stops_paraphrases(
-        service: tuple[CacheService, _Encoder]) -> None:
+        service: tuple[CacheService, DirectEncoder]) -> None:
     svc, _ = service
     scope = ScopeKey(tenant="acme", namespace="support")
 
@@ -560,7 +547,7 @@ async def test_a_store_is_acknowledged_even_when_its_fill_lease_cannot_be_ended(
     backend = EmbeddedBackend(dimension=DIM, data_dir=DataDir(PersistenceOptions(data_dir=tmp_path), MODEL),
                               clock_now=clock.now)
     await backend.start()
-    svc = CacheService(encoder=_Encoder(real_embedder), backend=backend, clock=clock,
+    svc = CacheService(encoder=DirectEncoder(real_embedder), backend=backend, clock=clock,
                        options=CacheOptions(min_similarity=0.9, max_bytes=None), leases=_LeasesThatCannotEnd())
     await svc.start()
     try:

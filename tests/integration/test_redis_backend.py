@@ -20,7 +20,7 @@ from cachesvc.core.types import HitKind, Lookup, LookupResult, Write
 from cachesvc.embedding.onnx_embedder import OnnxEmbedder
 from cachesvc.errors import Overloaded, Unavailable
 from cachesvc.records import Entry, EntryFeedback, FeedbackReport, ScopeKey
-from tests.conftest import redis_stack
+from tests.conftest import DirectEncoder, redis_stack
 
 DIM = 384
 MODEL = ModelIdentity(name="all-MiniLM-L6-v2 (fp32)", dimension=DIM, checksum="a" * 64)
@@ -236,24 +236,12 @@ async def test_feedback_written_by_the_codec_is_continued_by_the_script(redis_se
         await _close(backend)
 
 
-class _Encoder:
-    def __init__(self, embedder: OnnxEmbedder) -> None:
-        self._embedder = embedder
-
-    @property
-    def dimension(self) -> int:
-        return self._embedder.dimension
-
-    async def encode(self, text: str, *, partition: str = "", deadline: float | None = None) -> Any:
-        return self._embedder.embed([text])[0]
-
-
 async def test_a_semantic_miss_makes_one_round_trip_after_the_exact_key_and_a_hit_no_more_than_it_needs(
         redis_server: Any, redis_prefix: str, real_embedder: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
     """Counts the commands each lookup sends (every call, scripts included, goes through execute_command): a miss
     reads the exact key and searches; a semantic hit also records the hit, whose script returns the reply's count."""
     backend = await _backend(redis_server.url, redis_prefix, timeout=5.0)
-    service = CacheService(encoder=_Encoder(real_embedder), backend=backend, clock=ManualClock(start=time.time()),
+    service = CacheService(encoder=DirectEncoder(real_embedder), backend=backend, clock=ManualClock(start=time.time()),
                            options=CacheOptions(min_similarity=0.9, max_bytes=None))
     sent: list[tuple[Any, ...]] = []
     execute = backend._client.execute_command
