@@ -115,7 +115,7 @@ class Settings:
     max_concurrent_rpcs: int = field(default=1024, metadata=_spec(
         "calls the server serves at once (all connections); more are answered RESOURCE_EXHAUSTED at once"))
     memo_size: int = field(default=4096, metadata=_spec("recent prompt vectors remembered (no re-embedding)"))
-    hnsw_threshold: int = field(default=20_000, metadata=_spec("scope size at which search switches to HNSW"))
+    hnsw_threshold: int = field(default=5_000, metadata=_spec("scope size at which search switches to HNSW"))
     max_namespaces: int = field(default=1000, metadata=_spec(
         "namespaces one tenant may hold entries in (stores to one more are RESOURCE_EXHAUSTED); calls in "
         "namespaces past it are not counted per namespace"))

@@ -27,9 +27,11 @@ from cachesvc.embedding.protocol import Vector
 
 @dataclass(frozen=True, kw_only=True)
 class IndexOptions:
-    # Flat search costs ~0.17 us per vector here (1.5 ms at 10k); HNSW answers in ~1 ms at any size but
-    # costs ~0.25 ms per vector to build. Switch where flat search starts to cost more than a model run.
-    hnsw_threshold: int = 20_000
+    # Between lookups the model's weights pass through the caches, so a search meets its vectors cold: a flat
+    # scan then costs ~0.57 ms at 5k, 0.92 at 10k and 1.9 at 20k here, HNSW ~0.5 ms at any of them, with
+    # near-duplicate recall 1.000 and recall@4 >= 0.999 on real prompts (bench/index_recall.py). Building costs
+    # ~0.25 ms per vector on a background thread. Switch where the two cross.
+    hnsw_threshold: int = 5_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 96
