@@ -34,7 +34,10 @@ class IndexOptions:
     hnsw_threshold: int = 5_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 96
+    # On real prompts at 10k and 100k entries: near-duplicate recall 1.000, recall@4 >= 0.999 and the exact nearest
+    # always found, at 0.13-0.17 ms less per search than 96; below 64 recall@4 starts to fall at 100k
+    # (bench/index_recall.py).
+    hnsw_ef_search: int = 64
     max_tombstone_ratio: float = 0.2
     # A search runs on the caller's thread, not the index thread, when that thread is idle and the search is
     # cheap: a flat scan of at most this many vectors, or an HNSW search (bounded by efSearch, not by size)
