@@ -9,7 +9,7 @@ never on the event loop.
 The queue is bounded by time as well as by count: an item that cannot start its model run within the queueing
 budget (or before its caller's deadline, less its own run) is shed with `Overloaded` - at once when the work queued
 ahead says it would wait too long, else when it reaches the head of the queue too late. Work is counted in cost
-units from each prompt's length (`run_cost`), timed by the slowest recent runs, and a run takes only what the
+units from each prompt's length (`run_cost`), timed by a high quantile of recent runs, and a run takes only what the
 budget can run (a lone longer prompt still runs) and ends by every deadline it carries, so an accepted prompt
 waits at most the budget plus one run.
 A caller that gives up (cancellation) frees its slot at once and its text never reaches the model.

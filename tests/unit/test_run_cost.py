@@ -36,3 +36,23 @@ def test_seconds_per_unit_is_the_slowest_of_the_recent_runs_and_forgets_old_ones
 def test_the_window_must_hold_a_run() -> None:
     with pytest.raises(ValueError):
         SecondsPerUnit(window=0)
+
+
+def test_over_many_runs_the_estimate_is_a_high_quantile_so_one_freak_run_does_not_set_it() -> None:
+    rate = SecondsPerUnit(window=256, quantile=0.99)
+    for _ in range(98):
+        rate.observe(0.010, 10)
+    rate.observe(1.0, 10)  # one run stalled by a pause of the whole process
+    assert rate.value == pytest.approx(0.1)  # fewer than 100 runs: the slowest counts
+    for _ in range(157):
+        rate.observe(0.010, 10)
+    assert rate.value == pytest.approx(0.001)  # of 256, the 99th percentile is the third slowest
+    rate.observe(0.030, 10)
+    rate.observe(0.020, 10)  # slow runs that come back are what the estimate keeps
+    assert rate.value == pytest.approx(0.002)
+
+
+def test_the_quantile_must_be_a_share() -> None:
+    for quantile in (0.0, 1.5):
+        with pytest.raises(ValueError):
+            SecondsPerUnit(quantile=quantile)
