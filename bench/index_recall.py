@@ -27,7 +27,7 @@ from typing import Any
 import faiss
 import numpy as np
 from common import command_line, machine, markdown_table, utc_now, write_json
-from redis_search import embedded, recall_corpus
+from redis_search import RecallTally, embedded, recall_corpus
 
 from cachesvc.backends.faiss_index import IndexKind, IndexOptions, ScopeIndex, use_one_thread
 from cachesvc.config import Settings
@@ -52,24 +52,15 @@ def grown_index(stored: np.ndarray, size: int, threshold: int, builder: ThreadPo
 
 def measure(index: ScopeIndex, stored: np.ndarray, probes: np.ndarray, k: int, near: float) -> dict[str, Any]:
     similarities = probes @ stored.T
-    found_in_top, near_wanted, near_found, first_found = 0, 0, 0, 0
+    tally = RecallTally(k=k, near=near)
     times: list[float] = []
     for p, vector in enumerate(probes):
         SWEEP.sum()
         started = time.perf_counter()
         found = index.search(vector, k)
         times.append((time.perf_counter() - started) * 1e6)
-        exact = np.sort(similarities[p])[::-1][:k]
-        got = np.array([similarities[p, label] for label, _s in found])
-        found_in_top += min(k, int((got >= exact[-1] - 1e-5).sum()))
-        first_found += int(bool(len(got)) and got.max() >= exact[0] - 1e-5)
-        wanted = exact[exact >= near]
-        near_wanted += len(wanted)
-        near_found += sum(int((got >= s - 1e-5).any()) for s in wanted)
-    return {"kind": index.kind.value, "recall_at_k": found_in_top / (k * len(probes)),
-            "nearest_found": first_found / len(probes),
-            "near_duplicate_recall": near_found / near_wanted if near_wanted else None,
-            "near_duplicates": near_wanted, "search_us_p50": statistics.median(times),
+        tally.add(similarities[p], np.array([similarities[p, label] for label, _s in found]))
+    return {"kind": index.kind.value, **tally.figures(), "search_us_p50": statistics.median(times),
             "search_us_p99": float(np.percentile(times, 99))}
 
 

@@ -22,6 +22,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -185,10 +186,40 @@ async def fill_real(url: str, embedder: OnnxEmbedder, texts: list[str], vectors:
     return ids
 
 
+@dataclass
+class RecallTally:
+    """Recall of an approximate search against exact search, summed over probes. A found entry counts when its
+    exact similarity reaches the k-th best's (ties)."""
+
+    k: int
+    near: float  # near duplicates: the exact top-k neighbours at or above this similarity
+    probes: int = 0
+    found_in_top: int = 0
+    first_found: int = 0
+    near_wanted: int = 0
+    near_found: int = 0
+
+    def add(self, similarities: np.ndarray, got: np.ndarray) -> None:
+        """One probe: `similarities` to every stored vector, `got` the exact similarities of what the search found."""
+        exact = np.sort(similarities)[::-1][:self.k]
+        self.probes += 1
+        self.found_in_top += min(self.k, int((got >= exact[-1] - 1e-5).sum()))
+        self.first_found += int(bool(len(got)) and got.max() >= exact[0] - 1e-5)
+        wanted = exact[exact >= self.near]
+        self.near_wanted += len(wanted)
+        self.near_found += sum(int((got >= s - 1e-5).any()) for s in wanted)
+
+    def figures(self) -> dict[str, Any]:
+        return {"recall_at_k": self.found_in_top / (self.k * self.probes),
+                "nearest_found": self.first_found / self.probes,
+                "near_duplicate_recall": self.near_found / self.near_wanted if self.near_wanted else None,
+                "near_duplicates": self.near_wanted}
+
+
 async def measure_recall(url: str, embedder: OnnxEmbedder, scope: ScopeKey, stored: np.ndarray, ids: list[str],
                          probes: np.ndarray, ef: int, k: int, near: float, r: redis.Redis) -> dict[str, Any]:
     """The backend's search (the query a replica sends, with `EF_RUNTIME ef`) against exact KNN in numpy over the
-    same float32 vectors. A found entry counts when its exact similarity reaches the k-th best's (ties)."""
+    same float32 vectors (`RecallTally`)."""
     options = RedisOptions(url=url, prefix=PREFIX, timeout=30)
     client = connect(options)
     backend = RedisBackend(client=client, options=options, dimension=embedder.dimension,
@@ -196,27 +227,18 @@ async def measure_recall(url: str, embedder: OnnxEmbedder, scope: ScopeKey, stor
     await backend.start()
     position = {entry_id: i for i, entry_id in enumerate(ids)}
     similarities = probes @ stored.T  # (probes, entries)
-    found_in_top, near_wanted, near_found, first_found = 0, 0, 0, 0
+    tally = RecallTally(k=k, near=near)
     try:
         await backend.search(scope, probes[0], k)  # judges the scope's share (batches, as a replica would)
         before = search_usec(r)
         for p, vector in enumerate(probes):
             matches = await backend.search(scope, vector, k)
-            exact = np.sort(similarities[p])[::-1][:k]
-            got = np.array([similarities[p, position[m.entry_id]] for m in matches])
-            found_in_top += min(k, int((got >= exact[-1] - 1e-5).sum()))
-            first_found += int(bool(len(got)) and got.max() >= exact[0] - 1e-5)
-            wanted = exact[exact >= near]
-            near_wanted += len(wanted)
-            near_found += sum(int((got >= s - 1e-5).any()) for s in wanted)
+            tally.add(similarities[p], np.array([similarities[p, position[m.entry_id]] for m in matches]))
         usec = (search_usec(r) - before) / len(probes)
     finally:
         await backend.aclose()
         await client.aclose()
-    return {"ef_runtime": ef, "recall_at_k": found_in_top / (k * len(probes)),
-            "nearest_found": first_found / len(probes),
-            "near_duplicate_recall": near_found / near_wanted if near_wanted else None,
-            "near_duplicates": near_wanted, "redis_usec_per_search": usec}
+    return {"ef_runtime": ef, **tally.figures(), "redis_usec_per_search": usec}
 
 
 def recall_main(args: argparse.Namespace) -> int:
