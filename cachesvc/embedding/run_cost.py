@@ -29,11 +29,12 @@ def text_cost(text: str, *, max_tokens: int) -> int:
 class SecondsPerUnit:
     """Seconds per unit of cost: a high quantile of the last `window` runs, not a mean.
 
-    A run slowed by CPU contention (the model's threads compete with the event loop, gRPC and other processes)
-    raises the estimate at once, where a mean would lag behind and let runs overshoot the queueing budget. The
-    quantile is taken over many runs so that the estimate covers the slow runs that come back every few seconds
-    under overload (with the slowest of only the last 16, 3-4% of accepted lookups outran the budget plus one run;
-    bench/RESULTS.md), yet one freak run (a pause of the whole process) is not what the next 256 are judged by.
+    Runs slowed by CPU contention (the model's threads compete with the event loop, gRPC and other processes) raise
+    the estimate within a few runs (three once the window is full, the first one before), where a mean would lag
+    behind and let runs overshoot the queueing budget. The quantile is taken over many runs so that the estimate
+    covers the slow runs that come back every few seconds under overload (with the slowest of only the last 16,
+    3-4% of accepted lookups outran the budget plus one run; bench/RESULTS.md), yet one freak run (a pause of the
+    whole process) is not what the next 256 are judged by.
     Until `window` runs are seen the quantile covers fewer; below 1 / (1 - quantile) runs it is the slowest. 0
     until the first run.
     """
