@@ -179,7 +179,7 @@ def server(args: argparse.Namespace, *, max_queue: int | None = None, data_dir: 
         log_path = Path(data_dir) / "server.log"
         with log_path.open("ab") as log:
             # `python -m` imports the package of its working directory first: --server-source runs other code.
-            cpus = server_cpus(args)
+            cpus = args.server_cpus
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=args.server_source,
                                        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus))
             try:
@@ -832,7 +832,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common.add_argument("--server-arg", action="append", default=[],
                         help="extra `cachesvc serve` flag for the started server, e.g. max-batch-size=16")
     common.add_argument("--server-log-level", default="INFO", help="the started server's log level")
-    common.add_argument("--server-cpus", default="",
+    common.add_argument("--server-cpus", type=lambda text: {int(c) for c in text.split(",")}, default=None,
                         help="cores for the started server, e.g. 1; this tool then runs on the others, so that the "
                              "load generator does not slow the server it measures (give the server "
                              "--server-arg=embed-workers=N to match)")
@@ -885,19 +885,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def server_cpus(args: argparse.Namespace) -> set[int] | None:
-    """--server-cpus as a set of cores, or None (no pinning)."""
-    if not getattr(args, "server_cpus", ""):
-        return None
-    return {int(c) for c in args.server_cpus.split(",")}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cpus = server_cpus(args)
+    cpus = args.server_cpus
     if cpus is not None:
         if not cpus < os.sched_getaffinity(0):
-            raise SystemExit(f"--server-cpus {args.server_cpus} must leave this tool at least one of "
+            raise SystemExit(f"--server-cpus {sorted(cpus)} must leave this tool at least one of "
                              f"{sorted(os.sched_getaffinity(0))}")
         os.sched_setaffinity(0, os.sched_getaffinity(0) - cpus)
     handler = {"run": cmd_run, "saturate": cmd_saturate, "peak": cmd_peak, "figures": cmd_figures,

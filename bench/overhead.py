@@ -411,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.target = None  # load.server() starts its own server ...
     args.server_source = None  # ... from this tree
+    args.server_cpus = None  # ... on every core
     plain = PlainSession(args.model_dir)
     prompts = sharegpt_prompts(args.prompts, args.max_chars)
     questions = short_questions(args.questions, set(prompts), 60_000, seed=2)

@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT_DIR / "peers.json")
     args = parser.parse_args(argv)
     args.target, args.server_arg, args.server_log_level, args.server_source = None, [], "INFO", None
+    args.server_cpus = None
     plain = PlainSession(args.model_dir)
     embed = lambda text: plain.embed([text])[0]  # noqa: E731
     stored = sharegpt_prompts(args.prompts, args.max_chars)[:args.stored]

@@ -349,7 +349,8 @@ class RedisBackend:
                 hits = await self._touch(keys=[self._keys.entry(entry.id), self._keys.hits(entry.id)],
                                          args=[repr(now)])
             # -1: deleted since the search found it. It is served all the same; its count goes with it.
-            entry.hit_count = int(hits) if int(hits) >= 0 else entry.hit_count + 1
+            count = int(hits)
+            entry.hit_count = count if count >= 0 else entry.hit_count + 1
             return
         entry.hit_count += 1
         if len(self._touches) >= MAX_PENDING_TOUCHES:
