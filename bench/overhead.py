@@ -195,6 +195,21 @@ def baseline_server(args: argparse.Namespace, data_dir: str) -> Iterator[tuple[s
                 process.wait(timeout=10)
 
 
+@contextlib.contextmanager
+def floor_server(args: argparse.Namespace, stored_file: Path, embed_on: str) -> Iterator[tuple[str, int]]:
+    """`bench/grpc_floor.py`: a grpc.aio server with nothing but the embedding in it, for the floor figures."""
+    port = free_port()
+    argv = [sys.executable, str(Path(__file__).with_name("grpc_floor.py")), f"--port={port}",
+            f"--stored={stored_file}", f"--embed-on={embed_on}", f"--model-dir={args.model_dir.resolve()}"]
+    process = subprocess.Popen(argv)
+    try:
+        wait_serving(f"127.0.0.1:{port}", timeout=120)
+        yield f"127.0.0.1:{port}", process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def measure(args: argparse.Namespace, entries: int, base_dir: Path, stored: list[str], plain: PlainSession,
             questions: list[str]) -> dict[str, Any]:
     """Figures on a copy of `base_dir` (the prompts stored through gRPC) grown to `entries` with filler; with
@@ -218,6 +233,11 @@ def measure(args: argparse.Namespace, entries: int, base_dir: Path, stored: list
         assert srv.pid is not None
         result["restart_to_serving_seconds"] = round(time.perf_counter() - started, 1)
         servers["current"] = (srv.target, srv.pid)
+        if args.floor:
+            stored_file = Path(scratch) / "stored.txt"
+            stored_file.write_text("\n".join(stored), encoding="utf-8")
+            for embed_on in ("thread", "loop"):
+                servers[f"floor, model on {embed_on}"] = stack.enter_context(floor_server(args, stored_file, embed_on))
         result["idle_wait_seconds"] = round(sum(settle(t, pid, entries) for t, pid in servers.values()), 1)
         result.update(probe(args, servers, plain, stored, questions))
     result["load_after"] = os.getloadavg()
@@ -337,13 +357,22 @@ def probe(args: argparse.Namespace, servers: dict[str, tuple[str, int]], plain: 
     for w in range(args.throughput_windows):
         for n in (names if w % 2 == 0 else names[::-1]):
             flood = [f"{next(unseen)} ({n} {w})" for _ in range(20 * int(args.throughput_seconds) * args.callers)]
-            windows[n].append(asyncio.run(closed_loop_lookups(servers[n][0], flood, callers=args.callers,
-                                                              seconds=args.throughput_seconds)))
+            # CPU per call on both sides: the ceiling counts only model runs, but the callers share the 2 cores.
+            server_before, client_before = proc_sample(servers[n][1]), time.process_time()
+            window = asyncio.run(closed_loop_lookups(servers[n][0], flood, callers=args.callers,
+                                                     seconds=args.throughput_seconds))
+            calls = max(window["lookups"], 1)  # per answered lookup: shed calls cost CPU too
+            window["server_cpu_ms_per_call"] = (proc_sample(servers[n][1]).cpu_seconds
+                                                - server_before.cpu_seconds) * 1000 / calls
+            window["client_cpu_ms_per_call"] = (time.process_time() - client_before) * 1000 / calls
+            windows[n].append(window)
     for n in names:
         done = sum(w["lookups"] for w in windows[n])
         rate = done / sum(w["seconds"] for w in windows[n])
         out["servers"][n]["throughput"] = {"per_second": rate, "windows": windows[n]}
         out["servers"][n]["throughput_over_ceiling"] = rate / ceiling
+        out["servers"][n]["throughput_cpu_ms_per_call"] = {
+            side: statistics.median(w[f"{side}_cpu_ms_per_call"] for w in windows[n]) for side in ("server", "client")}
     out["load_after_throughput"] = os.getloadavg()
     return out
 
@@ -374,6 +403,9 @@ def report(results: list[dict[str, Any]]) -> str:
         row("lookups/s, 16 callers / ceiling",
             lambda r, s: f"{s['throughput']['per_second']:.0f} / {r['ceiling_per_second']:.0f} = "
                          f"**{s['throughput_over_ceiling']:.2f}**", ">= 0.85"),
+        row("16 callers: CPU per answered lookup, server / callers",
+            lambda r, s: " / ".join(f"{s['throughput_cpu_ms_per_call'][k]:.2f}" for k in ("server", "client"))
+            + f" ms (model alone: {r['ceiling_batch32_per_item_ms']:.2f} ms per prompt in a 32-prompt batch)"),
         row("load average (1 min) at probes / after throughput",
             lambda r, s: f"{r['load_at_probes'][0]:.2f} / {r['load_after_throughput'][0]:.2f}"),
     ]
@@ -395,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run the server from this source tree (e.g. an unpacked `git archive` of an "
                              "earlier commit) on its own copy of the data, probed alternately: before and after "
                              "in one run")
+    parser.add_argument("--floor", action="store_true",
+                        help="also probe two bench/grpc_floor.py servers (grpc.aio with only the embedding in it: "
+                             "the model on a worker thread, and on the event loop), alternately with the others")
     parser.add_argument("--ceiling-repeats", type=int, default=15)
     parser.add_argument("--max-chars", type=int, default=500, help="stored ShareGPT prompts are cut to this")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
