@@ -124,6 +124,8 @@ class LookupResult:
     # Why the best candidate was not served although it cleared the threshold (None: served, or no verifier).
     rejected_reason: RejectReason | None = None
     fill: FillOutcome = FillOutcome()
+    # The scope it was answered in, as checked (defaults applied); None only for results not made by the service.
+    scope: ScopeKey | None = None
 
     @property
     def hit(self) -> bool:

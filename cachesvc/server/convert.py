@@ -177,18 +177,17 @@ def _fill_entry(message: pb.Entry, entry: Entry) -> None:
 
 
 def lookup_to_proto(result: LookupResult) -> pb.LookupResponse:
-    response = pb.LookupResponse(
-        hit=result.hit,
-        similarity=result.similarity,
-        exact=result.hit_kind is HitKind.EXACT,
-        min_similarity=result.min_similarity,
-        nearest_id=result.nearest_id or "",
-        rejected_reason=(_REASONS[result.rejected_reason] if result.rejected_reason is not None
-                         else pb.REJECT_REASON_UNSPECIFIED),
-        fill_token=result.fill.token or "",
-        fill_pending=result.fill.pending,
-        waited_for_fill=result.fill.waited,
-    )
+    # Only fields that differ from their defaults are set: each setter is a call into protobuf, paid on every hit.
+    response = pb.LookupResponse(hit=result.hit, similarity=result.similarity,
+                                 exact=result.hit_kind is HitKind.EXACT, min_similarity=result.min_similarity)
+    if result.nearest_id:
+        response.nearest_id = result.nearest_id
+    if result.rejected_reason is not None:
+        response.rejected_reason = _REASONS[result.rejected_reason]
+    fill = result.fill
+    if fill.token or fill.pending or fill.waited:
+        response.fill_token = fill.token or ""
+        response.fill_pending, response.waited_for_fill = fill.pending, fill.waited
     timings = response.timings
     timings.embed_ms, timings.search_ms, timings.total_ms = (
         result.timings.embed_ms, result.timings.search_ms, result.timings.total_ms)

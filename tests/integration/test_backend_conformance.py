@@ -24,6 +24,7 @@ from cachesvc.backends.redis.backend import RedisBackend
 from cachesvc.backends.redis.connection import RedisOptions, connect
 from cachesvc.backends.redis.counters import RedisCounters
 from cachesvc.clock import ManualClock
+from cachesvc.core import service as service_module
 from cachesvc.core.policy import TTLPolicy
 from cachesvc.core.service import CacheOptions, CacheService
 from cachesvc.core.types import (
@@ -420,6 +421,23 @@ async def test_service_exact_semantic_ttl_delete_and_stats(service: tuple[CacheS
 
     [stats] = await svc.stats("acme", "support")
     assert (stats.lookups, stats.exact_hits, stats.semantic_hits, stats.stores) == (5, 1, 1, 2)
+
+
+async def test_service_answers_every_scope_while_it_forgets_checked_scopes(
+        service: tuple[CacheService, DirectEncoder], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service keeps a bounded set of checked scopes (with their digests); forgetting them changes no answer."""
+    monkeypatch.setattr(service_module, "MAX_KNOWN_SCOPES", 3)
+    svc, _encoder = service
+    scopes = [ScopeKey(tenant=t, namespace=n, model="m") for t in ("acme", "umbrella") for n in ("a", "b", "")]
+    for i, scope in enumerate(scopes):
+        await svc.store(Write(scope=scope, prompt="Where is my order?", completion=f"answer {i}"))
+    for _ in range(2):
+        for i, scope in enumerate(scopes):
+            found = await svc.lookup(Lookup(scope=scope, prompt="Where is my order?"))
+            assert found.hit_kind is HitKind.EXACT and found.entry is not None
+            assert found.entry.completion == f"answer {i}"
+            assert found.scope is not None and found.scope.namespace == (scope.namespace or "default")
+            assert len(svc._known_scopes) <= 3
 
 
 STORED = "How do I reset my password?"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from cachesvc.app import App
 from cachesvc.clock import ManualClock
 from cachesvc.config import Settings
+from cachesvc.records import ScopeKey
 from cachesvc_client import AsyncCacheClient, NotFoundError, ResourceExhausted, Scope, Unauthenticated
 from cachesvc_client.v1 import cache_pb2 as pb
 from cachesvc_client.v1 import cache_pb2_grpc as pb_grpc
@@ -118,6 +120,25 @@ async def test_scopes_are_isolated(client: AsyncCacheClient, field: str) -> None
 async def test_empty_namespace_is_default(client: AsyncCacheClient) -> None:
     await client.store(PROMPT, "answer", scope=Scope(namespace=""))
     assert (await client.lookup(PROMPT, scope=Scope(namespace="default"))).hit
+
+
+async def test_request_log_names_the_scope_entries_live_in(stub: pb_grpc.SemanticCacheStub,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """An empty namespace is the default one: the log line of a store and of a lookup both name that scope,
+    whichever spelling the caller used, so a scope's calls can be found by its digest."""
+    default_scope = ScopeKey(tenant="default", namespace="default").digest
+    with caplog.at_level(logging.INFO, logger="cachesvc.requests"):
+        await stub.Store(pb.StoreRequest(scope=pb.Scope(), prompt=PROMPT, completion="a"))
+        await stub.Lookup(pb.LookupRequest(scope=pb.Scope(namespace=""), prompt=PROMPT))
+        await stub.Lookup(pb.LookupRequest(scope=pb.Scope(namespace="default"), prompt=PARAPHRASE))
+        for _ in range(100):  # the line is written once the reply is on its way
+            if len([r for r in caplog.records if r.name == "cachesvc.requests"]) == 3:
+                break
+            await asyncio.sleep(0.01)
+    lines = [r.fields for r in caplog.records if r.name == "cachesvc.requests"]  # type: ignore[attr-defined]
+    assert [(f["method"], f["scope"]) for f in lines] == [("Store", default_scope), ("Lookup", default_scope),
+                                                          ("Lookup", default_scope)]
+    assert [f.get("outcome") for f in lines] == [None, "exact", "semantic"]
 
 
 async def test_tenants_are_isolated_and_keys_required(start_app: StartApp) -> None:
