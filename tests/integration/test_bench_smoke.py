@@ -227,3 +227,39 @@ async def test_calibration_records_the_similarity_of_the_candidate_a_verifier_se
     first = records[0]
     assert first.nearest_prompt == "Tell me the sum of 2 and 3."
     assert first.similarity == pytest.approx(served.similarity, abs=1e-6)  # the served one's, not the nearest's
+
+
+async def test_floor_server_answers_stored_prompts_exactly_and_embeds_the_rest(model_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    """bench/grpc_floor.py, the server bench/overhead.py --floor measures against: the same wire answers as ours."""
+    import socket
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from cachesvc_client.v1 import cache_pb2 as pb
+    from cachesvc_client.v1 import cache_pb2_grpc as pb_grpc
+
+    stored = tmp_path / "stored.txt"
+    stored.write_text("How do I reset my password?\nWhat is the capital of France?", encoding="utf-8")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for embed_on in ("thread", "loop"):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "bench/grpc_floor.py", f"--port={port}", f"--stored={stored}", f"--embed-on={embed_on}",
+            f"--model-dir={model_dir}", cwd=ROOT)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                                                  wait_for_ready=True, timeout=TIMEOUT)
+                assert (await check).status == health_pb2.HealthCheckResponse.SERVING
+                cache = pb_grpc.SemanticCacheStub(channel)
+                exact = await cache.Lookup(pb.LookupRequest(prompt="What is the capital of France?"), timeout=30)
+                assert exact.hit and exact.exact and exact.entry.prompt == "What is the capital of France?"
+                assert exact.entry.completion
+                miss = await cache.Lookup(pb.LookupRequest(prompt="How can I reset my password?"), timeout=30)
+                assert not miss.hit and miss.timings.embed_ms > 0
+        finally:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), TIMEOUT)
