@@ -200,7 +200,7 @@ class CacheService:
             Overloaded: the embedder's queue is full.
         """
         started = time.perf_counter()
-        scope = self._checked_scope(request.scope)
+        scope = self.checked_scope(request.scope)
         prompt = self._checked_prompt(request.prompt)
         result = await self._search(request, scope, prompt, started)
         if not result.hit and request.fill is not None and request.fill.lease_seconds > 0 and self._leases is not None:
@@ -359,7 +359,7 @@ class CacheService:
                 budget.
             Overloaded: the embedder's queue is full.
         """
-        scope = self._checked_scope(write.scope)
+        scope = self.checked_scope(write.scope)
         prompt = self._checked_prompt(write.prompt)
         limits = self._options.limits
         completion_bytes = utf8_size(write.completion)
@@ -488,7 +488,7 @@ class CacheService:
         """
         if not token:
             raise InvalidRequest("must not be empty", field="fill_token")
-        key = LeaseKey.of(self._checked_scope(scope), self._checked_prompt(prompt))
+        key = LeaseKey.of(self.checked_scope(scope), self._checked_prompt(prompt))
         return self._leases is not None and await self._leases.release(key, token)
 
     # Delete
@@ -527,7 +527,7 @@ class CacheService:
             NotFound: no entry with that id in the caller's scope (another tenant's entry is reported the same way).
             Unsupported: the backend cannot keep feedback.
         """
-        scope = self._checked_scope(report.scope)
+        scope = self.checked_scope(report.scope)
         prompt = self._checked_prompt(report.prompt)
         if self._feedback_store is None:
             raise Unsupported("this backend does not keep feedback")
@@ -622,11 +622,16 @@ class CacheService:
             if value is not None:
                 self._checked_field(value, f"scope.{name}")
 
-    def _checked_scope(self, scope: ScopeKey) -> ScopeKey:
-        """The checked scope, as one instance per distinct scope among the recently seen ones: its digest (a
-        SHA-256, the key of the exact path and of the scope's index) is then computed once, not on every call
-        (~50 us of an exact hit after an idle spell). Keyed by tenant too, so nothing here is shared across
-        tenants."""
+    def checked_scope(self, scope: ScopeKey) -> ScopeKey:
+        """The scope its entries are kept under (defaults applied), once its fields pass their checks.
+
+        One instance per distinct scope among the recently seen ones: its digest (a SHA-256, the key of the exact
+        path and of the scope's index) is then computed once, not on every call (~50 us of an exact hit after an
+        idle spell). Keyed by tenant too, so nothing here is shared across tenants.
+
+        Raises:
+            InvalidRequest: a field is too long.
+        """
         known = self._known_scopes.get(scope)
         if known is not None:
             return known

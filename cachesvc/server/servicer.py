@@ -105,7 +105,7 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
         async def handle(tenant: str, fields: dict[str, object]) -> pb.ReleaseFillResponse:
             scope = convert.scope_key(tenant, request.scope)
             released = await self._service.release_fill(scope, request.prompt, request.fill_token)
-            fields.update(scope=scope.digest, released=released)
+            fields.update(scope=self._service.checked_scope(scope).digest, released=released)
             return pb.ReleaseFillResponse(released=released)
 
         return await self._call("ReleaseFill", context, handle)
@@ -130,7 +130,8 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
         async def handle(tenant: str, fields: dict[str, object]) -> pb.FeedbackResponse:
             report = convert.feedback_from_proto(tenant, request)  # the tenant from the credentials, never the body
             result = await self._service.feedback(report)
-            fields.update(scope=report.scope.digest, entry=report.entry_id, correct=report.correct,
+            fields.update(scope=self._service.checked_scope(report.scope).digest, entry=report.entry_id,
+                          correct=report.correct,
                           similarity=round(result.similarity, 4),
                           entry_min_similarity=round(result.entry_min_similarity, 4))
             return convert.feedback_to_proto(result)

@@ -131,14 +131,15 @@ async def test_request_log_names_the_scope_entries_live_in(stub: pb_grpc.Semanti
         await stub.Store(pb.StoreRequest(scope=pb.Scope(), prompt=PROMPT, completion="a"))
         await stub.Lookup(pb.LookupRequest(scope=pb.Scope(namespace=""), prompt=PROMPT))
         await stub.Lookup(pb.LookupRequest(scope=pb.Scope(namespace="default"), prompt=PARAPHRASE))
+        await stub.ReleaseFill(pb.ReleaseFillRequest(scope=pb.Scope(), prompt=PROMPT, fill_token="not-held"))
         for _ in range(100):  # the line is written once the reply is on its way
-            if len([r for r in caplog.records if r.name == "cachesvc.requests"]) == 3:
+            if len([r for r in caplog.records if r.name == "cachesvc.requests"]) == 4:
                 break
             await asyncio.sleep(0.01)
     lines = [r.fields for r in caplog.records if r.name == "cachesvc.requests"]  # type: ignore[attr-defined]
     assert [(f["method"], f["scope"]) for f in lines] == [("Store", default_scope), ("Lookup", default_scope),
-                                                          ("Lookup", default_scope)]
-    assert [f.get("outcome") for f in lines] == [None, "exact", "semantic"]
+                                                          ("Lookup", default_scope), ("ReleaseFill", default_scope)]
+    assert [f.get("outcome") for f in lines] == [None, "exact", "semantic", None]
 
 
 async def test_tenants_are_isolated_and_keys_required(start_app: StartApp) -> None:
