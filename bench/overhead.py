@@ -210,45 +210,55 @@ def floor_server(args: argparse.Namespace, stored_file: Path, embed_on: str) -> 
         process.wait(timeout=30)
 
 
-def measure(args: argparse.Namespace, entries: int, base_dir: Path, stored: list[str], plain: PlainSession,
+def measure(args: argparse.Namespace, sizes: list[int], base_dir: Path, stored: list[str], plain: PlainSession,
             questions: list[str]) -> dict[str, Any]:
-    """Figures on a copy of `base_dir` (the prompts stored through gRPC) grown to `entries` with filler; with
-    --baseline-tree, a second server from that tree on its own copy, probed alternately with this one."""
+    """Figures on a copy of `base_dir` (the prompts stored through gRPC) grown to each of `sizes` with filler, one
+    server per size, probed alternately (one size, unless --side-by-side); with --baseline-tree, a second server
+    from that tree on its own copy, probed alternately with this one."""
     from filler import extend
     from load import synthetic_prompt
 
-    result: dict[str, Any] = {"entries": entries, "load_before": os.getloadavg()}
+    entries = max(sizes)
+    result: dict[str, Any] = {"entries": entries, "load_before": os.getloadavg(), "filler": {},
+                              "restart_to_serving_seconds": {}}
     with tempfile.TemporaryDirectory(prefix="cachesvc-overhead-") as scratch, contextlib.ExitStack() as stack:
-        data_dir = Path(scratch) / "data"
-        shutil.copytree(base_dir, data_dir, ignore=shutil.ignore_patterns("LOCK", "overhead-fill.json", "*.log"))
-        if entries > len(stored):
-            result["filler"] = extend(data_dir, total=entries, prompt=synthetic_prompt, completion=COMPLETION,
-                                      seed=0)
         servers: dict[str, tuple[str, int]] = {}
-        if args.baseline_tree is not None:
-            shutil.copytree(data_dir, Path(scratch) / "baseline")
-            servers["baseline"] = stack.enter_context(baseline_server(args, str(Path(scratch) / "baseline")))
-        started = time.perf_counter()
-        srv = stack.enter_context(server(args, data_dir=str(data_dir)))
-        assert srv.pid is not None
-        result["restart_to_serving_seconds"] = round(time.perf_counter() - started, 1)
-        servers["current"] = (srv.target, srv.pid)
+        server_entries: dict[str, int] = {}
+        for size in sizes:
+            data_dir = Path(scratch) / f"data-{size}"
+            shutil.copytree(base_dir, data_dir, ignore=shutil.ignore_patterns("LOCK", "overhead-fill.json", "*.log"))
+            if size > len(stored):
+                result["filler"][size] = extend(data_dir, total=size, prompt=synthetic_prompt,
+                                                completion=COMPLETION, seed=0)
+            if args.baseline_tree is not None:
+                shutil.copytree(data_dir, Path(scratch) / "baseline")
+                servers["baseline"] = stack.enter_context(baseline_server(args, str(Path(scratch) / "baseline")))
+                server_entries["baseline"] = size
+            started = time.perf_counter()
+            srv = stack.enter_context(server(args, data_dir=str(data_dir)))
+            assert srv.pid is not None
+            result["restart_to_serving_seconds"][size] = round(time.perf_counter() - started, 1)
+            name = "current" if len(sizes) == 1 else f"{size:,} entries"
+            servers[name] = (srv.target, srv.pid)
+            server_entries[name] = size
         if args.floor:
             stored_file = Path(scratch) / "stored.txt"
             stored_file.write_text("\n".join(stored), encoding="utf-8")
             for embed_on in ("thread", "loop"):
                 servers[f"floor, model on {embed_on}"] = stack.enter_context(floor_server(args, stored_file, embed_on))
-        result["idle_wait_seconds"] = round(sum(settle(t, pid, entries) for t, pid in servers.values()), 1)
+        result["idle_wait_seconds"] = round(sum(settle(t, pid, server_entries.get(n, 0))
+                                                for n, (t, pid) in servers.items()), 1)
         result.update(probe(args, servers, plain, stored, questions))
     result["load_after"] = os.getloadavg()
     return result
 
 
-def settle(target: str, pid: int, entries: int, *, timeout: float = 1800.0) -> float:
+def settle(target: str, pid: int, entries: int) -> float:
     """Waits (bounded) until no index build runs: three quiet seconds in a row (under 0.1 cores), and past the
     HNSW threshold a search that is no longer the flat scan. On a loaded box a starved build can look quiet for a
     second, so one quiet second is not enough. Returns the seconds waited."""
     started = time.monotonic()
+    timeout = max(1800.0, entries * 0.004)  # the HNSW build of 1M entries took ~2,000 s on a busy box
     with grpc.insecure_channel(target) as channel:
         cache = pb_grpc.SemanticCacheStub(channel)
         quiet = 0
@@ -379,7 +389,8 @@ def probe(args: argparse.Namespace, servers: dict[str, tuple[str, int]], plain: 
 
 def report(results: list[dict[str, Any]]) -> str:
     columns = [(r, n) for r in results for n in r["servers"]]
-    headers = ["figure", *[f"{r['entries']:,} entries{'' if len(r['servers']) == 1 else ', ' + n}"
+    headers = ["figure", *[n if n.endswith(" entries") else
+                           f"{r['entries']:,} entries{'' if len(r['servers']) == 1 else ', ' + n}"
                            for r, n in columns], "target"]
 
     def row(name: str, fn: Any, target: str = "") -> list[object]:
@@ -427,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run the server from this source tree (e.g. an unpacked `git archive` of an "
                              "earlier commit) on its own copy of the data, probed alternately: before and after "
                              "in one run")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="one server per --entries size, all at once, every probe alternating between them: "
+                             "the sizes compared under the same noise (e.g. p99 at 1M against 10k)")
     parser.add_argument("--floor", action="store_true",
                         help="also probe two bench/grpc_floor.py servers (grpc.aio with only the embedding in it: "
                              "the model on a worker thread, and on the event loop), alternately with the others")
@@ -444,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT_DIR / "overhead.json")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.side_by_side and args.baseline_tree is not None:
+        parser.error("--side-by-side and --baseline-tree do not go together (one compares sizes, the other trees)")
     args.target = None  # load.server() starts its own server ...
     args.server_source = None  # ... from this tree
     args.server_cpus = None  # ... on every core
@@ -467,9 +483,9 @@ def main(argv: list[str] | None = None) -> int:
             fill = fill_server(args, base, stored)
             marker.write_text(json.dumps(fill), encoding="utf-8")
         print(json.dumps(fill), flush=True)
-        for entries in args.entries:
-            print(f"== {entries:,} entries (load {os.getloadavg()[0]:.2f})", flush=True)
-            r = measure(args, entries, Path(base), stored, plain, questions)
+        for sizes in ([args.entries] if args.side_by_side else [[e] for e in args.entries]):
+            print(f"== {', '.join(f'{e:,}' for e in sizes)} entries (load {os.getloadavg()[0]:.2f})", flush=True)
+            r = measure(args, sizes, Path(base), stored, plain, questions)
             r["fill"] = fill
             results.append(r)
             print(report([r]), flush=True)
