@@ -9,9 +9,9 @@ never on the event loop.
 The queue is bounded by time as well as by count: an item that cannot start its model run within the queueing
 budget (or before its caller's deadline, less its own run) is shed with `Overloaded` - at once when the work queued
 ahead says it would wait too long, else when it reaches the head of the queue too late. Work is counted in cost
-units from each prompt's length (`run_cost`), timed by a high quantile of recent runs, and a run takes only what the
-budget can run (a lone longer prompt still runs) and ends by every deadline it carries, so an accepted prompt
-waits at most the budget plus one run.
+units from each prompt's length and each run's fixed part (`run_cost`), timed by a high quantile of recent runs,
+and a run takes only what the budget can run (a lone longer prompt still runs) and ends by every deadline it
+carries, so an accepted prompt waits at most the budget plus one run.
 A caller that gives up (cancellation) frees its slot at once and its text never reaches the model.
 """
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from cachesvc.embedding.protocol import Embedder, Vector
-from cachesvc.embedding.run_cost import SecondsPerUnit, text_cost
+from cachesvc.embedding.run_cost import SecondsPerUnit, run_cost, text_cost
 from cachesvc.embedding.text import DEFAULT_MAX_TEXT_BYTES, checked_text
 from cachesvc.errors import CacheError, ModelError, NotReady, Overloaded
 from cachesvc.lifecycle import State
@@ -168,9 +168,10 @@ class MicroBatcher:
         start_by = now + budget if budget is not None else float("inf")
         finish_by = float("inf") if deadline is None else deadline
         # Its run must also end before the caller gives up: at the latest, it runs alone.
-        start_by = min(start_by, finish_by - cost * per_unit)
-        # What the queue ahead will take: shed now rather than after waiting in vain.
-        expected_wait = self._live_cost * per_unit / self._options.workers
+        start_by = min(start_by, finish_by - run_cost(cost) * per_unit)
+        # What the queue ahead will take (in as many runs as it will be split into): shed now rather than after
+        # waiting in vain.
+        expected_wait = self._queued_seconds(per_unit)
         if now + expected_wait > start_by:
             self.items_shed += 1
             raise Overloaded(f"the embedding queue would take about {expected_wait * 1000:.0f} ms to reach this "
@@ -196,6 +197,13 @@ class MicroBatcher:
             if len(self._queue) > 2 * self._options.max_queue:
                 self._queue = collections.deque(i for i in self._queue if i.queued)
 
+    def _queued_seconds(self, per_unit: float) -> float:
+        """How long the workers will take to run what is queued: its cost, plus each run's fixed part for as many
+        runs as the batching loop makes of it (one per idle worker, more when it exceeds a batch each)."""
+        live, workers = self._live, self._options.workers
+        runs = min(live, max(workers, -(-live // self._options.max_batch_size)))
+        return (self._live_cost + runs * run_cost(0)) * per_unit / workers
+
     def _run_cost_cap(self) -> float:
         """Most cost units one run may take: what the queueing budget can run at the recent rate. A longer run
         would keep every caller it carries waiting past the budget plus one embedding."""
@@ -205,8 +213,10 @@ class MicroBatcher:
         return self._options.max_queue_ms / 1000 / per_unit * (1 + 1e-9)  # a float quotient may fall just short
 
     def _fits(self, cost: int, cost_cap: float, finish_by: float) -> bool:
-        """Whether a run of this cost stays within the budget and ends by the earliest deadline it carries."""
-        return cost <= cost_cap and self._monotonic() + cost * self._seconds_per_unit.value <= finish_by
+        """Whether a run of texts of this cost stays within the budget and ends by the earliest deadline it
+        carries."""
+        units = run_cost(cost)
+        return units <= cost_cap and self._monotonic() + units * self._seconds_per_unit.value <= finish_by
 
     def _live_head(self) -> _Item | None:
         """The first queued item someone still waits for, left in place; drops abandoned items and sheds the
@@ -287,7 +297,7 @@ class MicroBatcher:
         finally:
             self._busy -= 1
             self._slots.release()
-        self._seconds_per_unit.observe(self._monotonic() - started, sum(item.cost for item in batch))
+        self._seconds_per_unit.observe(self._monotonic() - started, run_cost(sum(item.cost for item in batch)))
         self.batches_run += 1
         self.items_embedded += len(batch)
         for item, vector in zip(batch, vectors, strict=True):

@@ -1,10 +1,10 @@
 """What a model run will cost: a prompt's cost from its length, and seconds per unit of cost from recent runs.
 
 The model's time grows with a text's tokens, up to the model's input limit (the embedder truncates there), plus a
-fixed part per text. Prompts mix a few words with pages of text (256 tokens take ~17x as long as 8 alone), so a
-count of prompts misjudges both the work queued ahead and how long a run will take. Tokens are estimated from
-UTF-8 bytes without tokenizing on the event loop: a steady bias in the estimate is absorbed by the measured
-seconds per unit; only the ratio between prompts matters.
+fixed part per text and one per run. Prompts mix a few words with pages of text (256 tokens take ~17x as long as 8
+alone), so a count of prompts misjudges both the work queued ahead and how long a run will take. Tokens are
+estimated from UTF-8 bytes without tokenizing on the event loop: a steady bias in the estimate is absorbed by the
+measured seconds per unit; only the ratio between prompts matters.
 """
 
 from __future__ import annotations
@@ -18,6 +18,16 @@ SPECIAL_TOKENS = 2  # [CLS] and [SEP]
 # What a text costs beyond its tokens, in tokens: alone in a run, an 8-token text takes about as long as a
 # 16-token one takes per text in a batch (bench/RESULTS.md, "Overload: a cost model per prompt").
 PER_TEXT_COST = 6
+# What a run costs beyond its texts, in tokens: a run has a fixed part too (a short question alone takes 5.1 ms,
+# 3.7-3.8 ms each in runs of 4-8: ~1.5-2 ms per run, ~7 tokens' worth; bench/RESULTS.md, "Lookup overhead, fourth
+# round"). Counted once per run, so that lone and batched runs give the same seconds per unit: counted per text,
+# a queue that will run in a few batches was judged at the pace of lone prompts.
+PER_RUN_COST = 7
+
+
+def run_cost(texts_cost: int) -> int:
+    """A run's cost in units: its texts' costs and the run's own fixed part."""
+    return texts_cost + PER_RUN_COST
 
 
 def text_cost(text: str, *, max_tokens: int) -> int:

@@ -366,20 +366,20 @@ async def test_a_queue_that_would_take_longer_than_the_budget_sheds_at_once() ->
     async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
         warm = await submit(batcher, ["warm"])
         await fake.wait_calls(1)
-        clock.now += 0.030  # the model takes 30 ms per item
+        clock.now += 0.034  # a short prompt alone takes 34 ms
         fake.release(0)
         await settle(asyncio.gather(*warm))
         busy = await submit(batcher, ["busy"])
         await fake.wait_calls(2)
-        queued = await submit(batcher, ["q1", "q2"])  # 0 and 30 ms of work ahead: within the 50 ms budget
+        queued = await submit(batcher, ["q1", "q2"])  # 0 and 34 ms of work ahead: within the 50 ms budget
         assert batcher.queue_depth == 2
-        with pytest.raises(Overloaded, match="would take about 60 ms"):
-            await batcher.encode("q3")  # 60 ms ahead: shed now rather than after waiting in vain
+        with pytest.raises(Overloaded, match="would take about 53 ms"):
+            await batcher.encode("q3")  # two prompts ahead, ~53 ms even in one run: shed now, not after waiting
         assert batcher.queue_depth == 2
-        clock.now += 0.030  # the busy run takes 30 ms too
+        clock.now += 0.034  # the busy run takes as long
         fake.release()
         await settle(asyncio.gather(*busy, *queued))
-    # one 30 ms prompt per run: two would take longer than the 50 ms budget
+    # two short prompts in one run would take ~53 ms, longer than the 50 ms budget
     assert fake.calls == [["warm"], ["busy"], ["q1"], ["q2"]]
 
 
@@ -389,14 +389,14 @@ async def test_runs_are_cut_at_what_the_queueing_budget_can_run() -> None:
     async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
         warm = await submit(batcher, ["warm"])
         await fake.wait_calls(1)
-        clock.now += 0.010  # 10 ms per prompt: five fit in the budget
+        clock.now += 0.015  # 15 ms for a short prompt alone, of which the run's own part: five fit in the budget
         fake.release(0)
         await settle(asyncio.gather(*warm))
         busy = await submit(batcher, ["busy"])
         await fake.wait_calls(2)
         texts = [f"q{i}" for i in range(6)]
         queued = await submit(batcher, texts)
-        clock.now += 0.010  # the busy run takes 10 ms too
+        clock.now += 0.015  # the busy run takes as long
         fake.release()
         await settle(asyncio.gather(*busy, *queued))
     assert fake.calls == [["warm"], ["busy"], texts[:5], texts[5:]]
@@ -455,17 +455,33 @@ async def test_the_estimate_follows_the_slowest_recent_run_not_a_mean() -> None:
     fake = FakeEmbedder(hold={0, 1, 2, 3})
     clock = ManualMonotonic()
     async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
-        await warmed_up(fake, batcher, clock, [10, 10, 30])  # then the model slows down (CPU contention)
+        await warmed_up(fake, batcher, clock, [10, 10, 34])  # then the model slows down (CPU contention)
         busy = await submit(batcher, ["busy"])
         await fake.wait_calls(4)
-        queued = await submit(batcher, ["q1", "q2"])  # 0 and 30 ms ahead at the slow rate
+        queued = await submit(batcher, ["q1", "q2"])  # 0 and 34 ms ahead at the slow rate
         assert batcher.queue_depth == 2
-        # A mean (or a smoothed rate) would still say ~14 ms per prompt and admit it, to wait past its budget.
-        with pytest.raises(Overloaded, match="would take about 60 ms"):
+        # A mean (or a smoothed rate) would still say ~18 ms per run and admit it, to wait past its budget.
+        with pytest.raises(Overloaded, match="would take about 53 ms"):
             await batcher.encode("q3")
         fake.release()
         await settle(asyncio.gather(*busy, *queued))
     assert fake.calls == [["w0"], ["w1"], ["w2"], ["busy"], ["q1"], ["q2"]]
+
+
+async def test_a_queue_is_judged_by_the_runs_it_will_take_not_as_lone_prompts() -> None:
+    fake = FakeEmbedder(hold={0, 1})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
+        await warmed_up(fake, batcher, clock, [16])  # 16 ms for a short prompt alone, of which ~7 ms the run's own
+        busy = await submit(batcher, ["busy"])
+        await fake.wait_calls(2)
+        # Four short prompts ahead: ~64 ms as four lone runs, ~43 ms as the one run they will be: admitted.
+        texts = [f"q{i}" for i in range(5)]
+        queued = await submit(batcher, texts)
+        assert batcher.queue_depth == 5 and batcher.items_shed == 0
+        fake.release()
+        await settle(asyncio.gather(*busy, *queued))
+    assert fake.calls == [["w0"], ["busy"], texts[:4], texts[4:]]
 
 
 async def test_a_prompt_whose_own_run_could_not_end_by_the_callers_deadline_is_shed_at_once() -> None:
@@ -499,15 +515,17 @@ async def test_a_prompt_joins_no_run_that_would_end_after_its_callers_deadline()
         await warmed_up(fake, batcher, clock, [10])  # 10 ms per short prompt: five fit in the budget
         busy = await submit(batcher, ["busy1", "busy2"])  # one run on each worker
         await fake.wait_calls(3)
+        # Nothing ahead of it, and its own 10 ms run fits in its 12 ms.
+        hurried = asyncio.create_task(batcher.encode("q2", deadline=clock.now + 0.012))
         q1 = asyncio.create_task(batcher.encode("q1"))
-        # 5 ms of work ahead on two workers, then its own 10 ms run: within its 16 ms
-        hurried = asyncio.create_task(batcher.encode("q2", deadline=clock.now + 0.016))
         q3 = asyncio.create_task(batcher.encode("q3"))
         await yield_until(lambda: batcher.queue_depth == 3)
         fake.release()
         await settle(asyncio.gather(*busy, q1, hurried, q3))
-    # Any two of them in one run would take 20 ms, past q2's deadline: q2 runs alone, on the other worker.
-    assert sorted(fake.calls[3:]) == [["q1"], ["q2"], ["q3"]]
+    # With another short prompt its run would take ~16 ms, past q2's deadline: q2 runs alone (the others run
+    # together or apart, as the two workers free up).
+    assert ["q2"] in fake.calls[3:]
+    assert sorted(text for run in fake.calls[3:] for text in run) == ["q1", "q2", "q3"]
 
 
 async def test_a_caller_cancelling_while_its_batch_runs_does_not_disturb_the_others() -> None:
