@@ -21,6 +21,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -199,10 +200,17 @@ class MicroBatcher:
 
     def _queued_seconds(self, per_unit: float) -> float:
         """How long the workers will take to run what is queued: its cost, plus each run's fixed part for as many
-        runs as the batching loop makes of it (one per idle worker, more when it exceeds a batch each)."""
-        live, workers = self._live, self._options.workers
-        runs = min(live, max(workers, -(-live // self._options.max_batch_size)))
-        return (self._live_cost + runs * run_cost(0)) * per_unit / workers
+        runs as the batching loop will cut it into (by the batch size, and by the run cap: a model slow against
+        the budget runs few prompts, or one, per run)."""
+        live = self._live
+        if live == 0:
+            return 0.0
+        per_run = min(self._options.max_batch_size, live)
+        texts_cap = self._run_cost_cap() - run_cost(0)  # what one run's texts may cost
+        if texts_cap < float("inf"):
+            per_run = min(per_run, max(1, math.floor(texts_cap / (self._live_cost / live))))
+        runs = -(-live // per_run)
+        return (self._live_cost + runs * run_cost(0)) * per_unit / self._options.workers
 
     def _run_cost_cap(self) -> float:
         """Most cost units one run may take: what the queueing budget can run at the recent rate. A longer run

@@ -373,8 +373,8 @@ async def test_a_queue_that_would_take_longer_than_the_budget_sheds_at_once() ->
         await fake.wait_calls(2)
         queued = await submit(batcher, ["q1", "q2"])  # 0 and 34 ms of work ahead: within the 50 ms budget
         assert batcher.queue_depth == 2
-        with pytest.raises(Overloaded, match="would take about 53 ms"):
-            await batcher.encode("q3")  # two prompts ahead, ~53 ms even in one run: shed now, not after waiting
+        with pytest.raises(Overloaded, match="would take about 68 ms"):
+            await batcher.encode("q3")  # two lone runs ahead (~68 ms): shed now rather than after waiting in vain
         assert batcher.queue_depth == 2
         clock.now += 0.034  # the busy run takes as long
         fake.release()
@@ -461,7 +461,7 @@ async def test_the_estimate_follows_the_slowest_recent_run_not_a_mean() -> None:
         queued = await submit(batcher, ["q1", "q2"])  # 0 and 34 ms ahead at the slow rate
         assert batcher.queue_depth == 2
         # A mean (or a smoothed rate) would still say ~18 ms per run and admit it, to wait past its budget.
-        with pytest.raises(Overloaded, match="would take about 53 ms"):
+        with pytest.raises(Overloaded, match="would take about 68 ms"):
             await batcher.encode("q3")
         fake.release()
         await settle(asyncio.gather(*busy, *queued))
@@ -482,6 +482,22 @@ async def test_a_queue_is_judged_by_the_runs_it_will_take_not_as_lone_prompts() 
         fake.release()
         await settle(asyncio.gather(*busy, *queued))
     assert fake.calls == [["w0"], ["busy"], texts[:4], texts[4:]]
+
+
+async def test_a_queue_the_run_cap_splits_into_lone_runs_is_judged_as_such() -> None:
+    fake = FakeEmbedder(hold={0, 1, 2})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=2, max_queue_ms=50) as batcher:
+        await warmed_up(fake, batcher, clock, [34])  # two short prompts in one run (~53 ms) exceed the budget
+        busy = await submit(batcher, ["busy1", "busy2"])  # one run on each worker
+        await fake.wait_calls(3)
+        queued = await submit(batcher, ["q1", "q2", "q3"])  # three lone runs ahead of q4, on two workers: ~51 ms
+        with pytest.raises(Overloaded, match="would take about 51 ms"):
+            await batcher.encode("q4")
+        fake.release()
+        await settle(asyncio.gather(*busy, *queued))
+    assert sorted(fake.calls[3:]) == [["q1"], ["q2"], ["q3"]]
+    assert batcher.items_shed == 1
 
 
 async def test_a_prompt_whose_own_run_could_not_end_by_the_callers_deadline_is_shed_at_once() -> None:
