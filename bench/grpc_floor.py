@@ -52,7 +52,6 @@ def exact_reply(prompt: str) -> pb.LookupResponse:
 class FloorServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc]
     def __init__(self, *, model_dir: Path, stored: set[str], embed_on: str, workers: int) -> None:
         self._stored = stored
-        self._embed_on = embed_on
         self._local = threading.local()
         self._model_dir = model_dir
         self._session = PlainSession(model_dir) if embed_on == "loop" else None

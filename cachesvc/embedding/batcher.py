@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from cachesvc.embedding.protocol import Embedder, Vector
-from cachesvc.embedding.run_cost import SecondsPerUnit, run_cost, text_cost
+from cachesvc.embedding.run_cost import PER_RUN_COST, SecondsPerUnit, run_cost, text_cost
 from cachesvc.embedding.text import DEFAULT_MAX_TEXT_BYTES, checked_text
 from cachesvc.errors import CacheError, ModelError, NotReady, Overloaded
 from cachesvc.lifecycle import State
@@ -206,11 +206,11 @@ class MicroBatcher:
         if live == 0:
             return 0.0
         per_run = min(self._options.max_batch_size, live)
-        texts_cap = self._run_cost_cap() - run_cost(0)  # what one run's texts may cost
+        texts_cap = self._run_cost_cap() - PER_RUN_COST  # what one run's texts may cost
         if texts_cap < float("inf"):
             per_run = min(per_run, max(1, math.floor(texts_cap / (self._live_cost / live))))
         runs = -(-live // per_run)
-        return (self._live_cost + runs * run_cost(0)) * per_unit / self._options.workers
+        return (self._live_cost + runs * PER_RUN_COST) * per_unit / self._options.workers
 
     def _run_cost_cap(self) -> float:
         """Most cost units one run may take: what the queueing budget can run at the recent rate. A longer run
