@@ -92,6 +92,7 @@ async def drive(args: argparse.Namespace, prompts: list[str], model: SleepingMod
     errors = importlib.import_module("cachesvc.errors")
     options = batcher_module.BatcherOptions(max_queue_ms=args.max_queue_ms or None, workers=args.workers)
     accepted: list[float] = []
+    shed_waits: list[float] = []  # how long each shed call waited for its answer
     codes: dict[str, int] = {}
     rng = random.Random(args.seed)
 
@@ -103,6 +104,7 @@ async def drive(args: argparse.Namespace, prompts: list[str], model: SleepingMod
             accepted.append((time.monotonic() - started) * 1000)
         except errors.Overloaded:
             code = "Overloaded"
+            shed_waits.append((time.monotonic() - started) * 1000)
         codes[code] = codes.get(code, 0) + 1
 
     batcher = batcher_module.MicroBatcher(embedder=model, options=options)
@@ -112,6 +114,7 @@ async def drive(args: argparse.Namespace, prompts: list[str], model: SleepingMod
         for text in rng.sample(prompts, 20):
             await call(text)
         accepted.clear()
+        shed_waits.clear()
         codes.clear()
         tasks: list[asyncio.Task[None]] = []
         start = time.monotonic()
@@ -131,6 +134,9 @@ async def drive(args: argparse.Namespace, prompts: list[str], model: SleepingMod
         "accepted_within": {f"{b}ms": round(sum(ms <= b for ms in accepted) / max(len(accepted), 1), 4)
                             for b in (50, 100, 125, 150, 200)},
         "past_deadline": sum(ms > args.deadline_ms for ms in accepted),
+        # Shed at arrival (the queue ahead was judged too long) or at the head of the queue, after waiting.
+        "shed_after_waiting": sum(ms > 1.0 for ms in shed_waits),
+        "shed_after_waiting_p50_ms": percentile([ms for ms in shed_waits if ms > 1.0], 50),
         "capacity_one_at_a_time_per_second": round(args.workers / mean_alone, 1),
         "one_long_embedding_ms": round(one_long, 1),
         "one_long_embedding_slowest_ms": round(one_long * args.contention, 1),

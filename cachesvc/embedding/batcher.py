@@ -9,9 +9,12 @@ never on the event loop.
 The queue is bounded by time as well as by count: an item that cannot start its model run within the queueing
 budget (or before its caller's deadline, less its own run) is shed with `Overloaded` - at once when the work queued
 ahead says it would wait too long, else when it reaches the head of the queue too late. Work is counted in cost
-units from each prompt's length and each run's fixed part (`run_cost`), timed by a high quantile of recent runs,
-and a run takes only what the budget can run (a lone longer prompt still runs) and ends by every deadline it
-carries, so an accepted prompt waits at most the budget plus one run.
+units from each prompt's length and each run's fixed part (`run_cost`). A run takes only what the budget can run
+at the pace of the slow recent runs (a lone longer prompt still runs) and ends by every deadline it carries, so an
+accepted prompt waits at most the budget plus one run. The wait ahead is judged as the workers will serve the
+queue, at the typical pace: the runs now going end, the queue ahead is taken in runs, and a prompt starts with the
+run it lands in. (Judged at the slow pace, half or more of the calls of 16 closed-loop callers were shed although
+they would have started within the budget; bench/RESULTS.md.)
 A caller that gives up (cancellation) frees its slot at once and its text never reaches the model.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
 import logging
 import math
 import time
@@ -91,9 +95,12 @@ class MicroBatcher:
         self._executor: ThreadPoolExecutor | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._runs: set[asyncio.Task[None]] = set()
-        self._busy = 0  # batches running on workers
+        self._running: list[tuple[float, int]] = []  # each running batch's start (monotonic clock) and cost units
         self._state = State.NEW
+        # The slow pace bounds a run (the run cap, deadlines); the typical pace says when the queue ahead will have
+        # been run, over several runs that are not all slow.
         self._seconds_per_unit = SecondsPerUnit()
+        self._typical_seconds_per_unit = SecondsPerUnit(quantile=0.5)
         self.batches_run = 0
         self.items_embedded = 0
         self.items_shed = 0
@@ -170,10 +177,9 @@ class MicroBatcher:
         finish_by = float("inf") if deadline is None else deadline
         # Its run must also end before the caller gives up: at the latest, it runs alone.
         start_by = min(start_by, finish_by - run_cost(cost) * per_unit)
-        # What the queue ahead will take (in as many runs as it will be split into): shed now rather than after
-        # waiting in vain.
-        expected_wait = self._queued_seconds(per_unit)
-        if now + expected_wait > start_by:
+        # When the workers will get to it: shed now rather than after waiting in vain.
+        expected_wait = self._wait_to_start(self._typical_seconds_per_unit.value, now, give_up_after=start_by - now)
+        if expected_wait > start_by - now:
             self.items_shed += 1
             raise Overloaded(f"the embedding queue would take about {expected_wait * 1000:.0f} ms to reach this "
                              "prompt, more than the queueing budget or the call's deadline allows")
@@ -198,19 +204,30 @@ class MicroBatcher:
             if len(self._queue) > 2 * self._options.max_queue:
                 self._queue = collections.deque(i for i in self._queue if i.queued)
 
-    def _queued_seconds(self, per_unit: float) -> float:
-        """How long the workers will take to run what is queued: its cost, plus each run's fixed part for as many
-        runs as the batching loop will cut it into (by the batch size, and by the run cap: a model slow against
-        the budget runs few prompts, or one, per run)."""
+    def _wait_to_start(self, per_unit: float, now: float, *, give_up_after: float) -> float:
+        """How long a prompt queued now will wait for its run to start, at `per_unit` seconds per unit.
+
+        The workers free up as the runs they are on end (a run past its expected end may end at any moment), then
+        take the queue ahead in runs cut by the batch size and by the run cap (a model slow against the budget runs
+        few prompts, or one, per run). The prompt starts with the run it lands in: the prompts that share its run
+        do not delay it, and with two workers the runs ahead of it are split between them. Stops counting past
+        `give_up_after` (the answer is then more than that).
+        """
+        workers = [max(started + units * per_unit, now) for started, units in self._running]
+        workers += [now] * (self._options.workers - len(workers))
         live = self._live
-        if live == 0:
-            return 0.0
-        per_run = min(self._options.max_batch_size, live)
-        texts_cap = self._run_cost_cap() - PER_RUN_COST  # what one run's texts may cost
-        if texts_cap < float("inf"):
-            per_run = min(per_run, max(1, math.floor(texts_cap / (self._live_cost / live))))
-        runs = -(-live // per_run)
-        return (self._live_cost + runs * PER_RUN_COST) * per_unit / self._options.workers
+        if live:
+            per_run = min(self._options.max_batch_size, live + 1)
+            texts_cap = self._run_cost_cap() - PER_RUN_COST  # what one run's texts may cost
+            if texts_cap < float("inf"):
+                per_run = min(per_run, max(1, math.floor(texts_cap / (self._live_cost / live))))
+            run_seconds = run_cost(round(per_run * self._live_cost / live)) * per_unit
+            heapq.heapify(workers)
+            for _ in range(live // per_run):  # the runs that start before the prompt's own
+                if workers[0] - now > give_up_after:
+                    break
+                heapq.heapreplace(workers, workers[0] + run_seconds)
+        return min(workers) - now
 
     def _run_cost_cap(self) -> float:
         """Most cost units one run may take: what the queueing budget can run at the recent rate. A longer run
@@ -265,7 +282,7 @@ class MicroBatcher:
                     await asyncio.sleep(self._options.max_wait_ms / 1000)
                 # Share what is queued among the idle workers, so that two cores run two half batches
                 # instead of one core running everything while the other waits.
-                idle = self._options.workers - self._busy
+                idle = self._options.workers - len(self._running)
                 share = min(self._options.max_batch_size, -(-(1 + self._live) // max(idle, 1)))
                 cost, cost_cap, finish_by = first.cost, self._run_cost_cap(), first.finish_by
                 while (len(batch) < share and (item := self._live_head()) is not None
@@ -282,12 +299,13 @@ class MicroBatcher:
             if not live:
                 self._slots.release()
                 continue
-            self._busy += 1
-            task = asyncio.get_running_loop().create_task(self._run(live))
+            running = (self._monotonic(), run_cost(sum(item.cost for item in live)))
+            self._running.append(running)
+            task = asyncio.get_running_loop().create_task(self._run(live, running))
             self._runs.add(task)
             task.add_done_callback(self._runs.discard)
 
-    async def _run(self, batch: list[_Item]) -> None:
+    async def _run(self, batch: list[_Item], running: tuple[float, int]) -> None:
         started = self._monotonic()
         try:
             loop = asyncio.get_running_loop()
@@ -303,9 +321,11 @@ class MicroBatcher:
                     item.future.set_exception(error)
             return
         finally:
-            self._busy -= 1
+            self._running.remove(running)
             self._slots.release()
-        self._seconds_per_unit.observe(self._monotonic() - started, run_cost(sum(item.cost for item in batch)))
+        seconds, units = self._monotonic() - started, running[1]
+        self._seconds_per_unit.observe(seconds, units)
+        self._typical_seconds_per_unit.observe(seconds, units)
         self.batches_run += 1
         self.items_embedded += len(batch)
         for item, vector in zip(batch, vectors, strict=True):

@@ -371,16 +371,16 @@ async def test_a_queue_that_would_take_longer_than_the_budget_sheds_at_once() ->
         await settle(asyncio.gather(*warm))
         busy = await submit(batcher, ["busy"])
         await fake.wait_calls(2)
-        queued = await submit(batcher, ["q1", "q2"])  # 0 and 34 ms of work ahead: within the 50 ms budget
-        assert batcher.queue_depth == 2
+        queued = await submit(batcher, ["q1"])  # starts when the busy run ends, in ~34 ms: within the 50 ms budget
+        assert batcher.queue_depth == 1
         with pytest.raises(Overloaded, match="would take about 68 ms"):
-            await batcher.encode("q3")  # two lone runs ahead (~68 ms): shed now rather than after waiting in vain
-        assert batcher.queue_depth == 2
+            await batcher.encode("q2")  # the busy run, then q1 alone (~68 ms): shed now rather than after waiting
+        assert batcher.queue_depth == 1
         clock.now += 0.034  # the busy run takes as long
         fake.release()
         await settle(asyncio.gather(*busy, *queued))
     # two short prompts in one run would take ~53 ms, longer than the 50 ms budget
-    assert fake.calls == [["warm"], ["busy"], ["q1"], ["q2"]]
+    assert fake.calls == [["warm"], ["busy"], ["q1"]]
 
 
 async def test_runs_are_cut_at_what_the_queueing_budget_can_run() -> None:
@@ -394,9 +394,9 @@ async def test_runs_are_cut_at_what_the_queueing_budget_can_run() -> None:
         await settle(asyncio.gather(*warm))
         busy = await submit(batcher, ["busy"])
         await fake.wait_calls(2)
+        clock.now += 0.015  # the busy run takes as long: it is about to end
         texts = [f"q{i}" for i in range(6)]
         queued = await submit(batcher, texts)
-        clock.now += 0.015  # the busy run takes as long
         fake.release()
         await settle(asyncio.gather(*busy, *queued))
     assert fake.calls == [["warm"], ["busy"], texts[:5], texts[5:]]
@@ -451,21 +451,39 @@ async def test_a_run_takes_what_the_budget_can_run_by_cost_and_a_long_prompt_run
     assert fake.calls == [["w0"], ["busy"], texts[:4], [LONG]]
 
 
-async def test_the_estimate_follows_the_slowest_recent_run_not_a_mean() -> None:
+async def test_a_run_is_cut_by_the_slowest_recent_run_and_the_wait_judged_by_the_typical_one() -> None:
     fake = FakeEmbedder(hold={0, 1, 2, 3})
     clock = ManualMonotonic()
     async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
-        await warmed_up(fake, batcher, clock, [10, 10, 34])  # then the model slows down (CPU contention)
+        await warmed_up(fake, batcher, clock, [10, 10, 34])  # one run slowed down (CPU contention)
         busy = await submit(batcher, ["busy"])
         await fake.wait_calls(4)
-        queued = await submit(batcher, ["q1", "q2"])  # 0 and 34 ms ahead at the slow rate
-        assert batcher.queue_depth == 2
-        # A mean (or a smoothed rate) would still say ~18 ms per run and admit it, to wait past its budget.
-        with pytest.raises(Overloaded, match="would take about 68 ms"):
-            await batcher.encode("q3")
+        # ~10 ms each at the typical pace, the busy run and two lone runs ahead of q3: ~30 ms, admitted. At the slow
+        # run's pace (~34 ms each) the queue would have looked three times as long and q3 would have been shed.
+        texts = ["q1", "q2", "q3"]
+        queued = await submit(batcher, texts)
+        assert batcher.queue_depth == 3 and batcher.items_shed == 0
         fake.release()
         await settle(asyncio.gather(*busy, *queued))
-    assert fake.calls == [["w0"], ["w1"], ["w2"], ["busy"], ["q1"], ["q2"]]
+    # Two short prompts together would take ~53 ms at the slow pace, past the budget: one per run.
+    assert fake.calls == [["w0"], ["w1"], ["w2"], ["busy"], ["q1"], ["q2"], ["q3"]]
+
+
+async def test_a_prompt_behind_a_long_running_run_is_shed_at_once() -> None:
+    fake = FakeEmbedder(hold={0, 1})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
+        await warmed_up(fake, batcher, clock, [10])  # a short prompt takes 10 ms
+        (long_task,) = await submit(batcher, [LONG])  # ~30 short prompts' worth: ~168 ms
+        await fake.wait_calls(2)
+        # Nothing queued, but the only worker is busy for longer than the budget: shed now, not after waiting.
+        with pytest.raises(Overloaded, match="would take about 168 ms"):
+            await batcher.encode("short")
+        assert batcher.queue_depth == 0
+        fake.release()
+        await settle(long_task)
+    assert fake.calls == [["w0"], [LONG]]
+    assert batcher.items_shed == 1
 
 
 async def test_a_queue_is_judged_by_the_runs_it_will_take_not_as_lone_prompts() -> None:
@@ -475,6 +493,7 @@ async def test_a_queue_is_judged_by_the_runs_it_will_take_not_as_lone_prompts() 
         await warmed_up(fake, batcher, clock, [16])  # 16 ms for a short prompt alone, of which ~7 ms the run's own
         busy = await submit(batcher, ["busy"])
         await fake.wait_calls(2)
+        clock.now += 0.016  # the busy run is about to end
         # Four short prompts ahead: ~64 ms as four lone runs, ~43 ms as the one run they will be: admitted.
         texts = [f"q{i}" for i in range(5)]
         queued = await submit(batcher, texts)
@@ -491,12 +510,15 @@ async def test_a_queue_the_run_cap_splits_into_lone_runs_is_judged_as_such() -> 
         await warmed_up(fake, batcher, clock, [34])  # two short prompts in one run (~53 ms) exceed the budget
         busy = await submit(batcher, ["busy1", "busy2"])  # one run on each worker
         await fake.wait_calls(3)
-        queued = await submit(batcher, ["q1", "q2", "q3"])  # three lone runs ahead of q4, on two workers: ~51 ms
-        with pytest.raises(Overloaded, match="would take about 51 ms"):
-            await batcher.encode("q4")
+        clock.now += 0.037  # both are about to end ("busy1" costs a little more than "w0")
+        # Four lone runs ahead of q5, two on each worker: ~68 ms. q4 starts after one run on its worker: ~34 ms.
+        queued = await submit(batcher, ["q1", "q2", "q3", "q4"])
+        assert batcher.items_shed == 0
+        with pytest.raises(Overloaded, match="would take about 68 ms"):
+            await batcher.encode("q5")
         fake.release()
         await settle(asyncio.gather(*busy, *queued))
-    assert sorted(fake.calls[3:]) == [["q1"], ["q2"], ["q3"]]
+    assert sorted(fake.calls[3:]) == [["q1"], ["q2"], ["q3"], ["q4"]]
     assert batcher.items_shed == 1
 
 
@@ -531,6 +553,7 @@ async def test_a_prompt_joins_no_run_that_would_end_after_its_callers_deadline()
         await warmed_up(fake, batcher, clock, [10])  # 10 ms per short prompt: five fit in the budget
         busy = await submit(batcher, ["busy1", "busy2"])  # one run on each worker
         await fake.wait_calls(3)
+        clock.now += 0.011  # both are about to end
         # Nothing ahead of it, and its own 10 ms run fits in its 12 ms.
         hurried = asyncio.create_task(batcher.encode("q2", deadline=clock.now + 0.012))
         q1 = asyncio.create_task(batcher.encode("q1"))
