@@ -179,6 +179,10 @@ async def test_request_ids_are_sanitised_before_logging(stub: pb_grpc.SemanticCa
     forged = "abc outcome=exact code=OK " + "y" * 4000
     with caplog.at_level(logging.INFO, logger="cachesvc.requests"):
         await stub.Stats(pb.StatsRequest(), metadata=[("x-request-id", forged)])
+        for _ in range(100):  # the line is written once the reply has left
+            if any(r.name == "cachesvc.requests" for r in caplog.records):
+                break
+            await asyncio.sleep(0.01)
     (record,) = [r for r in caplog.records if r.name == "cachesvc.requests"]
     request_id = record.fields["request_id"]  # type: ignore[attr-defined]
     assert len(request_id) <= 64 and " " not in request_id and "=" not in request_id.split("_")[0]

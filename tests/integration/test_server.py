@@ -142,6 +142,27 @@ async def test_request_log_names_the_scope_entries_live_in(stub: pb_grpc.Semanti
     assert [f.get("outcome") for f in lines] == [None, "exact", "semantic", None]
 
 
+async def test_every_call_is_counted_in_the_request_histogram_once_answered(
+        app: App, stub: pb_grpc.SemanticCacheStub) -> None:
+    """The histogram is observed after the reply has left, but for every call, with its method and code."""
+    def count(method: str, code: str) -> float:
+        value = app.metrics.registry.get_sample_value(
+            "cachesvc_request_seconds_count", {"method": method, "code": code})
+        return value or 0.0
+
+    await stub.Store(pb.StoreRequest(scope=pb.Scope(), prompt=PROMPT, completion="a"))
+    for _ in range(3):
+        await stub.Lookup(pb.LookupRequest(scope=pb.Scope(), prompt=PROMPT))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Lookup(pb.LookupRequest(scope=pb.Scope(), prompt=""))
+    expected = {("Store", "OK"): 1, ("Lookup", "OK"): 3, ("Lookup", "INVALID_ARGUMENT"): 1}
+    for _ in range(100):
+        if all(count(*key) == n for key, n in expected.items()):
+            break
+        await asyncio.sleep(0.01)
+    assert {key: count(*key) for key in expected} == expected
+
+
 async def test_tenants_are_isolated_and_keys_required(start_app: StartApp) -> None:
     app = await start_app(api_keys={"key-a": "tenant-a", "key-b": "tenant-b"})
     target = f"127.0.0.1:{app.port}"
