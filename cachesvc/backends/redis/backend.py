@@ -147,6 +147,11 @@ return state
 """
 
 MAX_PENDING_TOUCHES = 10_000
+# How long after an exact hit its hit is sent to Redis. Sent on the event loop's next turn, the command delayed
+# the reply it follows by ~0.1-0.2 ms on a 2-core box (grpc.aio finishes sending a reply on the loop's later turns;
+# bench/RESULTS.md, "Lookup overhead, fifth round").
+HIT_RECORD_DELAY_SECONDS = 0.001
+
 # HNSW candidates kept while searching (the engine's own default). On real prompt embeddings it finds 99.2-99.3% of
 # the exact top 4 and 99.9-100% of the near duplicates (similarity >= 0.82) at 10k and 100k entries, for a third to
 # half the Redis time of 64 (bench/RESULTS.md, "Redis backend: one round trip per semantic miss").
@@ -338,10 +343,10 @@ class RedisBackend:
         """Records a hit.
 
         An entry read with its hit count (`get`, `get_exact`) has it bumped here, and the hit is recorded in the
-        background: hit counts are statistics, not answers, so an exact hit does not wait a second round trip for
-        them (`settle()` waits for those in flight). A search reads no hit counts (a miss needs none), so the entry
-        it served waits for the recording script, which returns the count after this hit: still one round trip,
-        bounded by the Redis timeout like any other (then Unavailable).
+        background, once the reply has left: hit counts are statistics, not answers, so an exact hit does not wait a
+        second round trip for them (`settle()` waits for those in flight). A search reads no hit counts (a miss
+        needs none), so the entry it served waits for the recording script, which returns the count after this hit:
+        still one round trip, bounded by the Redis timeout like any other (then Unavailable).
         """
         entry.last_used_at = now
         if from_search:
@@ -360,6 +365,7 @@ class RedisBackend:
         task.add_done_callback(self._touches.discard)
 
     async def _record_hit(self, entry_id: str, now: float) -> None:
+        await asyncio.sleep(HIT_RECORD_DELAY_SECONDS)  # once the reply that served the hit has left
         try:
             async with self._call("record a hit"):
                 await self._touch(keys=[self._keys.entry(entry_id), self._keys.hits(entry_id)], args=[repr(now)])
