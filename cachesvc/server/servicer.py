@@ -54,7 +54,8 @@ def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
 # How long after a reply its call is accounted for (request histogram, log line). Work on the event loop right
 # after a reply still delays that reply on a small box: the histogram and log line, run on the loop's next turn,
 # added ~0.1-0.15 ms to an exact hit after an idle spell, and nothing once run 1 ms later (bench/RESULTS.md, "Lookup
-# overhead, fifth round").
+# overhead, fifth round"; measured, the mechanism not traced: grpc's own threads, which write the reply, most
+# likely wait for the core the loop keeps busy).
 ACCOUNTING_DELAY_SECONDS = 0.001
 
 

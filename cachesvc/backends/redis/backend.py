@@ -156,8 +156,8 @@ return state
 
 MAX_PENDING_TOUCHES = 10_000
 # How long after an exact hit its hit is sent to Redis. Sent on the event loop's next turn, the command delayed
-# the reply it follows by ~0.1-0.2 ms on a 2-core box (grpc.aio finishes sending a reply on the loop's later turns;
-# bench/RESULTS.md, "Lookup overhead, fifth round").
+# the reply it follows by ~0.1-0.2 ms on a 2-core box, as the servicer's accounting did (servicer.py,
+# ACCOUNTING_DELAY_SECONDS; bench/RESULTS.md, "Lookup overhead, fifth round").
 HIT_RECORD_DELAY_SECONDS = 0.001
 
 # HNSW candidates kept while searching (the engine's own default). On real prompt embeddings it finds 99.2-99.3% of
