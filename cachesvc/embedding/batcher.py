@@ -178,7 +178,8 @@ class MicroBatcher:
         # Its run must also end before the caller gives up: at the latest, it runs alone.
         start_by = min(start_by, finish_by - run_cost(cost) * per_unit)
         # When the workers will get to it: shed now rather than after waiting in vain.
-        expected_wait = self._wait_to_start(self._typical_seconds_per_unit.value, now, give_up_after=start_by - now)
+        expected_wait = self._wait_to_start(cost, finish_by, self._typical_seconds_per_unit.value, now,
+                                            give_up_after=start_by - now)
         if expected_wait > start_by - now:
             self.items_shed += 1
             raise Overloaded(f"the embedding queue would take about {expected_wait * 1000:.0f} ms to reach this "
@@ -204,30 +205,41 @@ class MicroBatcher:
             if len(self._queue) > 2 * self._options.max_queue:
                 self._queue = collections.deque(i for i in self._queue if i.queued)
 
-    def _wait_to_start(self, per_unit: float, now: float, *, give_up_after: float) -> float:
-        """How long a prompt queued now will wait for its run to start, at `per_unit` seconds per unit.
+    def _wait_to_start(self, cost: int, finish_by: float, per_unit: float, now: float, *,
+                       give_up_after: float) -> float:
+        """How long a prompt of `cost` queued now will wait for its run to start, at `per_unit` seconds per unit.
 
         The workers free up as the runs they are on end (a run past its expected end may end at any moment), then
         take the queue ahead in runs cut by the batch size and by the run cap (a model slow against the budget runs
         few prompts, or one, per run). The prompt starts with the run it lands in: the prompts that share its run
-        do not delay it, and with two workers the runs ahead of it are split between them. Stops counting past
-        `give_up_after` (the answer is then more than that).
+        do not delay it, and with two workers the runs ahead of it are split between them. Where the prompt would
+        not fit the run it lands in (its cost past the run cap, or that run ending after its caller's deadline), the
+        batching loop leaves it to the next run, and so does the estimate. Stops counting past `give_up_after` (the
+        answer is then more than that).
         """
         workers = [max(started + units * per_unit, now) for started, units in self._running]
         workers += [now] * (self._options.workers - len(workers))
+        heapq.heapify(workers)
         live = self._live
-        if live:
-            per_run = min(self._options.max_batch_size, live + 1)
-            texts_cap = self._run_cost_cap() - PER_RUN_COST  # what one run's texts may cost
-            if texts_cap < float("inf"):
-                per_run = min(per_run, max(1, math.floor(texts_cap / (self._live_cost / live))))
-            run_seconds = run_cost(round(per_run * self._live_cost / live)) * per_unit
-            heapq.heapify(workers)
-            for _ in range(live // per_run):  # the runs that start before the prompt's own
-                if workers[0] - now > give_up_after:
-                    break
-                heapq.heapreplace(workers, workers[0] + run_seconds)
-        return min(workers) - now
+        if not live:
+            return workers[0] - now
+        average = self._live_cost / live
+        per_run = min(self._options.max_batch_size, live + 1)
+        texts_cap = self._run_cost_cap() - PER_RUN_COST  # what one run's texts may cost
+        if texts_cap < float("inf"):
+            per_run = min(per_run, max(1, math.floor(texts_cap / average)))
+        runs_ahead, ahead_in_its_run = divmod(live, per_run)
+        run_seconds = run_cost(round(per_run * average)) * per_unit
+        for _ in range(runs_ahead):  # the full runs that start before the prompt's own
+            if workers[0] - now > give_up_after:
+                return workers[0] - now
+            heapq.heapreplace(workers, workers[0] + run_seconds)
+        if ahead_in_its_run:
+            ahead = round(ahead_in_its_run * average)
+            ends = workers[0] + run_cost(ahead + cost) * self._seconds_per_unit.value
+            if ahead + cost > texts_cap or ends > finish_by:  # those ahead of it in that run go without it
+                heapq.heapreplace(workers, workers[0] + run_cost(ahead) * per_unit)
+        return workers[0] - now
 
     def _run_cost_cap(self) -> float:
         """Most cost units one run may take: what the queueing budget can run at the recent rate. A longer run

@@ -486,6 +486,25 @@ async def test_a_prompt_behind_a_long_running_run_is_shed_at_once() -> None:
     assert batcher.items_shed == 1
 
 
+async def test_a_prompt_that_would_not_fit_the_run_it_lands_in_is_judged_to_wait_for_the_next() -> None:
+    fake = FakeEmbedder(hold={0, 1})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
+        await warmed_up(fake, batcher, clock, [10])  # a short prompt takes 10 ms: eight fit in one run
+        busy = await submit(batcher, ["busy"])
+        await fake.wait_calls(2)
+        texts = [f"q{i}" for i in range(7)]
+        queued = await submit(batcher, texts)
+        # Seven short prompts and this one would pass the run cap: the seven run without it (~44 ms) after the
+        # busy run (~10 ms), so it could not start within the budget. Shed now, not after waiting ~54 ms.
+        with pytest.raises(Overloaded, match="would take about 54 ms"):
+            await batcher.encode("x" * 248)
+        assert batcher.queue_depth == 7
+        fake.release()
+        await settle(asyncio.gather(*busy, *queued))
+    assert fake.calls == [["w0"], ["busy"], texts]
+
+
 async def test_a_queue_is_judged_by_the_runs_it_will_take_not_as_lone_prompts() -> None:
     fake = FakeEmbedder(hold={0, 1})
     clock = ManualMonotonic()
