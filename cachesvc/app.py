@@ -89,6 +89,7 @@ class App:
         self.authenticator: Authenticator | None = None
         self.limiter: RateLimiter | None = None
         self._server: grpc.aio.Server | None = None
+        self._servicer: SemanticCacheServicer | None = None
         self._metrics_server: Any = None
         self._usage = Usage(entries=0, bytes=0)
         self._usage_task: asyncio.Task[None] | None = None
@@ -178,8 +179,8 @@ class App:
                                     shared_counters=self.redis_counters,
                                     feedback_store=self.backend)
         await self.service.start()
-        servicer = SemanticCacheServicer(service=self.service, authenticator=self.authenticator,
-                                         metrics=self.metrics, limiter=self.limiter)
+        servicer = self._servicer = SemanticCacheServicer(service=self.service, authenticator=self.authenticator,
+                                                          metrics=self.metrics, limiter=self.limiter)
         self._server, self.port = create_server(f"{s.host}:{s.port}", servicer=servicer,
                                                 health_servicer=self.health,
                                                 max_concurrent_rpcs=s.max_concurrent_rpcs,
@@ -228,6 +229,8 @@ class App:
         self.metrics.up.set(0)
         if self._server is not None:
             await self._server.stop(self.settings.grace_seconds)
+        if self._servicer is not None:
+            self._servicer.flush_accounting()  # the last calls' log lines, without waiting for their timer
         for task in (self._usage_task, self._redis_watch):
             if task is not None:
                 task.cancel()

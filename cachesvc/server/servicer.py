@@ -156,17 +156,26 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
         """Observes the request histogram and writes one log line per call answered since the last time, in call
         order."""
         finished, self._finished = self._finished, []
-        logging_calls = log.isEnabledFor(logging.INFO)  # the line is built on every call otherwise, even when not shown
-        for call in finished:
+        for call in finished:  # every call is counted, whatever becomes of its log line
             histogram = self._request_seconds.get((call.method, call.code))
             if histogram is None:
                 histogram = self._request_seconds[(call.method, call.code)] = \
                     self._metrics.request_seconds.labels(call.method, call.code.name)
             histogram.observe(call.seconds)
-            if logging_calls:
-                fields = call.fields
-                fields.update(code=call.code.name, ms=round(call.seconds * 1000, 3))
+        if not log.isEnabledFor(logging.INFO):  # the line is built on every call otherwise, even when not shown
+            return
+        for call in finished:
+            fields = call.fields
+            fields.update(code=call.code.name, ms=round(call.seconds * 1000, 3))
+            try:
                 log.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields})
+            except Exception:  # a failing filter or handler must not cost the other calls their lines
+                logging.getLogger(__name__).exception("request log line not written")
+
+    def flush_accounting(self) -> None:
+        """Accounts at once for the calls answered and not yet accounted for (at shutdown)."""
+        if self._finished:
+            self._account()
 
     async def _call(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any], handler: Handler[Response],

@@ -163,6 +163,32 @@ async def test_every_call_is_counted_in_the_request_histogram_once_answered(
     assert {key: count(*key) for key in expected} == expected
 
 
+async def test_a_failing_request_log_costs_no_call_its_count(app: App, stub: pb_grpc.SemanticCacheStub,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Calls answered together are accounted for together: a log line that cannot be written (here a filter that
+    raises) must not lose the histogram counts of the calls beside it."""
+    class Broken(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            raise RuntimeError("broken filter")
+
+    requests = logging.getLogger("cachesvc.requests")
+    broken = Broken()
+    requests.addFilter(broken)
+    try:
+        caplog.set_level(logging.INFO, logger="cachesvc.requests")
+        await asyncio.gather(*(stub.Lookup(pb.LookupRequest(scope=pb.Scope(), prompt=f"{PROMPT} {i}"))
+                               for i in range(5)))
+        for _ in range(100):
+            count = app.metrics.registry.get_sample_value(
+                "cachesvc_request_seconds_count", {"method": "Lookup", "code": "OK"})
+            if count == 5:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        requests.removeFilter(broken)
+    assert count == 5
+
+
 async def test_tenants_are_isolated_and_keys_required(start_app: StartApp) -> None:
     app = await start_app(api_keys={"key-a": "tenant-a", "key-b": "tenant-b"})
     target = f"127.0.0.1:{app.port}"
