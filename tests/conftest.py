@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cachesvc.embedding.onnx_embedder import OnnxEmbedder
-from cachesvc.embedding.protocol import Matrix, Vector
+from cachesvc.embedding.protocol import Matrix, Timed, Vector
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,6 +94,9 @@ class DirectEncoder:
     async def encode(self, text: str, *, partition: str = "", deadline: float | None = None) -> Vector:
         self.calls += 1
         return self._embedder.embed([text])[0]
+
+    async def encode_timed(self, text: str, *, partition: str = "", deadline: float | None = None) -> Timed:
+        return Timed(await self.encode(text, partition=partition, deadline=deadline))
 
 
 @pytest.fixture

@@ -251,7 +251,8 @@ class CacheService:
             )
 
         embed_started = time.perf_counter()
-        vector = await self._encoder.encode(prompt, partition=scope.tenant, deadline=request.deadline)
+        embedded = await self._encoder.encode_timed(prompt, partition=scope.tenant, deadline=request.deadline)
+        vector = embedded.vector
         search_started = time.perf_counter()
         try:
             if verifier is None:
@@ -262,7 +263,8 @@ class CacheService:
             matches = []
         search_done = time.perf_counter()
         timings = StageTimings(
-            embed_ms=(search_started - embed_started) * 1000, search_ms=(search_done - search_started) * 1000
+            embed_ms=(search_started - embed_started) * 1000, queue_ms=embedded.queue_seconds * 1000,
+            search_ms=(search_done - search_started) * 1000,
         )
 
         reports: list[CandidateReport] = []
@@ -342,7 +344,7 @@ class CacheService:
         nearest_id: str | None,
         rejected_reason: RejectReason | None = None,
     ) -> LookupResult:
-        total = StageTimings(embed_ms=timings.embed_ms, search_ms=timings.search_ms,
+        total = StageTimings(embed_ms=timings.embed_ms, queue_ms=timings.queue_ms, search_ms=timings.search_ms,
                              total_ms=(time.perf_counter() - started) * 1000)
         return LookupResult(hit_kind=kind, entry=entry, similarity=similarity, nearest_id=nearest_id,
                             min_similarity=threshold, timings=total, candidates=reports,

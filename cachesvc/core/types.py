@@ -108,6 +108,7 @@ class CandidateReport:
 @dataclass(frozen=True, kw_only=True)
 class StageTimings:
     embed_ms: float = 0.0
+    queue_ms: float = 0.0  # the part of `embed_ms` spent queued for a model worker
     search_ms: float = 0.0
     total_ms: float = 0.0
 

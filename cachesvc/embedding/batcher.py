@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 
-from cachesvc.embedding.protocol import Embedder, Vector
+from cachesvc.embedding.protocol import Embedder, Timed, Vector
 from cachesvc.embedding.run_cost import PER_RUN_COST, SecondsPerUnit, run_cost, text_cost
 from cachesvc.embedding.text import DEFAULT_MAX_TEXT_BYTES, checked_text
 from cachesvc.errors import CacheError, ModelError, NotReady, Overloaded
@@ -71,7 +71,9 @@ class _Item:
     future: asyncio.Future[Vector]
     start_by: float  # the monotonic clock by which its run must start, else it is shed
     finish_by: float  # its caller's deadline: it joins no run predicted to end later
+    queued_at: float
     queued: bool = True  # still counted against the queue bound
+    queue_seconds: float = 0.0  # from `queued_at` to the start of its model run
 
 
 class MicroBatcher:
@@ -150,7 +152,11 @@ class MicroBatcher:
         await self.aclose()
 
     async def encode(self, text: str, *, deadline: float | None = None) -> Vector:
-        """Embeds one text as part of whatever batch it lands in.
+        """Embeds one text as part of whatever batch it lands in (`encode_timed`, without the time queued)."""
+        return (await self.encode_timed(text, deadline=deadline)).vector
+
+    async def encode_timed(self, text: str, *, deadline: float | None = None) -> Timed:
+        """Embeds one text as part of whatever batch it lands in, and says how long it queued for its run.
 
         Args:
             deadline: the caller's deadline on the `time.monotonic()` clock; the item is shed unless its run can
@@ -185,13 +191,14 @@ class MicroBatcher:
             raise Overloaded(f"the embedding queue would take about {expected_wait * 1000:.0f} ms to reach this "
                              "prompt, more than the queueing budget or the call's deadline allows")
         future: asyncio.Future[Vector] = asyncio.get_running_loop().create_future()
-        item = _Item(text, cost, future, start_by, finish_by)
+        item = _Item(text, cost, future, start_by, finish_by, now)
         future.add_done_callback(lambda _f: self._leave_queue(item, abandoned=True))
         self._queue.append(item)
         self._live += 1
         self._live_cost += cost
         self._nonempty.set()
-        return await future
+        vector = await future
+        return Timed(vector, item.queue_seconds)
 
     def _leave_queue(self, item: _Item, *, abandoned: bool = False) -> None:
         if not item.queued:
@@ -319,6 +326,8 @@ class MicroBatcher:
 
     async def _run(self, batch: list[_Item], running: tuple[float, int]) -> None:
         started = self._monotonic()
+        for item in batch:
+            item.queue_seconds = started - item.queued_at
         try:
             loop = asyncio.get_running_loop()
             vectors = await loop.run_in_executor(self._executor, self._embedder.embed, [i.text for i in batch])

@@ -14,14 +14,14 @@ import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from cachesvc.embedding.protocol import TextEncoder, Vector
+from cachesvc.embedding.protocol import TextEncoder, Timed, Vector
 
 _Key = tuple[str, str]
 
 
 @dataclass(eq=False)
 class _Flight:
-    task: asyncio.Task[Vector]
+    task: asyncio.Task[Timed]
     waiters: int = 0
 
 
@@ -43,7 +43,12 @@ class MemoizedEncoder:
         return self._encoder.dimension
 
     async def encode(self, text: str, *, partition: str = "", deadline: float | None = None) -> Vector:
-        """The vector of `text`, remembered within `partition` only.
+        """The vector of `text`, remembered within `partition` only (`encode_timed`, without the time queued)."""
+        return (await self.encode_timed(text, partition=partition, deadline=deadline)).vector
+
+    async def encode_timed(self, text: str, *, partition: str = "", deadline: float | None = None) -> Timed:
+        """The vector of `text`, remembered within `partition` only, and how long its embedding queued for the
+        model (0 from the memo; a caller that joins an embedding under way is told that embedding's wait).
 
         Args:
             partition: whose memo this is (the tenant); texts are never shared across partitions.
@@ -54,7 +59,7 @@ class MemoizedEncoder:
         if vector is not None:
             self._memo.move_to_end(key)
             self.hits += 1
-            return vector
+            return Timed(vector)
         flight = self._in_flight.get(key)
         if flight is None:
             self.misses += 1
@@ -75,15 +80,15 @@ class MemoizedEncoder:
                 if self._in_flight.get(key) is flight:
                     del self._in_flight[key]
 
-    async def _encode_and_remember(self, key: _Key, deadline: float | None) -> Vector:
-        vector = await self._encoder.encode(key[1], deadline=deadline)
+    async def _encode_and_remember(self, key: _Key, deadline: float | None) -> Timed:
+        timed = await self._encoder.encode_timed(key[1], deadline=deadline)
         if self._capacity:
-            self._memo[key] = vector
+            self._memo[key] = timed.vector
             if len(self._memo) > self._capacity:
                 self._memo.popitem(last=False)
-        return vector
+        return timed
 
-    def _forget(self, key: _Key, done: asyncio.Task[Vector]) -> None:
+    def _forget(self, key: _Key, done: asyncio.Task[Timed]) -> None:
         flight = self._in_flight.get(key)
         if flight is not None and flight.task is done:
             del self._in_flight[key]

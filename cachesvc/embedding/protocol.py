@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -13,6 +14,15 @@ Vector = NDArray[np.float32]
 
 Matrix = NDArray[np.float32]
 """An (n, dimension) float32 array of L2-normalised embeddings."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timed:
+    """A vector and how long its text waited in the queue for a model worker (0 when no model ran for it, as on a
+    memo hit), so that a lookup can tell its queueing from its own model run."""
+
+    vector: Vector
+    queue_seconds: float = 0.0
 
 
 class Embedder(Protocol):
@@ -47,6 +57,10 @@ class TextEncoder(Protocol):
         """
         ...
 
+    async def encode_timed(self, text: str, *, deadline: float | None = None) -> Timed:
+        """`encode`, with the time the text queued for the model."""
+        ...
+
 
 class PartitionedEncoder(Protocol):
     """A `TextEncoder` whose shared state (a memo, joined in-flight work) is kept apart per partition (tenant)."""
@@ -55,3 +69,5 @@ class PartitionedEncoder(Protocol):
     def dimension(self) -> int: ...
 
     async def encode(self, text: str, *, partition: str = "", deadline: float | None = None) -> Vector: ...
+
+    async def encode_timed(self, text: str, *, partition: str = "", deadline: float | None = None) -> Timed: ...

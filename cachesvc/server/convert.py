@@ -189,8 +189,8 @@ def lookup_to_proto(result: LookupResult) -> pb.LookupResponse:
         response.fill_token = fill.token or ""
         response.fill_pending, response.waited_for_fill = fill.pending, fill.waited
     timings = response.timings
-    timings.embed_ms, timings.search_ms, timings.total_ms = (
-        result.timings.embed_ms, result.timings.search_ms, result.timings.total_ms)
+    timings.embed_ms, timings.queue_ms, timings.search_ms, timings.total_ms = (
+        result.timings.embed_ms, result.timings.queue_ms, result.timings.search_ms, result.timings.total_ms)
     if result.candidates:
         response.candidates.extend(_candidate(c) for c in result.candidates)
     if result.entry is not None:

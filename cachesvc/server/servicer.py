@@ -88,7 +88,7 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServicer):  # type: ignore[misc
             result = await self._service.lookup(lookup)
             fields.update(scope=(result.scope or lookup.scope).digest, outcome=result.hit_kind.value,
                           similarity=round(result.similarity, 4), embed_ms=round(result.timings.embed_ms, 3),
-                          search_ms=round(result.timings.search_ms, 3))
+                          queue_ms=round(result.timings.queue_ms, 3), search_ms=round(result.timings.search_ms, 3))
             if lookup.fill is not None:
                 fields.update(fill=("lease" if result.fill.token else "pending" if result.fill.pending else "-"),
                               waited=result.fill.waited)

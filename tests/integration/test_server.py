@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -414,6 +415,28 @@ async def test_overload_is_resource_exhausted(start_app: StartApp, counting_embe
             await client.lookup("third prompt")
         counting_embedder.gate.set()
         assert not (await running).hit and not (await queued).hit
+
+
+async def test_a_lookup_tells_how_long_its_prompt_queued_for_the_model(start_app: StartApp,
+                                                                        counting_embedder: CountingEmbedder) -> None:
+    app = await start_app(embed_workers=1)
+    counting_embedder.gate = threading.Event()
+    async with AsyncCacheClient(f"127.0.0.1:{app.port}") as client:
+        running = asyncio.create_task(client.lookup("first prompt"))
+        await asyncio.to_thread(counting_embedder.entered.wait, 10)
+        queued = asyncio.create_task(client.lookup("second prompt"))
+        assert app.batcher is not None
+        batcher = app.batcher
+        await _wait_until(lambda: batcher.queue_depth == 1, "the second prompt is queued")
+        seen_queued = time.perf_counter()
+        await asyncio.to_thread(lambda: None)  # the model stays held a while longer, with the prompt queued
+        released = time.perf_counter()
+        counting_embedder.gate.set()
+        first, second = await running, await queued
+    # The second prompt waited at least as long as this test held the model after seeing it queued.
+    assert second.timings.queue_ms >= (released - seen_queued) * 1000
+    assert second.timings.queue_ms < second.timings.embed_ms  # its own model run is the rest of the stage
+    assert first.timings.queue_ms < second.timings.queue_ms
 
 
 async def test_graceful_shutdown_drains_in_flight_calls(start_app: StartApp,

@@ -136,6 +136,23 @@ async def test_a_lone_caller_gets_its_vector_read_only() -> None:
     assert batcher.dimension == DIM
 
 
+async def test_a_caller_is_told_how_long_its_text_queued_for_the_model() -> None:
+    fake = FakeEmbedder(hold={0})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1) as batcher:
+        first = asyncio.create_task(batcher.encode_timed("first"))
+        await fake.wait_calls(1)  # runs at once: nothing queued ahead of it
+        clock.now += 0.020
+        second = asyncio.create_task(batcher.encode_timed("second"))
+        await yield_until(lambda: batcher.queue_depth == 1)
+        clock.now += 0.030  # the first run ends 30 ms after the second text queued
+        fake.release()
+        ran_at_once, queued = await settle(asyncio.gather(first, second))
+    assert ran_at_once.queue_seconds == 0.0
+    assert queued.queue_seconds == pytest.approx(0.030)
+    np.testing.assert_array_equal(queued.vector, vector_for("second"))
+
+
 async def test_concurrent_encodes_are_grouped_into_one_run_in_submission_order() -> None:
     fake = FakeEmbedder(hold={0})
     async with running(fake, workers=1) as batcher:

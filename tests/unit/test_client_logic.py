@@ -316,7 +316,7 @@ def test_lookup_hit_converts_timestamps_to_aware_utc_and_unset_expiry_to_none() 
         exact=False,
         min_similarity=0.9,
         nearest_id="e1",
-        timings=pb.Timings(embed_ms=7.5, search_ms=1.25, total_ms=9.0),
+        timings=pb.Timings(embed_ms=7.5, search_ms=1.25, total_ms=9.0, queue_ms=2.5),
         candidates=[
             pb.Candidate(entry_id="e1", prompt="p1", similarity=0.93, outcome=pb.CANDIDATE_OUTCOME_SERVED),
             pb.Candidate(entry_id="e2", prompt="p2", similarity=0.5, outcome=pb.CANDIDATE_OUTCOME_BELOW_THRESHOLD),
@@ -335,7 +335,7 @@ def test_lookup_hit_converts_timestamps_to_aware_utc_and_unset_expiry_to_none() 
     # float32 on the wire; the client hands back the decimal the server meant.
     assert result.similarity == 0.93
     assert result.min_similarity == 0.9
-    assert result.timings.embed_ms == 7.5
+    assert (result.timings.embed_ms, result.timings.queue_ms) == (7.5, 2.5)
     assert [c.outcome for c in result.candidates] == [CandidateOutcome.SERVED, CandidateOutcome.BELOW_THRESHOLD]
     assert result.candidates[1].similarity == 0.5
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cachesvc.embedding.memo import MemoizedEncoder
-from cachesvc.embedding.protocol import Vector
+from cachesvc.embedding.protocol import Timed, Vector
 from cachesvc.errors import ModelError
 
 DIM = 8
@@ -37,6 +37,7 @@ class FakeEncoder:
         self.cancelled: list[str] = []
         self.deadlines: list[float | None] = []
         self.fail: dict[str, list[BaseException]] = {}
+        self.queue_seconds = 0.0  # what every call reports as its time queued for the model
         self._gate = asyncio.Event()
         self._gate.set()
 
@@ -57,6 +58,9 @@ class FakeEncoder:
         if self.fail.get(text):
             raise self.fail[text].pop(0)
         return vector_for(text)
+
+    async def encode_timed(self, text: str, *, deadline: float | None = None) -> Timed:
+        return Timed(await self.encode(text, deadline=deadline), self.queue_seconds)
 
 
 async def yield_until(predicate: Callable[[], bool], *, limit: int = 1000) -> None:
@@ -82,6 +86,17 @@ async def test_a_repeated_text_is_served_from_the_memo() -> None:
     np.testing.assert_array_equal(first, vector_for("hello"))
     assert (memo.hits, memo.misses) == (1, 1)
     assert memo.dimension == DIM
+
+
+async def test_the_time_queued_for_the_model_is_passed_on_and_a_memo_hit_queued_for_none() -> None:
+    fake = FakeEncoder()
+    fake.queue_seconds = 0.025
+    memo = MemoizedEncoder(encoder=fake, capacity=8)
+    first = await memo.encode_timed("hello", partition="t1")
+    again = await memo.encode_timed("hello", partition="t1")
+    assert (first.queue_seconds, again.queue_seconds) == (0.025, 0.0)
+    assert again.vector is first.vector
+    np.testing.assert_array_equal(first.vector, vector_for("hello"))
 
 
 async def test_different_texts_are_encoded_separately() -> None:

@@ -132,9 +132,10 @@ class Candidate:
 class Timings:
     """Server-side stage timings of a lookup, in milliseconds."""
 
-    embed_ms: float = 0.0
+    embed_ms: float = 0.0  # embedding the prompt, queue_ms included (0 on the exact path)
     search_ms: float = 0.0
     total_ms: float = 0.0
+    queue_ms: float = 0.0  # the part of embed_ms spent waiting for a model worker (0 from the server's memo)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

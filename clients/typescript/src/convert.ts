@@ -131,6 +131,7 @@ export function lookupResultFromProto(message: pb.LookupResponse): LookupResult 
       embedMs: message.timings?.embedMs ?? 0,
       searchMs: message.timings?.searchMs ?? 0,
       totalMs: message.timings?.totalMs ?? 0,
+      queueMs: message.timings?.queueMs ?? 0,
     },
     candidates: message.candidates.map(candidateFromProto),
     rejectedReason: reason(message.rejectedReason),

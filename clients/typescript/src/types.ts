@@ -80,9 +80,12 @@ export interface Candidate {
 
 /** Server-side stage timings of a lookup, in milliseconds. */
 export interface Timings {
+  /** Embedding the prompt, queueMs included (0 on the exact path). */
   readonly embedMs: number;
   readonly searchMs: number;
   readonly totalMs: number;
+  /** The part of embedMs spent waiting for a model worker (0 from the server's memo). */
+  readonly queueMs: number;
 }
 
 /** The answer to a lookup. */

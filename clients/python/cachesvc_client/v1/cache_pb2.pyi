@@ -128,14 +128,16 @@ class Candidate(_message.Message):
     def __init__(self, entry_id: _Optional[str] = ..., prompt: _Optional[str] = ..., similarity: _Optional[float] = ..., outcome: _Optional[_Union[CandidateOutcome, str]] = ..., reason: _Optional[_Union[RejectReason, str]] = ..., verifier_score: _Optional[float] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("embed_ms", "search_ms", "total_ms")
+    __slots__ = ("embed_ms", "search_ms", "total_ms", "queue_ms")
     EMBED_MS_FIELD_NUMBER: _ClassVar[int]
     SEARCH_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     embed_ms: float
     search_ms: float
     total_ms: float
-    def __init__(self, embed_ms: _Optional[float] = ..., search_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    queue_ms: float
+    def __init__(self, embed_ms: _Optional[float] = ..., search_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
     __slots__ = ("hit", "entry", "similarity", "exact", "min_similarity", "nearest_id", "timings", "candidates", "rejected_reason", "fill_token", "fill_pending", "waited_for_fill")
