@@ -232,11 +232,15 @@ class Tally:
     started: float = 0.0
     finished: float = 0.0
     timeline: list[tuple[float, float, str]] = field(default_factory=list)  # (start offset s, ms, code)
+    # Each answered lookup that embedded its prompt: (latency ms, queued for the model ms, its own model run ms),
+    # the last two from the server's timings.
+    embedded: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 async def call(client: AsyncCacheClient, op: str, prompt: str, tally: Tally, scheduled: float,
                timeout: float = CALL_TIMEOUT) -> None:
     code = "OK"
+    timings = None
     try:
         if op == "store":
             await client.store(prompt, COMPLETION, scope=SCOPE, timeout=timeout)
@@ -244,6 +248,7 @@ async def call(client: AsyncCacheClient, op: str, prompt: str, tally: Tally, sch
             result = await client.lookup(prompt, scope=SCOPE, timeout=timeout)
             if result.hit:
                 tally.hits[op] += 1
+            timings = result.timings
     except CacheClientError as exc:
         code = exc.code.name if exc.code is not None else "UNKNOWN"
     except Exception as exc:  # a load tool counts every failure
@@ -251,6 +256,8 @@ async def call(client: AsyncCacheClient, op: str, prompt: str, tally: Tally, sch
     ms = (time.perf_counter() - scheduled) * 1000
     if code == "OK":
         tally.latencies[op].append(ms)
+        if timings is not None and timings.embed_ms > 0:
+            tally.embedded.append((ms, timings.queue_ms, timings.embed_ms - timings.queue_ms))
     else:
         tally.errors[code] += 1
         tally.errors_by_op[op][code] += 1
@@ -665,6 +672,11 @@ async def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
             recovered_after = t
             break
     rss_mb = [b / 2**20 for _, b in rss]
+    # An accepted lookup's latency is its wait for the model, its own model run, and the rest (gRPC, search,
+    # the client): what is left once its own run is taken out is what the queueing budget is there to bound.
+    queued = [q for _, q, _ in tally.embedded]
+    own_run = [run for _, _, run in tally.embedded]
+    beyond_run = [ms - run for ms, _, run in tally.embedded]
     result = {
         "saturated_rate": args.saturated_rate, "offered_rate": rate, "seconds": args.duration,
         "deadline_ms": args.deadline_ms, "sent": tally.sent, "client_dropped": tally.dropped,
@@ -680,10 +692,18 @@ async def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
         "recovery_probes": len(probe_results), "recovery_probes_normal": len(normal),
         "recovered_after_seconds": recovered_after, "normal_ms": args.normal_ms,
         "server_ok_lookups_within": server_shares,
+        "embedded_lookups": len(tally.embedded),
+        "queued_p50_ms": percentile(queued, 50), "queued_p99_ms": percentile(queued, 99),
+        "queued_max_ms": max(queued, default=None),
+        "own_run_p50_ms": percentile(own_run, 50), "own_run_p99_ms": percentile(own_run, 99),
+        "own_run_max_ms": max(own_run, default=None),
+        "beyond_own_run_p50_ms": percentile(beyond_run, 50), "beyond_own_run_p99_ms": percentile(beyond_run, 99),
+        "beyond_own_run_max_ms": max(beyond_run, default=None),
         **resources, "server_settings": srv.settings, "mix": args.mix,
     }
     headers = ["offered/s", "goodput/s", "of saturated", "ok/s min..max", "accepted p50 ms", "p99 ms", "max ms",
-               f"server <= {'/'.join(f'{b * 1000:g}' for b in SERVER_SHARE_BOUNDS)} ms", "answers",
+               f"server <= {'/'.join(f'{b * 1000:g}' for b in SERVER_SHARE_BOUNDS)} ms",
+               "queued p99/max ms", "own run p50/p99/max ms", "beyond own run p99/max ms", "answers",
                "RSS MB first/max/last", "normal again after"]
     table = [[f"{rate:.0f}", result["goodput_per_second"], result["goodput_of_saturated"],
               f"{result['ok_per_second_min']}..{result['ok_per_second_max']}", _f(result["accepted_p50_ms"]),
@@ -691,6 +711,9 @@ async def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
               "-" if server_shares is None else " / ".join(
                   f"{server_shares[k]:.1%}" if (k := f"{b * 1000:g}ms") in server_shares else "-"
                   for b in SERVER_SHARE_BOUNDS),
+              "/".join(_f(result[k]) for k in ("queued_p99_ms", "queued_max_ms")),
+              "/".join(_f(result[k]) for k in ("own_run_p50_ms", "own_run_p99_ms", "own_run_max_ms")),
+              "/".join(_f(result[k]) for k in ("beyond_own_run_p99_ms", "beyond_own_run_max_ms")),
               dict(codes),
               "/".join(_f(x) for x in (result["rss_mb_first"], result["rss_mb_max"], result["rss_mb_last"])),
               "-" if recovered_after is None else f"{recovered_after:.2f} s"]]
