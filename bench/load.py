@@ -232,8 +232,9 @@ class Tally:
     started: float = 0.0
     finished: float = 0.0
     timeline: list[tuple[float, float, str]] = field(default_factory=list)  # (start offset s, ms, code)
-    # Each answered lookup that embedded its prompt: (latency ms, queued for the model ms, its own model run ms),
-    # the last two from the server's timings.
+    # Each answered lookup whose prompt went through a model run: (latency ms, queued for the model ms, the rest of
+    # its embedding stage, i.e. its own run and the hand-offs around it, ms), the last two from the server's
+    # timings. A vector from the server's memo reports no wait and is left out.
     embedded: list[tuple[float, float, float]] = field(default_factory=list)
 
 
@@ -256,7 +257,7 @@ async def call(client: AsyncCacheClient, op: str, prompt: str, tally: Tally, sch
     ms = (time.perf_counter() - scheduled) * 1000
     if code == "OK":
         tally.latencies[op].append(ms)
-        if timings is not None and timings.embed_ms > 0:
+        if timings is not None and timings.queue_ms > 0:
             tally.embedded.append((ms, timings.queue_ms, timings.embed_ms - timings.queue_ms))
     else:
         tally.errors[code] += 1

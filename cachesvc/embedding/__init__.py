@@ -1,5 +1,5 @@
 """Text -> vector: the Embedder seam, the ONNX embedder, micro-batching and the memo in front of it."""
 
-from cachesvc.embedding.protocol import Embedder, TextEncoder, Vector
+from cachesvc.embedding.protocol import Embedder, TextEncoder, Timed, Vector
 
-__all__ = ["Embedder", "TextEncoder", "Vector"]
+__all__ = ["Embedder", "TextEncoder", "Timed", "Vector"]

@@ -73,7 +73,7 @@ class _Item:
     finish_by: float  # its caller's deadline: it joins no run predicted to end later
     queued_at: float
     queued: bool = True  # still counted against the queue bound
-    queue_seconds: float = 0.0  # from `queued_at` to the start of its model run
+    run_started: float | None = None  # when its model run started
 
 
 class MicroBatcher:
@@ -82,7 +82,7 @@ class MicroBatcher:
     def __init__(self, *, embedder: Embedder, options: BatcherOptions = BatcherOptions(),
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         """Args:
-            monotonic: the clock of deadlines and queueing budgets (a seam for tests).
+            monotonic: the clock of deadlines, queueing budgets and the time queued (a seam for tests).
         """
         self._embedder = embedder
         self._monotonic = monotonic
@@ -198,7 +198,8 @@ class MicroBatcher:
         self._live_cost += cost
         self._nonempty.set()
         vector = await future
-        return Timed(vector, item.queue_seconds)
+        assert item.run_started is not None  # set before any result
+        return Timed(vector, item.run_started - item.queued_at, item.run_started)
 
     def _leave_queue(self, item: _Item, *, abandoned: bool = False) -> None:
         if not item.queued:
@@ -327,7 +328,7 @@ class MicroBatcher:
     async def _run(self, batch: list[_Item], running: tuple[float, int]) -> None:
         started = self._monotonic()
         for item in batch:
-            item.queue_seconds = started - item.queued_at
+            item.run_started = started
         try:
             loop = asyncio.get_running_loop()
             vectors = await loop.run_in_executor(self._executor, self._embedder.embed, [i.text for i in batch])

@@ -11,7 +11,9 @@ the last one gives up the embedding is cancelled, so the batcher drops it before
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cachesvc.embedding.protocol import TextEncoder, Timed, Vector
@@ -28,10 +30,15 @@ class _Flight:
 class MemoizedEncoder:
     """A `TextEncoder` that remembers the last `capacity` texts it encoded."""
 
-    def __init__(self, *, encoder: TextEncoder, capacity: int = 4096) -> None:
+    def __init__(self, *, encoder: TextEncoder, capacity: int = 4096,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        """Args:
+            monotonic: the encoder's clock, on which its `Timed.run_started` is read (a seam for tests).
+        """
         if capacity < 0:
             raise ValueError("capacity must be >= 0")
         self._encoder = encoder
+        self._monotonic = monotonic
         self._capacity = capacity
         self._memo: OrderedDict[_Key, Vector] = OrderedDict()
         self._in_flight: dict[_Key, _Flight] = {}
@@ -47,8 +54,8 @@ class MemoizedEncoder:
         return (await self.encode_timed(text, partition=partition, deadline=deadline)).vector
 
     async def encode_timed(self, text: str, *, partition: str = "", deadline: float | None = None) -> Timed:
-        """The vector of `text`, remembered within `partition` only, and how long its embedding queued for the
-        model (0 from the memo; a caller that joins an embedding under way is told that embedding's wait).
+        """The vector of `text`, remembered within `partition` only, and how long this caller waited for the model
+        run that embedded it (0 from the memo; a caller that joins an embedding counts from its own arrival).
 
         Args:
             partition: whose memo this is (the tenant); texts are never shared across partitions.
@@ -70,8 +77,12 @@ class MemoizedEncoder:
         else:
             self.hits += 1
         flight.waiters += 1
+        arrived = self._monotonic()
         try:
-            return await asyncio.shield(flight.task)
+            timed = await asyncio.shield(flight.task)
+            if timed.run_started is None:
+                return timed
+            return Timed(timed.vector, max(0.0, timed.run_started - arrived), timed.run_started)
         finally:
             flight.waiters -= 1
             if flight.waiters == 0 and not flight.task.done():

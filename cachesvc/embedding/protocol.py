@@ -16,13 +16,16 @@ Matrix = NDArray[np.float32]
 """An (n, dimension) float32 array of L2-normalised embeddings."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Timed:
     """A vector and how long its text waited in the queue for a model worker (0 when no model ran for it, as on a
     memo hit), so that a lookup can tell its queueing from its own model run."""
 
     vector: Vector
     queue_seconds: float = 0.0
+    # When its model run started, on the encoder's monotonic clock (None when no model ran for it): a caller that
+    # joins an embedding under way waited only from its own arrival, not from the first caller's.
+    run_started: float | None = None
 
 
 class Embedder(Protocol):

@@ -38,6 +38,7 @@ class FakeEncoder:
         self.deadlines: list[float | None] = []
         self.fail: dict[str, list[BaseException]] = {}
         self.queue_seconds = 0.0  # what every call reports as its time queued for the model
+        self.run_started: float | None = None  # and as the start of its model run
         self._gate = asyncio.Event()
         self._gate.set()
 
@@ -60,7 +61,15 @@ class FakeEncoder:
         return vector_for(text)
 
     async def encode_timed(self, text: str, *, deadline: float | None = None) -> Timed:
-        return Timed(await self.encode(text, deadline=deadline), self.queue_seconds)
+        return Timed(await self.encode(text, deadline=deadline), self.queue_seconds, self.run_started)
+
+
+class ManualMonotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 async def yield_until(predicate: Callable[[], bool], *, limit: int = 1000) -> None:
@@ -97,6 +106,26 @@ async def test_the_time_queued_for_the_model_is_passed_on_and_a_memo_hit_queued_
     assert (first.queue_seconds, again.queue_seconds) == (0.025, 0.0)
     assert again.vector is first.vector
     np.testing.assert_array_equal(first.vector, vector_for("hello"))
+
+
+async def test_a_caller_that_joins_an_embedding_under_way_is_told_only_its_own_wait() -> None:
+    clock = ManualMonotonic()
+    fake = FakeEncoder()
+    fake.hold()
+    fake.queue_seconds, fake.run_started = 0.050, 1000.050  # the run starts 50 ms after the first caller came
+    memo = MemoizedEncoder(encoder=fake, capacity=8, monotonic=clock)
+    first = asyncio.create_task(memo.encode_timed("same"))
+    await yield_until(lambda: fake.calls == ["same"])
+    clock.now = 1000.030  # joins while the embedding is still queued
+    while_queued = asyncio.create_task(memo.encode_timed("same"))
+    await yield_until(lambda: memo.hits == 1)
+    clock.now = 1000.080  # joins while the model runs
+    while_running = asyncio.create_task(memo.encode_timed("same"))
+    await yield_until(lambda: memo.hits == 2)
+    fake.release()
+    results = await settle(asyncio.gather(first, while_queued, while_running))
+    assert [r.queue_seconds for r in results] == pytest.approx([0.050, 0.020, 0.0])
+    assert fake.calls == ["same"]
 
 
 async def test_different_texts_are_encoded_separately() -> None:

@@ -56,7 +56,8 @@ describe("CacheClient against a real server", () => {
     assert.equal(semantic.entry?.id, stored.id);
     assert.equal(semantic.entry?.hitCount, 2);
     assert.ok(semantic.timings.totalMs > 0);
-    assert.ok(semantic.timings.queueMs >= 0 && semantic.timings.queueMs < semantic.timings.embedMs);
+    // A prompt new to the server goes through the model's queue, however briefly.
+    assert.ok(semantic.timings.queueMs > 0 && semantic.timings.queueMs < semantic.timings.embedMs);
     assert.equal(semantic.candidates[0]?.entryId, stored.id);
     assert.equal(semantic.candidates[0]?.outcome, "SERVED");
 

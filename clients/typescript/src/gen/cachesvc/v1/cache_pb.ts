@@ -266,8 +266,9 @@ export type Timings = Message<"cachesvc.v1.Timings"> & {
   totalMs: number;
 
   /**
-   * The part of embed_ms the prompt waited for a model worker (the queueing budget bounds it); the rest is its
-   * own model run. 0 when its vector came from the server's memo.
+   * The part of embed_ms the prompt waited for a model worker (bounded by the server's queueing budget, when one
+   * is set); the rest is its own model run and the hand-offs around it. 0 when its vector came from the server's
+   * memo, or from an embedding of the same prompt already running when the lookup came.
    *
    * @generated from field: double queue_ms = 4;
    */
