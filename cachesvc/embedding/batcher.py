@@ -10,11 +10,12 @@ The queue is bounded by time as well as by count: an item that cannot start its 
 budget (or before its caller's deadline, less its own run) is shed with `Overloaded` - at once when the work queued
 ahead says it would wait too long, else when it reaches the head of the queue too late. Work is counted in cost
 units from each prompt's length and each run's fixed part (`run_cost`). A run takes only what the budget can run
-at the pace of the slow recent runs (a lone longer prompt still runs) and ends by every deadline it carries, so an
-accepted prompt waits at most the budget plus one run. The wait ahead is judged as the workers will serve the
-queue, at the typical pace: the runs now going end, the queue ahead is taken in runs, and a prompt starts with the
-run it lands in. (Judged at the slow pace, half or more of the calls of 16 closed-loop callers were shed although
-they would have started within the budget; bench/RESULTS.md.)
+at the typical pace of recent runs (a lone longer prompt still runs) and, judged at the pace of the slow ones, ends
+by every deadline it carries, so an accepted prompt waits at most the budget plus one run. The wait ahead is
+judged as the workers will serve the queue, at the typical pace: the runs now going end, the queue ahead is taken
+in runs, and a prompt starts with the run it lands in. (Judged at the slow pace, half or more of the calls of 16
+closed-loop callers were shed although they would have started within the budget. Sized at the slow pace, runs
+under overload held one prompt or two, and runs sized at the typical pace served ~20% more; bench/RESULTS.md.)
 A caller that gives up (cancellation) frees its slot at once and its text never reaches the model.
 """
 
@@ -99,8 +100,8 @@ class MicroBatcher:
         self._runs: set[asyncio.Task[None]] = set()
         self._running: list[tuple[float, int]] = []  # each running batch's start (monotonic clock) and cost units
         self._state = State.NEW
-        # The slow pace bounds a run (the run cap, deadlines); the typical pace says when the queue ahead will have
-        # been run, over several runs that are not all slow.
+        # The slow pace says whether a run ends by its callers' deadlines; the typical pace sizes a run (the run
+        # cap) and says when the queue ahead will have been run, over several runs that are not all slow.
         self._seconds_per_unit = SecondsPerUnit()
         self._typical_seconds_per_unit = SecondsPerUnit(quantile=0.5)
         self.batches_run = 0
@@ -250,9 +251,10 @@ class MicroBatcher:
         return workers[0] - now
 
     def _run_cost_cap(self) -> float:
-        """Most cost units one run may take: what the queueing budget can run at the recent rate. A longer run
-        would keep every caller it carries waiting past the budget plus one embedding."""
-        per_unit = self._seconds_per_unit.value
+        """Most cost units one run may take: what the queueing budget can run at the typical recent pace. A longer
+        run would keep the callers queued behind it waiting past the budget; a run slowed by contention may take
+        longer, but sized at the slow pace, runs under overload held one prompt or two (bench/RESULTS.md)."""
+        per_unit = self._typical_seconds_per_unit.value
         if self._options.max_queue_ms is None or per_unit <= 0:
             return float("inf")
         return self._options.max_queue_ms / 1000 / per_unit * (1 + 1e-9)  # a float quotient may fall just short

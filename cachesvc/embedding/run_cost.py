@@ -37,11 +37,12 @@ def text_cost(text: str, *, max_tokens: int) -> int:
 
 
 class SecondsPerUnit:
-    """Seconds per unit of cost: a high quantile of the last `window` runs, not a mean.
+    """Seconds per unit of cost: a quantile of the last `window` runs, not a mean (the batcher keeps a high one
+    for deadlines and the median for sizing runs and judging waits).
 
     Runs slowed by CPU contention (the model's threads compete with the event loop, gRPC and other processes) raise
-    the estimate within a few runs (three once the window is full, the first one before), where a mean would lag
-    behind and let runs overshoot the queueing budget. The quantile is taken over many runs so that the estimate
+    a high quantile within a few runs (three once the window is full, the first one before), where a mean would lag
+    behind and let runs overshoot their callers' deadlines. The quantile is taken over many runs so that the estimate
     covers the slow runs that come back every few seconds under overload (with the slowest of only the last 16,
     3-4% of accepted lookups outran the budget plus one run; bench/RESULTS.md), yet one freak run (a pause of the
     whole process) is not what the next 256 are judged by.

@@ -462,28 +462,31 @@ async def test_a_run_takes_what_the_budget_can_run_by_cost_and_a_long_prompt_run
         texts = ["q1", "q2", "q3", "q4", LONG]  # 40 ms of work ahead of the long one: admitted
         queued = await submit(batcher, texts)
         assert batcher.queue_depth == 5
+        clock.now += 0.010  # the busy run takes as long as the first
         fake.release()
         await settle(asyncio.gather(*busy, *queued))
     # Five prompts "fit" by count, but the long one would make that run ~8x the budget; alone, it still runs.
     assert fake.calls == [["w0"], ["busy"], texts[:4], [LONG]]
 
 
-async def test_a_run_is_cut_by_the_slowest_recent_run_and_the_wait_judged_by_the_typical_one() -> None:
+async def test_a_run_is_sized_and_the_wait_judged_at_the_typical_pace_not_the_slowest() -> None:
     fake = FakeEmbedder(hold={0, 1, 2, 3})
     clock = ManualMonotonic()
     async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
         await warmed_up(fake, batcher, clock, [10, 10, 34])  # one run slowed down (CPU contention)
         busy = await submit(batcher, ["busy"])
         await fake.wait_calls(4)
-        # ~10 ms each at the typical pace, the busy run and two lone runs ahead of q3: ~30 ms, admitted. At the slow
-        # run's pace (~34 ms each) the queue would have looked three times as long and q3 would have been shed.
+        # ~10 ms at the typical pace for the busy run ahead of the three: admitted. At the slow run's pace (~34 ms
+        # each, one per run) the queue would have looked three times as long and q3 would have been shed.
         texts = ["q1", "q2", "q3"]
         queued = await submit(batcher, texts)
         assert batcher.queue_depth == 3 and batcher.items_shed == 0
+        clock.now += 0.010  # the busy run takes the typical time
         fake.release()
         await settle(asyncio.gather(*busy, *queued))
-    # Two short prompts together would take ~53 ms at the slow pace, past the budget: one per run.
-    assert fake.calls == [["w0"], ["w1"], ["w2"], ["busy"], ["q1"], ["q2"], ["q3"]]
+    # Eight short prompts fit in the budget at the typical pace (~22 ms for these three); at the slow pace two
+    # would have taken ~53 ms, past the budget, and each would have run alone.
+    assert fake.calls == [["w0"], ["w1"], ["w2"], ["busy"], texts]
 
 
 async def test_a_prompt_behind_a_long_running_run_is_shed_at_once() -> None:
