@@ -15,7 +15,7 @@ by every deadline it carries, so an accepted prompt waits at most the budget plu
 judged as the workers will serve the queue, at the typical pace: the runs now going end, the queue ahead is taken
 in runs, and a prompt starts with the run it lands in. (Judged at the slow pace, half or more of the calls of 16
 closed-loop callers were shed although they would have started within the budget. Sized at the slow pace, runs
-under overload held one prompt or two, and runs sized at the typical pace served ~20% more; bench/RESULTS.md.)
+under overload held one prompt or two, and runs sized at the typical pace served 9-26% more; bench/RESULTS.md.)
 A caller that gives up (cancellation) frees its slot at once and its text never reaches the model.
 """
 
@@ -223,8 +223,10 @@ class MicroBatcher:
         few prompts, or one, per run). The prompt starts with the run it lands in: the prompts that share its run
         do not delay it, and with two workers the runs ahead of it are split between them. Where the prompt would
         not fit the run it lands in (its cost past the run cap, or that run ending after its caller's deadline), the
-        batching loop leaves it to the next run, and so does the estimate. Stops counting past `give_up_after` (the
-        answer is then more than that).
+        batching loop leaves it to the next run, and so does the estimate. The loop also ends a run by the earliest
+        deadline it carries, at the slow pace: the estimate cuts the runs ahead by the deadline of the queue's head,
+        as callers of one client mostly share a deadline. Stops counting past `give_up_after` (the answer is then
+        more than that).
         """
         workers = [max(started + units * per_unit, now) for started, units in self._running]
         workers += [now] * (self._options.workers - len(workers))
@@ -235,6 +237,9 @@ class MicroBatcher:
         average = self._live_cost / live
         per_run = min(self._options.max_batch_size, live + 1)
         texts_cap = self._run_cost_cap() - PER_RUN_COST  # what one run's texts may cost
+        head, slow = self._queue[0], self._seconds_per_unit.value
+        if head.queued and head.finish_by < float("inf") and slow > 0:
+            texts_cap = min(texts_cap, (head.finish_by - workers[0]) / slow - PER_RUN_COST)
         if texts_cap < float("inf"):
             per_run = min(per_run, max(1, math.floor(texts_cap / average)))
         runs_ahead, ahead_in_its_run = divmod(live, per_run)
@@ -245,7 +250,7 @@ class MicroBatcher:
             heapq.heapreplace(workers, workers[0] + run_seconds)
         if ahead_in_its_run:
             ahead = round(ahead_in_its_run * average)
-            ends = workers[0] + run_cost(ahead + cost) * self._seconds_per_unit.value
+            ends = workers[0] + run_cost(ahead + cost) * slow
             if ahead + cost > texts_cap or ends > finish_by:  # those ahead of it in that run go without it
                 heapq.heapreplace(workers, workers[0] + run_cost(ahead) * per_unit)
         return workers[0] - now
@@ -260,8 +265,8 @@ class MicroBatcher:
         return self._options.max_queue_ms / 1000 / per_unit * (1 + 1e-9)  # a float quotient may fall just short
 
     def _fits(self, cost: int, cost_cap: float, finish_by: float) -> bool:
-        """Whether a run of texts of this cost stays within the budget and ends by the earliest deadline it
-        carries."""
+        """Whether a run of texts of this cost stays within the run cap and ends, at the slow pace, by the earliest
+        deadline it carries."""
         units = run_cost(cost)
         return units <= cost_cap and self._monotonic() + units * self._seconds_per_unit.value <= finish_by
 

@@ -43,9 +43,9 @@ class SecondsPerUnit:
     Runs slowed by CPU contention (the model's threads compete with the event loop, gRPC and other processes) raise
     a high quantile within a few runs (three once the window is full, the first one before), where a mean would lag
     behind and let runs overshoot their callers' deadlines. The quantile is taken over many runs so that the estimate
-    covers the slow runs that come back every few seconds under overload (with the slowest of only the last 16,
-    3-4% of accepted lookups outran the budget plus one run; bench/RESULTS.md), yet one freak run (a pause of the
-    whole process) is not what the next 256 are judged by.
+    covers the slow runs that come back every few seconds under overload (when it also sized runs, with the slowest
+    of only the last 16, 3-4% of accepted lookups outran the budget plus one run; bench/RESULTS.md), yet one freak
+    run (a pause of the whole process) is not what the next 256 are judged by.
     Until `window` runs are seen the quantile covers fewer; below 1 / (1 - quantile) runs it is the slowest. 0
     until the first run.
     """

@@ -462,7 +462,7 @@ async def test_a_run_takes_what_the_budget_can_run_by_cost_and_a_long_prompt_run
         texts = ["q1", "q2", "q3", "q4", LONG]  # 40 ms of work ahead of the long one: admitted
         queued = await submit(batcher, texts)
         assert batcher.queue_depth == 5
-        clock.now += 0.010  # the busy run takes as long as the first
+        clock.now += 0.010  # the busy run takes as long as the first (a run of no time would pull the median pace to 0)
         fake.release()
         await settle(asyncio.gather(*busy, *queued))
     # Five prompts "fit" by count, but the long one would make that run ~8x the budget; alone, it still runs.
@@ -474,19 +474,57 @@ async def test_a_run_is_sized_and_the_wait_judged_at_the_typical_pace_not_the_sl
     clock = ManualMonotonic()
     async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
         await warmed_up(fake, batcher, clock, [10, 10, 34])  # one run slowed down (CPU contention)
-        busy = await submit(batcher, ["busy"])
+        busy = await submit(batcher, ["busy " * 20])  # 40 units: 25 ms at the typical pace, 85 ms at the slow one
         await fake.wait_calls(4)
-        # ~10 ms at the typical pace for the busy run ahead of the three: admitted. At the slow run's pace (~34 ms
-        # each, one per run) the queue would have looked three times as long and q3 would have been shed.
+        # The busy run ends in ~25 ms at the typical pace: the three are admitted. Judged at the slow run's pace it
+        # would end past the 50 ms budget, and all three would have been shed.
         texts = ["q1", "q2", "q3"]
         queued = await submit(batcher, texts)
         assert batcher.queue_depth == 3 and batcher.items_shed == 0
-        clock.now += 0.010  # the busy run takes the typical time
+        clock.now += 0.025  # the busy run takes the typical time
         fake.release()
         await settle(asyncio.gather(*busy, *queued))
-    # Eight short prompts fit in the budget at the typical pace (~22 ms for these three); at the slow pace two
+    # Eight short prompts fit in the budget at the typical pace (~21 ms for these three); at the slow pace two
     # would have taken ~53 ms, past the budget, and each would have run alone.
-    assert fake.calls == [["w0"], ["w1"], ["w2"], ["busy"], texts]
+    assert fake.calls[4] == texts
+
+
+async def test_a_run_is_ended_by_its_callers_deadlines_at_the_slow_pace() -> None:
+    fake = FakeEmbedder(hold={0, 1, 2, 3})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
+        await warmed_up(fake, batcher, clock, [10, 10, 34])  # 16 units: 10 ms typically, 34 ms when slowed
+        busy = await submit(batcher, ["busy"])
+        await fake.wait_calls(4)
+        deadline = clock.now + 0.060
+        queued = [asyncio.create_task(batcher.encode(t, deadline=deadline)) for t in ("q1", "q2")]
+        await yield_until(lambda: batcher.queue_depth == 2)
+        clock.now += 0.010
+        fake.release()
+        await settle(asyncio.gather(*busy, *queued))
+    # Together they would take ~16 ms at the typical pace but ~53 ms at the slow one, ending past their deadline
+    # (50 ms after the run starts): one run each.
+    assert fake.calls[4:] == [["q1"], ["q2"]]
+
+
+async def test_the_queue_ahead_is_judged_in_the_runs_its_deadlines_allow() -> None:
+    fake = FakeEmbedder(hold={0, 1, 2, 3})
+    clock = ManualMonotonic()
+    async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
+        await warmed_up(fake, batcher, clock, [10, 10, 19])  # 16 units: 10 ms typically, 19 ms when slowed
+        busy = await submit(batcher, ["busy"])
+        await fake.wait_calls(4)
+        deadline = clock.now + 0.060
+        queued = [asyncio.create_task(batcher.encode(f"q{i}", deadline=deadline)) for i in range(1, 5)]
+        await yield_until(lambda: batcher.queue_depth == 4)
+        # The loop will run q1-q3 together (four would end past the deadline at the slow pace), then q4 alone,
+        # and q5 could start only after both: past its start-by time. Shed now, not after waiting in vain.
+        with pytest.raises(Overloaded, match="would take about"):
+            await batcher.encode("q5", deadline=deadline)
+        clock.now += 0.010
+        fake.release()
+        await settle(asyncio.gather(*busy, *queued))
+    assert fake.calls[4:] == [["q1", "q2", "q3"], ["q4"]]
 
 
 async def test_a_prompt_behind_a_long_running_run_is_shed_at_once() -> None:
