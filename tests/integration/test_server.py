@@ -402,16 +402,23 @@ async def _wait_until(predicate: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"timed out waiting until {what}")
 
 
+async def _one_running_one_queued(app: App, client: AsyncCacheClient,
+                                  embedder: CountingEmbedder) -> tuple[asyncio.Task[Any], asyncio.Task[Any]]:
+    """Holds the only model worker on a first lookup and queues a second behind it (release: `embedder.gate`)."""
+    embedder.gate = threading.Event()
+    running = asyncio.create_task(client.lookup("first prompt"))
+    await asyncio.to_thread(embedder.entered.wait, 10)
+    queued = asyncio.create_task(client.lookup("second prompt"))
+    assert app.batcher is not None
+    batcher = app.batcher
+    await _wait_until(lambda: batcher.queue_depth == 1, "the second prompt is queued")
+    return running, queued
+
+
 async def test_overload_is_resource_exhausted(start_app: StartApp, counting_embedder: CountingEmbedder) -> None:
     app = await start_app(max_queue=1, embed_workers=1)
-    counting_embedder.gate = threading.Event()
     async with AsyncCacheClient(f"127.0.0.1:{app.port}") as client:
-        running = asyncio.create_task(client.lookup("first prompt"))
-        await asyncio.to_thread(counting_embedder.entered.wait, 10)
-        queued = asyncio.create_task(client.lookup("second prompt"))
-        assert app.batcher is not None
-        batcher = app.batcher
-        await _wait_until(lambda: batcher.queue_depth == 1, "the second prompt is queued")
+        running, queued = await _one_running_one_queued(app, client, counting_embedder)
         with pytest.raises(ResourceExhausted):
             await client.lookup("third prompt")
         counting_embedder.gate.set()
@@ -421,14 +428,8 @@ async def test_overload_is_resource_exhausted(start_app: StartApp, counting_embe
 async def test_a_lookup_tells_how_long_its_prompt_queued_for_the_model(start_app: StartApp,
                                                                         counting_embedder: CountingEmbedder) -> None:
     app = await start_app(embed_workers=1)
-    counting_embedder.gate = threading.Event()
     async with AsyncCacheClient(f"127.0.0.1:{app.port}") as client:
-        running = asyncio.create_task(client.lookup("first prompt"))
-        await asyncio.to_thread(counting_embedder.entered.wait, 10)
-        queued = asyncio.create_task(client.lookup("second prompt"))
-        assert app.batcher is not None
-        batcher = app.batcher
-        await _wait_until(lambda: batcher.queue_depth == 1, "the second prompt is queued")
+        running, queued = await _one_running_one_queued(app, client, counting_embedder)
         seen_queued = time.perf_counter()
         await asyncio.sleep(0.02)  # holds the model longer, so the wait checked below is not a trivial one
         released = time.perf_counter()

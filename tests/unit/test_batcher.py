@@ -434,6 +434,23 @@ async def warmed_up(fake: FakeEmbedder, batcher: MicroBatcher, clock: ManualMono
         await settle(task)
 
 
+async def busy_after_warm_up(fake: FakeEmbedder, batcher: MicroBatcher, clock: ManualMonotonic,
+                             run_ms: Sequence[float], busy: str = "busy") -> list[asyncio.Task[Vector]]:
+    """`warmed_up`, then one more prompt whose run is held (fake's call len(run_ms)): the only worker is busy."""
+    await warmed_up(fake, batcher, clock, run_ms)
+    task = await submit(batcher, [busy])
+    await fake.wait_calls(len(run_ms) + 1)
+    return task
+
+
+async def queued_with_deadline(batcher: MicroBatcher, texts: Sequence[str],
+                               deadline: float) -> list[asyncio.Task[Vector]]:
+    """One caller per text, each with `deadline`, all queued once this returns."""
+    tasks = [asyncio.create_task(batcher.encode(t, deadline=deadline)) for t in texts]
+    await yield_until(lambda: batcher.queue_depth == len(texts))
+    return tasks
+
+
 async def test_admission_counts_what_the_prompts_queued_ahead_cost_not_how_many_they_are() -> None:
     fake = FakeEmbedder(hold={0, 1})
     clock = ManualMonotonic()
@@ -473,9 +490,9 @@ async def test_a_run_is_sized_and_the_wait_judged_at_the_typical_pace_not_the_sl
     fake = FakeEmbedder(hold={0, 1, 2, 3})
     clock = ManualMonotonic()
     async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
-        await warmed_up(fake, batcher, clock, [10, 10, 34])  # one run slowed down (CPU contention)
-        busy = await submit(batcher, ["busy " * 20])  # 40 units: 25 ms at the typical pace, 85 ms at the slow one
-        await fake.wait_calls(4)
+        # One run slowed down (CPU contention), then a busy run of 40 units: 25 ms at the typical pace, 85 ms at
+        # the slow one.
+        busy = await busy_after_warm_up(fake, batcher, clock, [10, 10, 34], busy="busy " * 20)
         # The busy run ends in ~25 ms at the typical pace: the three are admitted. Judged at the slow run's pace it
         # would end past the 50 ms budget, and all three would have been shed.
         texts = ["q1", "q2", "q3"]
@@ -493,12 +510,8 @@ async def test_a_run_is_ended_by_its_callers_deadlines_at_the_slow_pace() -> Non
     fake = FakeEmbedder(hold={0, 1, 2, 3})
     clock = ManualMonotonic()
     async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
-        await warmed_up(fake, batcher, clock, [10, 10, 34])  # 16 units: 10 ms typically, 34 ms when slowed
-        busy = await submit(batcher, ["busy"])
-        await fake.wait_calls(4)
-        deadline = clock.now + 0.060
-        queued = [asyncio.create_task(batcher.encode(t, deadline=deadline)) for t in ("q1", "q2")]
-        await yield_until(lambda: batcher.queue_depth == 2)
+        busy = await busy_after_warm_up(fake, batcher, clock, [10, 10, 34])  # 16 units: 10 ms, or 34 when slowed
+        queued = await queued_with_deadline(batcher, ["q1", "q2"], clock.now + 0.060)
         clock.now += 0.010
         fake.release()
         await settle(asyncio.gather(*busy, *queued))
@@ -511,12 +524,9 @@ async def test_the_queue_ahead_is_judged_in_the_runs_its_deadlines_allow() -> No
     fake = FakeEmbedder(hold={0, 1, 2, 3})
     clock = ManualMonotonic()
     async with running(fake, clock=clock, workers=1, max_queue_ms=50) as batcher:
-        await warmed_up(fake, batcher, clock, [10, 10, 19])  # 16 units: 10 ms typically, 19 ms when slowed
-        busy = await submit(batcher, ["busy"])
-        await fake.wait_calls(4)
+        busy = await busy_after_warm_up(fake, batcher, clock, [10, 10, 19])  # 16 units: 10 ms, or 19 when slowed
         deadline = clock.now + 0.060
-        queued = [asyncio.create_task(batcher.encode(f"q{i}", deadline=deadline)) for i in range(1, 5)]
-        await yield_until(lambda: batcher.queue_depth == 4)
+        queued = await queued_with_deadline(batcher, ["q1", "q2", "q3", "q4"], deadline)
         # The loop will run q1-q3 together (four would end past the deadline at the slow pace), then q4 alone,
         # and q5 could start only after both: past its start-by time. Shed now, not after waiting in vain.
         with pytest.raises(Overloaded, match="would take about"):
